@@ -1,0 +1,194 @@
+//! Types shared by the kernel programs (`ebpf/`) and the agent (`agent/`).
+//!
+//! Everything here crosses the kernel/user boundary byte for byte, so every struct is
+//! `#[repr(C)]`, padded explicitly, and free of pointers.
+#![no_std]
+
+/// Names of the maps and programs in the eBPF object, shared so a rename breaks the build
+/// instead of the agent's start-up.
+pub mod names {
+    pub const MAP_BLOCKED: &str = "BLOCKED";
+    pub const MAP_PROCS: &str = "PROCS";
+    pub const MAP_EVENTS: &str = "EVENTS";
+    pub const MAP_COUNTERS: &str = "COUNTERS";
+
+    pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    pub const PROG_TASK_NEWTASK: &str = "task_newtask";
+    pub const PROG_PROCESS_EXEC: &str = "sched_process_exec";
+    pub const PROG_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const PROG_SIGNAL_DELIVER: &str = "signal_deliver";
+    pub const PROG_PY_FINALIZE: &str = "py_finalize";
+    pub const PROG_LIBC_EXIT: &str = "libc_exit";
+
+    pub const PROGRAMS: [&str; 7] = [
+        PROG_SCHED_SWITCH,
+        PROG_TASK_NEWTASK,
+        PROG_PROCESS_EXEC,
+        PROG_PROCESS_EXIT,
+        PROG_SIGNAL_DELIVER,
+        PROG_PY_FINALIZE,
+        PROG_LIBC_EXIT,
+    ];
+
+    /// Globals the agent overrides at load time with field offsets read from tracefs, so
+    /// the programs do not depend on one kernel's tracepoint record layout.
+    pub const GLOBAL_NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
+    pub const GLOBAL_NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
+    pub const GLOBAL_EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+    pub const GLOBAL_SIGNAL_SIG_OFFSET: &str = "SIGNAL_SIG_OFFSET";
+}
+
+/// Capacities of the maps; the agent reports how full they are.
+pub const BLOCKED_CAPACITY: u32 = 65_536;
+pub const PROCS_CAPACITY: u32 = 16_384;
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// x86_64 syscall numbers of the waits exitwatch tracks.
+pub mod nr {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const READV: u32 = 19;
+    pub const WRITEV: u32 = 20;
+    pub const WAIT4: u32 = 61;
+    pub const FUTEX: u32 = 202;
+    pub const WAITID: u32 = 247;
+    pub const FUTEX_WAITV: u32 = 449;
+    pub const FUTEX_WAIT: u32 = 455;
+}
+
+/// Whether a sleep in `syscall` is one exitwatch records (the kernel's cheap first test).
+#[inline(always)]
+pub const fn is_tracked_syscall(syscall: u32) -> bool {
+    matches!(
+        syscall,
+        nr::READ
+            | nr::WRITE
+            | nr::READV
+            | nr::WRITEV
+            | nr::WAIT4
+            | nr::WAITID
+            | nr::FUTEX
+            | nr::FUTEX_WAITV
+            | nr::FUTEX_WAIT
+    )
+}
+
+/// The second test, on the syscall's arguments (`rdi`, `rsi`, `rdx`, `r10`).
+#[inline(always)]
+pub const fn is_tracked_sleep(syscall: u32, args: &[u64; 4]) -> bool {
+    match syscall {
+        // Kernel threads have all-zero user registers, which reads as `read(0, NULL, 0)`;
+        // a zero-length read never sleeps, so this drops them without touching the task.
+        nr::READ | nr::READV => args[2] != 0,
+        nr::FUTEX => futex_op::is_wait(args[1]),
+        _ => is_tracked_syscall(syscall),
+    }
+}
+
+/// `futex(2)` operations that put the caller to sleep, after masking
+/// `FUTEX_PRIVATE_FLAG` and `FUTEX_CLOCK_REALTIME`.
+pub mod futex_op {
+    pub const CMD_MASK: u64 = !(128 | 256);
+    pub const WAIT: u64 = 0;
+    pub const LOCK_PI: u64 = 6;
+    pub const WAIT_BITSET: u64 = 9;
+    pub const WAIT_REQUEUE_PI: u64 = 11;
+    pub const LOCK_PI2: u64 = 13;
+
+    pub const fn is_wait(op: u64) -> bool {
+        matches!(
+            op & CMD_MASK,
+            WAIT | LOCK_PI | WAIT_BITSET | WAIT_REQUEUE_PI | LOCK_PI2
+        )
+    }
+}
+
+/// One thread's current (or latest) tracked sleep, keyed by tid in `BLOCKED`.
+///
+/// A thread that sleeps again in the same syscall with the same arguments keeps
+/// `first_ns` and bumps `sleeps`: a writer that a slow reader lets through bit by bit
+/// shows a growing count, a deadlocked one does not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedWait {
+    pub tgid: u32,
+    pub syscall: u32,
+    /// `rdi`, `rsi`, `rdx`, `r10` at syscall entry.
+    pub args: [u64; 4],
+    /// `bpf_ktime_get_ns()` of the first sleep in this syscall.
+    pub first_ns: u64,
+    /// `bpf_ktime_get_ns()` of the latest sleep in this syscall.
+    pub last_ns: u64,
+    pub sleeps: u64,
+}
+
+/// Why a process is considered to be exiting (bit flags in [`ExitState::reasons`]).
+pub mod exit_reason {
+    pub const PY_FINALIZE: u32 = 1;
+    pub const LIBC_EXIT: u32 = 1 << 1;
+    pub const MAIN_THREAD_EXIT: u32 = 1 << 2;
+    pub const SIGNAL: u32 = 1 << 3;
+
+    pub const ALL: [(u32, &str); 4] = [
+        (PY_FINALIZE, "py_finalize"),
+        (LIBC_EXIT, "libc_exit"),
+        (MAIN_THREAD_EXIT, "main_thread_exit"),
+        (SIGNAL, "signal"),
+    ];
+}
+
+/// A process in its exit phase, keyed by tgid in `PROCS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitState {
+    /// `bpf_ktime_get_ns()` when the first exit marker fired.
+    pub since_ns: u64,
+    /// Threads created (`CLONE_THREAD`) since then.
+    pub thread_spawns: u64,
+    pub last_spawn_ns: u64,
+    /// Bit set of [`exit_reason`] values seen so far.
+    pub reasons: u32,
+    /// The thread that entered the exit phase first.
+    pub exit_tid: u32,
+    /// The last termination signal delivered, or 0.
+    pub signal: u32,
+    pub _pad: u32,
+}
+
+/// Lifecycle events streamed through the `EVENTS` ring buffer.
+pub mod event_kind {
+    /// A process replaced its image; `arg` is unused.
+    pub const EXEC: u32 = 1;
+    /// The last thread of a process exited.
+    pub const EXIT: u32 = 2;
+    /// A process entered its exit phase for a new reason; `arg` is the [`super::exit_reason`] bit.
+    pub const EXIT_PHASE: u32 = 3;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub arg: u32,
+    pub comm: [u8; 16],
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    pub const EVENTS_SENT: u32 = 0;
+    pub const EVENTS_DROPPED: u32 = 1;
+    pub const BLOCKED_FULL: u32 = 2;
+    pub const PROCS_FULL: u32 = 3;
+    pub const LEN: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::BlockedWait {}
+    unsafe impl aya::Pod for super::ExitState {}
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -1,0 +1,96 @@
+//! Process and thread lifecycle: thread spawns during exit, exec, exit, and termination
+//! signals. Classic tracepoints: these fire per process or thread event, not per sleep,
+//! and their records carry pids without reading `task_struct`.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext, Global};
+use exitwatch_common::{event_kind, exit_reason};
+
+use crate::{
+    exit_phase::mark_exiting,
+    maps::{current_ids, emit, now_ns, BLOCKED, PROCS},
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+const SIGHUP: u32 = 1;
+const SIGINT: u32 = 2;
+const SIGQUIT: u32 = 3;
+const SIGTERM: u32 = 15;
+
+// Record offsets as this kernel's tracefs format files give them; the agent overrides
+// these defaults (measured on 6.18) at load time. 0 means "field absent".
+#[unsafe(no_mangle)]
+static NEWTASK_PID_OFFSET: Global<u32> = Global::new(8);
+#[unsafe(no_mangle)]
+static NEWTASK_FLAGS_OFFSET: Global<u32> = Global::new(32);
+#[unsafe(no_mangle)]
+static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(32);
+#[unsafe(no_mangle)]
+static SIGNAL_SIG_OFFSET: Global<u32> = Global::new(8);
+
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let _ = try_task_newtask(&ctx);
+    0
+}
+
+fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let flags: u64 = unsafe { ctx.read_at(NEWTASK_FLAGS_OFFSET.load() as usize)? };
+    if flags & CLONE_THREAD != 0 {
+        let (tgid, _) = current_ids();
+        if let Some(state) = PROCS.get_ptr_mut(tgid) {
+            // SAFETY: plain integers; see `mark_exiting`.
+            let state = unsafe { &mut *state };
+            state.thread_spawns += 1;
+            state.last_spawn_ns = now_ns();
+        }
+    } else {
+        // A new process may reuse the pid of one whose exit we never saw.
+        let pid: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET.load() as usize)? };
+        let _ = PROCS.remove(pid as u32);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    // A new image starts with a clean slate: exit markers of the old one no longer hold.
+    let _ = PROCS.remove(tgid);
+    emit(event_kind::EXEC, tgid, tid, 0, now_ns());
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    let _ = BLOCKED.remove(tid);
+    let offset = EXIT_GROUP_DEAD_OFFSET.load();
+    let group_dead = if offset == 0 {
+        // Kernels before `group_dead` was added: the leader's exit stands in for it, and
+        // the agent checks /proc.
+        tid == tgid
+    } else {
+        // SAFETY: offset from this kernel's format file.
+        unsafe { ctx.read_at::<u8>(offset as usize) }.unwrap_or(0) != 0
+    };
+    if group_dead {
+        let _ = PROCS.remove(tgid);
+        emit(event_kind::EXIT, tgid, tid, 0, now_ns());
+    } else if tid == tgid {
+        mark_exiting(exit_reason::MAIN_THREAD_EXIT, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn signal_deliver(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from this kernel's format file.
+    let Ok(sig) = (unsafe { ctx.read_at::<i32>(SIGNAL_SIG_OFFSET.load() as usize) }) else {
+        return 0;
+    };
+    let sig = sig as u32;
+    if matches!(sig, SIGHUP | SIGINT | SIGQUIT | SIGTERM) {
+        mark_exiting(exit_reason::SIGNAL, sig);
+    }
+    0
+}

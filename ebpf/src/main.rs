@@ -1,0 +1,20 @@
+//! Kernel half of exitwatch: records which threads sleep in the waits that hang programs
+//! at exit, and which processes are exiting. The agent reads the maps and decides.
+#![no_std]
+#![no_main]
+
+mod exit_phase;
+mod lifecycle;
+mod maps;
+mod sleeps;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

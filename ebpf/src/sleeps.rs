@@ -1,0 +1,75 @@
+//! `sched_switch`: the hottest path in the kernel. A thread that is not going to sleep
+//! voluntarily costs one compare; a sleep outside the tracked syscalls costs one
+//! register read more.
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use core::ptr::addr_of;
+use exitwatch_common::{counter, is_tracked_sleep, is_tracked_syscall, BlockedWait};
+
+use crate::maps::{bump, current_ids, now_ns, BLOCKED};
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    // tp_btf args: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)
+    let preempt: u64 = ctx.arg(0);
+    let prev_state: u64 = ctx.arg(3);
+    if (preempt & 0xff) != 0 || (prev_state & 0xffff_ffff) == 0 {
+        return 0;
+    }
+    // A failed register read only means this sleep goes unrecorded.
+    let _ = try_sched_switch();
+    0
+}
+
+fn try_sched_switch() -> Result<(), i32> {
+    // At sched_switch `current` is still the task going to sleep, and its user registers
+    // hold the syscall it is sleeping in: x86_64 `pt_regs` is user ABI, so no CO-RE.
+    // SAFETY: helpers called on the current task; reads go through probe_read.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let syscall = unsafe { bpf_probe_read_kernel(addr_of!((*regs).orig_rax))? } as u32;
+    if !is_tracked_syscall(syscall) {
+        return Ok(());
+    }
+    let args = unsafe {
+        [
+            bpf_probe_read_kernel(addr_of!((*regs).rdi))?,
+            bpf_probe_read_kernel(addr_of!((*regs).rsi))?,
+            bpf_probe_read_kernel(addr_of!((*regs).rdx))?,
+            bpf_probe_read_kernel(addr_of!((*regs).r10))?,
+        ]
+    };
+    if !is_tracked_sleep(syscall, &args) {
+        return Ok(());
+    }
+    let (tgid, tid) = current_ids();
+    if tgid == 0 {
+        return Ok(());
+    }
+    let now = now_ns();
+    if let Some(entry) = BLOCKED.get_ptr_mut(tid) {
+        // SAFETY: only this thread's own sleeps write its entry; user space only reads
+        // and deletes it.
+        let entry = unsafe { &mut *entry };
+        if entry.syscall == syscall && entry.args == args && entry.tgid == tgid {
+            entry.last_ns = now;
+            entry.sleeps += 1;
+            return Ok(());
+        }
+    }
+    let wait = BlockedWait {
+        tgid,
+        syscall,
+        args,
+        first_ns: now,
+        last_ns: now,
+        sleeps: 1,
+    };
+    if BLOCKED.insert(tid, wait, 0).is_err() {
+        bump(counter::BLOCKED_FULL);
+    }
+    Ok(())
+}
