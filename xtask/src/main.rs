@@ -1,0 +1,73 @@
+//! Developer tasks: `cargo xtask build-ebpf | run | test`.
+mod build_ebpf;
+mod ebpf_fingerprint;
+mod system;
+mod toolchain;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "exitwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the kernel programs into target/bpf/, installing the toolchain if missing.
+    BuildEbpf,
+    /// Build everything and run the agent with its defaults (as root, via sudo if needed).
+    Run {
+        /// Arguments passed to `exitwatch run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run the whole test suite, privileged tests included.
+    Test,
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::BuildEbpf => build_ebpf::build(&root),
+        Task::Run { args } => {
+            build_ebpf::build(&root)?;
+            system::run(
+                &root,
+                "cargo",
+                &["build", "--release", "--package", "exitwatch"],
+            )?;
+            let mut command = vec!["target/release/exitwatch".to_string(), "run".to_string()];
+            command.extend(args);
+            system::run_as_root(&root, &command)
+        }
+        Task::Test => {
+            build_ebpf::build(&root)?;
+            system::run(
+                &root,
+                "cargo",
+                &["build", "--release", "--package", "exitwatch"],
+            )?;
+            // Integration tests start real agents and hang real programs; one at a time
+            // keeps their probes and timings from interfering.
+            let test = [
+                "cargo",
+                "test",
+                "--workspace",
+                "--release",
+                "--",
+                "--test-threads=1",
+            ];
+            system::run_as_root(&root, &test.map(String::from))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}

@@ -1,0 +1,94 @@
+//! Running commands and installing Debian packages, loudly.
+use std::{
+    ffi::OsStr,
+    path::Path,
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub fn say(message: impl AsRef<str>) {
+    eprintln!("xtask: {}", message.as_ref());
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+pub fn run_command(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn run<S: AsRef<OsStr>>(dir: &Path, program: &str, args: &[S]) -> Result<()> {
+    run_command(Command::new(program).args(args).current_dir(dir))
+}
+
+/// Runs `command` as root: directly when we are root, through `sudo -E` otherwise.
+pub fn run_as_root(dir: &Path, command: &[String]) -> Result<()> {
+    let Some((program, args)) = command.split_first() else {
+        bail!("empty command");
+    };
+    if is_root() {
+        return run(dir, program, args);
+    }
+    say(format!(
+        "{program} needs root (BPF, /proc of other users): using sudo"
+    ));
+    let path = std::env::var("PATH").unwrap_or_default();
+    let mut sudo = Command::new("sudo");
+    sudo.arg("-E")
+        .arg("env")
+        .arg(format!("PATH={path}"))
+        .arg(program)
+        .args(args)
+        .current_dir(dir);
+    run_command(&mut sudo)
+}
+
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// Installs Debian packages, saying which and why; fails with the manual command where
+/// apt is not available.
+pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    let list = packages.join(" ");
+    if !have("apt-get") {
+        bail!("{why} needs the packages `{list}` (or their equivalent); install them and retry");
+    }
+    say(format!("installing {list} ({why})"));
+    let root_prefix: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut argv: Vec<&str> = root_prefix.to_vec();
+        argv.push("apt-get");
+        argv.extend_from_slice(args);
+        let (program, rest) = argv.split_first().context("empty apt command")?;
+        run_command(
+            Command::new(program)
+                .args(rest)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if !APT_UPDATED.swap(true, Ordering::SeqCst) {
+        apt(&["update", "-q"])?;
+    }
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    apt(&install)
+}
