@@ -1,0 +1,416 @@
+//! Reader for the parts of `/proc` that explain why a task is stuck.
+//!
+//! Everything here races with the tasks being inspected, which may exit at any
+//! moment; such races surface as [`Error::Gone`] so callers can treat them as normal.
+
+mod parse;
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// std has no `ErrorKind` for ESRCH; its value is 3 on every Linux architecture.
+const ESRCH: i32 = 3;
+
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("process {pid} is gone")]
+    Gone { pid: i32 },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot parse {path}: {what}")]
+    Parse { path: PathBuf, what: String },
+}
+
+impl Error {
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Error::Gone { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskStat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub start_ticks: u64,
+    pub num_threads: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Syscall {
+    Running,
+    User,
+    In { nr: i64, args: [u64; 6] },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fd {
+    pub fd: i32,
+    pub target: FdTarget,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdTarget {
+    Pipe(u64),
+    Other(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcFs {
+    root: PathBuf,
+}
+
+impl Default for ProcFs {
+    fn default() -> Self {
+        Self::new("/proc")
+    }
+}
+
+impl ProcFs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn pids(&self) -> Result<Vec<i32>, Error> {
+        numeric_entries(&self.root).map_err(|source| Error::Io {
+            path: self.root.clone(),
+            source,
+        })
+    }
+
+    pub fn tids(&self, pid: i32) -> Result<Vec<i32>, Error> {
+        let dir = self.pid_dir(pid).join("task");
+        numeric_entries(&dir).map_err(|e| gone_or_io(pid, &dir, e))
+    }
+
+    pub fn stat(&self, pid: i32, tid: i32) -> Result<TaskStat, Error> {
+        self.parse_file(pid, self.task_file(pid, tid, "stat"), parse::stat)
+    }
+
+    pub fn syscall(&self, pid: i32, tid: i32) -> Result<Syscall, Error> {
+        self.parse_file(pid, self.task_file(pid, tid, "syscall"), parse::syscall)
+    }
+
+    /// The kernel function the task sleeps in, or "" when it is not sleeping.
+    pub fn wchan(&self, pid: i32, tid: i32) -> Result<String, Error> {
+        let text = self.read_text(pid, &self.task_file(pid, tid, "wchan"))?;
+        let text = text.trim();
+        Ok(if text == "0" { "" } else { text }.to_owned())
+    }
+
+    /// When the task last started running, on the scheduler clock in nanoseconds.
+    pub fn sched_exec_start_ns(&self, pid: i32, tid: i32) -> Result<Option<u64>, Error> {
+        let path = self.task_file(pid, tid, "sched");
+        match fs::read(&path) {
+            Ok(bytes) => parse::exec_start_ns(&String::from_utf8_lossy(&bytes))
+                .map_err(|what| Error::Parse { path, what }),
+            // The file exists only with CONFIG_SCHED_DEBUG, so its absence
+            // means "gone" only if the task directory went with it.
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && path.parent().is_some_and(Path::exists) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(gone_or_io(pid, &path, e)),
+        }
+    }
+
+    /// Empty for kernel threads and zombies, which have no user memory to read it from.
+    pub fn cmdline(&self, pid: i32) -> Result<Vec<String>, Error> {
+        let bytes = self.read(pid, &self.pid_dir(pid).join("cmdline"))?;
+        let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
+        if bytes.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(bytes
+            .split(|&b| b == 0)
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect())
+    }
+
+    /// All open fds, sorted; fds closed while we look are left out.
+    pub fn fds(&self, pid: i32) -> Result<Vec<Fd>, Error> {
+        let dir = self.pid_dir(pid).join("fd");
+        let mut fds = Vec::new();
+        for fd in numeric_entries(&dir).map_err(|e| gone_or_io(pid, &dir, e))? {
+            match self.fd(pid, fd) {
+                Ok(fd) => fds.push(fd),
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(fds)
+    }
+
+    /// One fd; a closed fd of a live process is `Error::Io` with `NotFound`.
+    pub fn fd(&self, pid: i32, fd: i32) -> Result<Fd, Error> {
+        let link = self.pid_dir(pid).join("fd").join(fd.to_string());
+        let target = fs::read_link(&link).map_err(|e| self.fd_error(pid, &link, e))?;
+        let info = self.pid_dir(pid).join("fdinfo").join(fd.to_string());
+        let text = fs::read(&info).map_err(|e| self.fd_error(pid, &info, e))?;
+        let access = parse::access(&String::from_utf8_lossy(&text))
+            .map_err(|what| Error::Parse { path: info, what })?;
+        Ok(Fd {
+            fd,
+            target: parse::fd_target(&target),
+            access,
+        })
+    }
+
+    /// Files still on disk that the process maps, in first-seen order.
+    pub fn mapped_files(&self, pid: i32) -> Result<Vec<PathBuf>, Error> {
+        let maps = self.read(pid, &self.pid_dir(pid).join("maps"))?;
+        let mut seen = HashSet::new();
+        Ok(maps
+            .split(|&b| b == b'\n')
+            .filter_map(parse::map_path)
+            .map(|path| PathBuf::from(OsStr::from_bytes(path)))
+            .filter(|path| seen.insert(path.clone()))
+            .collect())
+    }
+
+    fn pid_dir(&self, pid: i32) -> PathBuf {
+        self.root.join(pid.to_string())
+    }
+
+    fn task_file(&self, pid: i32, tid: i32, name: &str) -> PathBuf {
+        let task = self.pid_dir(pid).join("task").join(tid.to_string());
+        task.join(name)
+    }
+
+    fn read(&self, pid: i32, path: &Path) -> Result<Vec<u8>, Error> {
+        fs::read(path).map_err(|e| gone_or_io(pid, path, e))
+    }
+
+    fn read_text(&self, pid: i32, path: &Path) -> Result<String, Error> {
+        Ok(String::from_utf8_lossy(&self.read(pid, path)?).into_owned())
+    }
+
+    fn parse_file<T>(
+        &self,
+        pid: i32,
+        path: PathBuf,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        let text = self.read_text(pid, &path)?;
+        parse(&text).map_err(|what| Error::Parse { path, what })
+    }
+
+    /// An fd can be closed while its process lives on; only a missing process is "gone".
+    fn fd_error(&self, pid: i32, path: &Path, source: io::Error) -> Error {
+        if source.kind() == io::ErrorKind::NotFound && self.pid_dir(pid).exists() {
+            Error::Io {
+                path: path.to_owned(),
+                source,
+            }
+        } else {
+            gone_or_io(pid, path, source)
+        }
+    }
+}
+
+fn gone_or_io(pid: i32, path: &Path, source: io::Error) -> Error {
+    if source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(ESRCH) {
+        Error::Gone { pid }
+    } else {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+fn numeric_entries(dir: &Path) -> io::Result<Vec<i32>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        if let Some(id) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use std::thread::sleep;
+    use std::time::{Duration, Instant};
+
+    fn fixture() -> ProcFs {
+        ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"))
+    }
+
+    #[test]
+    fn lists_only_numeric_entries_sorted() {
+        let proc = fixture();
+        assert_eq!(proc.pids().unwrap(), [100, 200]);
+        assert_eq!(proc.tids(100).unwrap(), [100, 101, 102]);
+        assert!(ProcFs::new("/nonexistent").pids().is_err());
+    }
+
+    #[test]
+    fn stat_takes_comm_up_to_the_last_paren() {
+        let proc = fixture();
+        let stat = proc.stat(100, 100).unwrap();
+        assert_eq!((stat.comm.as_str(), stat.state), ("x) y (z", 'R'));
+        assert_eq!((stat.ppid, stat.pgrp), (1, 100));
+        assert_eq!((stat.start_ticks, stat.num_threads), (17236, 3));
+        assert_eq!(proc.stat(100, 101).unwrap().comm, "worker (1)");
+        assert_eq!(proc.stat(200, 200).unwrap().state, 'Z');
+    }
+
+    #[test]
+    fn syscall_distinguishes_running_user_and_blocked() {
+        let proc = fixture();
+        assert_eq!(proc.syscall(100, 100).unwrap(), Syscall::Running);
+        assert_eq!(proc.syscall(100, 101).unwrap(), Syscall::User);
+        assert_eq!(proc.syscall(200, 200).unwrap(), Syscall::User);
+        let args = [0, 0, 0x7fff1a0497e0, 0x7fff1a049820, 0, u64::MAX];
+        assert_eq!(
+            proc.syscall(100, 102).unwrap(),
+            Syscall::In { nr: 230, args }
+        );
+    }
+
+    #[test]
+    fn per_task_scheduler_details() {
+        let proc = fixture();
+        assert_eq!(proc.wchan(100, 100).unwrap(), "");
+        assert_eq!(proc.wchan(100, 102).unwrap(), "hrtimer_nanosleep");
+        assert_eq!(
+            proc.sched_exec_start_ns(100, 100).unwrap(),
+            Some(121_289_597_187)
+        );
+        assert_eq!(proc.sched_exec_start_ns(100, 102).unwrap(), Some(7_000_042));
+        assert_eq!(proc.sched_exec_start_ns(100, 101).unwrap(), None);
+        assert!(proc.sched_exec_start_ns(100, 103).unwrap_err().is_gone());
+    }
+
+    #[test]
+    fn cmdline_keeps_empty_args() {
+        let proc = fixture();
+        let args = proc.cmdline(100).unwrap();
+        assert_eq!(args, ["app", "", "--flag=", "value with space"]);
+        assert!(proc.cmdline(200).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fds_decode_pipes_and_skip_closed_ones() {
+        let proc = fixture();
+        let fd = |fd, target, access| Fd { fd, target, access };
+        let other = |s: &str| FdTarget::Other(s.into());
+        let expected = [
+            fd(0, other("/dev/null"), Access::Read),
+            fd(1, FdTarget::Pipe(4242), Access::Write),
+            fd(3, FdTarget::Pipe(4242), Access::Read),
+            fd(4, other("socket:[9001]"), Access::ReadWrite),
+            fd(10, other("/var/log/app.log"), Access::Write),
+        ];
+        assert_eq!(proc.fds(100).unwrap(), expected);
+        // fd 5 has no fdinfo, as if closed between readdir and reading it.
+        let closed = proc.fd(100, 5).unwrap_err();
+        assert!(
+            matches!(&closed, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        );
+        assert!(proc.fd(300, 0).unwrap_err().is_gone());
+    }
+
+    #[test]
+    fn mapped_files_are_unique_and_exist() {
+        let files = fixture().mapped_files(100).unwrap();
+        let expected = [
+            "/usr/bin/app",
+            "/usr/lib/libc.so.6",
+            "/opt/my app/plugin.so",
+        ];
+        assert_eq!(files, expected.map(PathBuf::from));
+    }
+
+    #[test]
+    fn missing_process_is_gone_everywhere() {
+        let proc = fixture();
+        assert!(proc.tids(300).unwrap_err().is_gone());
+        assert!(proc.stat(300, 300).unwrap_err().is_gone());
+        assert!(proc.stat(100, 103).unwrap_err().is_gone());
+        assert!(proc.syscall(300, 300).unwrap_err().is_gone());
+        assert!(proc.wchan(300, 300).unwrap_err().is_gone());
+        assert!(proc.cmdline(300).unwrap_err().is_gone());
+        assert!(proc.fds(300).unwrap_err().is_gone());
+        assert!(proc.mapped_files(300).unwrap_err().is_gone());
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let proc = ProcFs::default();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        assert!(proc.pids().unwrap().contains(&pid));
+        assert!(proc.tids(pid).unwrap().contains(&pid));
+        let stat = proc.stat(pid, pid).unwrap();
+        assert!(!stat.comm.is_empty());
+        assert!(stat.num_threads >= 1 && stat.ppid > 0);
+        assert!(!proc.cmdline(pid).unwrap().is_empty());
+        let fds: Vec<i32> = proc.fds(pid).unwrap().iter().map(|fd| fd.fd).collect();
+        assert!(fds.starts_with(&[0, 1, 2]), "{fds:?}");
+        assert!(!proc.mapped_files(pid).unwrap().is_empty());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    const SLEEP_SYSCALLS: [i64; 2] = [230, 35];
+    #[cfg(target_arch = "aarch64")]
+    const SLEEP_SYSCALLS: [i64; 2] = [115, 101];
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn sleeping_child_is_in_syscall_then_gone() {
+        let proc = ProcFs::default();
+        let mut child = Command::new("sleep")
+            .arg("100")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        // Right after spawn the child may still be in execve or the dynamic
+        // loader. Nothing below may panic before the kill, or `sleep` outlives us.
+        let in_sleep =
+            |s: &Syscall| matches!(s, Syscall::In { nr, .. } if SLEEP_SYSCALLS.contains(nr));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let syscall = loop {
+            let syscall = proc.syscall(pid, pid);
+            if syscall.as_ref().map_or(true, in_sleep) || Instant::now() > deadline {
+                break syscall;
+            }
+            sleep(Duration::from_millis(10));
+        };
+        let cmdline = proc.cmdline(pid);
+        let wchan = proc.wchan(pid, pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let syscall = syscall.unwrap();
+        assert!(in_sleep(&syscall), "{syscall:?}");
+        assert_eq!(cmdline.unwrap(), ["sleep", "100"]);
+        assert!(!wchan.unwrap().is_empty());
+        assert!(proc.stat(pid, pid).unwrap_err().is_gone());
+        assert!(proc.fds(pid).unwrap_err().is_gone());
+        assert!(proc.sched_exec_start_ns(pid, pid).unwrap_err().is_gone());
+    }
+}

@@ -1,0 +1,164 @@
+//! Parsers for the text formats under `/proc`, kept free of I/O so they can be
+//! tested on literal strings. Errors are plain descriptions; the caller adds the path.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use super::{Access, FdTarget, Syscall, TaskStat};
+
+/// Only the low two bits of the open flags encode the access mode.
+const O_ACCMODE: u32 = 0o3;
+
+fn num<T: FromStr>(text: &str, what: &str) -> Result<T, String> {
+    text.parse().map_err(|_| format!("bad {what} {text:?}"))
+}
+
+fn hex(text: &str) -> Result<u64, String> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    u64::from_str_radix(digits, 16).map_err(|_| format!("bad hex value {text:?}"))
+}
+
+pub(super) fn stat(text: &str) -> Result<TaskStat, String> {
+    // comm may itself contain spaces and ')', but nothing after it can, so the
+    // last ')' is the only reliable end of comm.
+    let open = text.find('(').ok_or("no '(' before comm")?;
+    let close = text
+        .rfind(')')
+        .filter(|&c| c > open)
+        .ok_or("no ')' after comm")?;
+    let fields: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
+    // Fields are numbered from 1 in proc(5); the slice starts at field 3 (state).
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .copied()
+            .ok_or_else(|| format!("missing field {n}"))
+    };
+    let mut state = field(3)?.chars();
+    Ok(TaskStat {
+        comm: text[open + 1..close].to_owned(),
+        state: state
+            .next()
+            .filter(|_| state.next().is_none())
+            .ok_or("bad state")?,
+        ppid: num(field(4)?, "ppid")?,
+        pgrp: num(field(5)?, "pgrp")?,
+        num_threads: num(field(20)?, "num_threads")?,
+        start_ticks: num(field(22)?, "starttime")?,
+    })
+}
+
+pub(super) fn syscall(text: &str) -> Result<Syscall, String> {
+    let text = text.trim();
+    // The kernel cannot sample a task that is on a CPU right now.
+    if text == "running" {
+        return Ok(Syscall::Running);
+    }
+    let mut fields = text.split_ascii_whitespace();
+    let nr: i64 = num(fields.next().ok_or("empty")?, "syscall number")?;
+    // Any negative number means "not in a syscall"; only sp and pc follow.
+    if nr < 0 {
+        return Ok(Syscall::User);
+    }
+    let mut args = [0; 6];
+    for arg in &mut args {
+        *arg = hex(fields.next().ok_or("fewer than 6 arguments")?)?;
+    }
+    Ok(Syscall::In { nr, args })
+}
+
+pub(super) fn exec_start_ns(text: &str) -> Result<Option<u64>, String> {
+    // The header line embeds comm unescaped, so a task could forge an
+    // "se.exec_start" line there; the genuine one always comes later.
+    let Some(value) = text.lines().rev().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "se.exec_start").then(|| value.trim())
+    }) else {
+        return Ok(None);
+    };
+    // Printed as "<ms>.<6-digit ns remainder>"; integer arithmetic keeps full
+    // nanosecond precision that an f64 would lose after a few days of uptime.
+    let bad = || format!("bad se.exec_start {value:?}");
+    let (ms, frac) = value.split_once('.').ok_or_else(bad)?;
+    if frac.len() != 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let ms: u64 = ms.parse().map_err(|_| bad())?;
+    let frac: u64 = frac.parse().map_err(|_| bad())?;
+    ms.checked_mul(1_000_000)
+        .and_then(|ns| ns.checked_add(frac))
+        .map(Some)
+        .ok_or_else(bad)
+}
+
+pub(super) fn access(fdinfo: &str) -> Result<Access, String> {
+    let flags = fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("flags:"))
+        .ok_or("no flags line")?;
+    let flags = u32::from_str_radix(flags.trim(), 8).map_err(|_| format!("bad flags {flags:?}"))?;
+    match flags & O_ACCMODE {
+        0 => Ok(Access::Read),
+        1 => Ok(Access::Write),
+        2 => Ok(Access::ReadWrite),
+        // Linux accepts mode 3 as "ioctl only"; no Access variant describes it.
+        _ => Err(format!("access mode 3 in flags {flags:o}")),
+    }
+}
+
+pub(super) fn fd_target(link: &Path) -> FdTarget {
+    let text = link.to_string_lossy();
+    text.strip_prefix("pipe:[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|inode| inode.parse().ok())
+        .map_or_else(|| FdTarget::Other(text.into_owned()), FdTarget::Pipe)
+}
+
+/// The file path of one `maps` line, if the mapping is backed by a file that
+/// still exists. Bytes rather than `str` because paths need not be UTF-8.
+pub(super) fn map_path(line: &[u8]) -> Option<&[u8]> {
+    // address, perms, offset, dev, inode; the path is the rest after padding
+    // and may contain spaces.
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_ascii_start();
+        let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    let path = rest.trim_ascii_start();
+    (path.starts_with(b"/") && !path.ends_with(b" (deleted)")).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_input_is_rejected() {
+        assert!(stat("1 (a) S 0 1").is_err());
+        assert!(stat(")1 (").is_err());
+        assert!(syscall("7 0x1 0x2").is_err());
+        assert!(syscall("7 0x1 0x2 0x3 0x4 0x5 zz 0x0 0x0").is_err());
+        assert!(exec_start_ns("se.exec_start : 12.5\n").is_err());
+        assert!(access("flags:\t03\n").is_err());
+        assert!(access("pos:\t0\n").is_err());
+    }
+
+    #[test]
+    fn exec_start_ignores_forged_header_and_keeps_precision() {
+        let text = "se.exec_start:9 (7, #threads: 1)\n----\n\
+                    se.exec_start    :   1234567890.000001\n";
+        assert_eq!(exec_start_ns(text), Ok(Some(1_234_567_890_000_001)));
+    }
+
+    #[test]
+    fn only_well_formed_pipe_links_are_pipes() {
+        assert_eq!(fd_target(Path::new("pipe:[12]")), FdTarget::Pipe(12));
+        let other = "anon_inode:[eventfd]";
+        assert_eq!(fd_target(Path::new(other)), FdTarget::Other(other.into()));
+        assert!(matches!(
+            fd_target(Path::new("pipe:[x]")),
+            FdTarget::Other(_)
+        ));
+    }
+}
