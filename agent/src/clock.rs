@@ -1,0 +1,50 @@
+//! The probes time things on the monotonic clock; people read wall-clock time.
+use std::time::{Duration, SystemTime};
+
+/// Both clocks read at one instant, to convert between them.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub monotonic_ns: u64,
+    pub wall: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Self {
+            monotonic_ns: monotonic_ns(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    pub fn monotonic_to_wall(&self, ns: u64) -> SystemTime {
+        let ago = Duration::from_nanos(self.monotonic_ns.saturating_sub(ns));
+        self.wall.checked_sub(ago).unwrap_or(self.wall)
+    }
+
+    pub fn monotonic_to_rfc3339(&self, ns: u64) -> String {
+        humantime::format_rfc3339_millis(self.monotonic_to_wall(ns)).to_string()
+    }
+
+    pub fn now_rfc3339(&self) -> String {
+        humantime::format_rfc3339_millis(self.wall).to_string()
+    }
+
+    /// Seconds from an RFC 3339 time this agent wrote until now (0 if unparsable).
+    pub fn seconds_since_rfc3339(&self, at: &str) -> f64 {
+        humantime::parse_rfc3339(at)
+            .ok()
+            .and_then(|then| self.wall.duration_since(then).ok())
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,2 @@
+//! One-shot commands that do not run the agent.
+pub mod incidents;

@@ -1,0 +1,124 @@
+//! `exitwatch run`: probes, scanner, event loop and HTTP server in one process.
+mod events;
+mod scanner;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::{
+    clock::monotonic_ns, incidents::Store, logging, metrics::Metrics, probes::Probes,
+    procfs::ProcFs, scan::blocked_from_proc,
+};
+
+#[derive(Args, Clone, Debug)]
+pub struct Config {
+    /// Address for /metrics, /api/v1/incidents, /healthz and the status page.
+    #[arg(long, default_value = "127.0.0.1:9977", value_parser = crate::parse_listen)]
+    pub listen: SocketAddr,
+    /// A wait counts as hung once it lasts this long without progress.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    pub hang_after: Duration,
+    /// How often blocked threads are verified and incidents updated.
+    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    pub scan_interval: Duration,
+    #[arg(long, value_enum, default_value_t = logging::Format::Text)]
+    pub log_format: logging::Format,
+}
+
+/// State shared by the scanner, the event loop and the HTTP handlers.
+pub struct Shared {
+    pub config: Config,
+    pub procfs: ProcFs,
+    pub probes: Mutex<Probes>,
+    pub store: Mutex<crate::incidents::Store>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn probes(&self) -> MutexGuard<'_, Probes> {
+        // A panic while holding the lock leaves the maps usable; keep going.
+        self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let (mut probes, streams) = Probes::load().context("cannot start the kernel probes")?;
+    // Keeps the kernel counting run time per BPF program while the agent runs.
+    let _bpf_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .inspect_err(|e| log::warn!("BPF run-time stats unavailable: {e}"))
+        .ok();
+
+    let procfs = ProcFs::default();
+    probes.discover_installed();
+    for pid in procfs.pids().unwrap_or_default() {
+        probes.discover(pid);
+    }
+    let seeded = probes.seed(&blocked_from_proc(&procfs, monotonic_ns()));
+    log::info!(
+        "exitwatch {} watching: hang-after {}, scan every {}, {} uprobe target(s), \
+         {seeded} wait(s) already in progress; serving http://{}/",
+        env!("CARGO_PKG_VERSION"),
+        humantime::format_duration(config.hang_after),
+        humantime::format_duration(config.scan_interval),
+        probes.uprobe_targets(),
+        config.listen,
+    );
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        procfs,
+        probes: Mutex::new(probes),
+        store: Mutex::new(Store::default()),
+        metrics: Metrics::new().context("registering metrics")?,
+    });
+    let tasks = [
+        tokio::spawn(events::run(shared.clone(), streams)),
+        tokio::spawn(scanner::run(shared.clone())),
+    ];
+    let server = axum::serve(listener, crate::http::router(shared.clone()))
+        .with_graceful_shutdown(shutdown_signal());
+    let served = server.await.context("HTTP server");
+    for task in tasks {
+        task.abort();
+    }
+    log::info!("shutting down: detaching probes");
+    // Dropping the last reference detaches every program and frees the maps.
+    drop(shared);
+    served
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,66 @@
+//! The scan loop: kernel maps → verified snapshot → findings → incidents and metrics.
+use std::{sync::Arc, time::Instant};
+
+use super::Shared;
+use crate::{clock::Clock, graph::analyze, scan::collect};
+
+pub async fn run(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(shared.config.scan_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let scanning = shared.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || scan_once(&scanning)).await {
+            shared.metrics.scan_failed();
+            log::error!("scan failed: {error}");
+        }
+    }
+}
+
+fn scan_once(shared: &Shared) {
+    let started = Instant::now();
+    let clock = Clock::now();
+    let hang_after_ns = shared.config.hang_after.as_nanos() as u64;
+    let view = shared.probes().kernel_view();
+    let scan = collect(&shared.procfs, &view, clock.monotonic_ns, hang_after_ns);
+    shared.probes().forget(&scan.gone_tids, &scan.gone_pids);
+    let findings = analyze(&scan.snapshot);
+
+    let mut store = shared.store();
+    let changes = store.update(&scan.snapshot, &findings, &clock, |pid, start| {
+        shared
+            .procfs
+            .stat(pid, pid)
+            .is_ok_and(|stat| stat.start_ticks == start)
+    });
+    for incident in &changes.opened {
+        shared.metrics.incident_opened(incident);
+        log::warn!(
+            "incident {} opened: {} pids {:?}: {}",
+            incident.id,
+            incident.kind,
+            incident.pids,
+            incident.summary
+        );
+    }
+    for (incident, seconds) in &changes.resolved {
+        shared.metrics.incident_resolved(incident, *seconds);
+        log::info!(
+            "incident {} resolved ({}) after {seconds:.0} s: {} pids {:?}",
+            incident.id,
+            incident
+                .ended
+                .map_or("unknown".to_string(), |e| format!("{e:?}").to_lowercase()),
+            incident.kind,
+            incident.pids
+        );
+    }
+    let uprobe_targets = shared.probes().uprobe_targets();
+    shared.metrics.observe_scan(
+        &scan.snapshot,
+        view.exiting.len(),
+        store.active(),
+        started.elapsed().as_secs_f64(),
+        uprobe_targets,
+    );
+}

@@ -1,0 +1,167 @@
+//! One sentence per finding: who is stuck, in which wait, on what, and the usual fix.
+use exitwatch_common::exit_reason;
+
+use super::{
+    analyze::{Finding, Kind, Link},
+    model::{ChildTarget, Pid, Snapshot, Wait},
+};
+
+pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
+    let clauses: Vec<String> = finding
+        .chain
+        .iter()
+        .map(|link| clause(snapshot, link))
+        .collect();
+    let clauses = clauses.join("; ");
+    match finding.kind {
+        Kind::PipeDeadlock => format!(
+            "Pipe deadlock: {clauses}; none of them can proceed. Fix: {}.",
+            pipe_fix(&finding.chain)
+        ),
+        Kind::ExitBlockedOnThreads => exit_blocked_on_threads(snapshot, finding, &clauses),
+        Kind::ExitBlockedOnPipe => format!(
+            "Exit blocked on a pipe: {} is exiting but {clauses}, and no reader drains it. \
+             Fix: make sure the reader keeps reading (or is not stopped) until the writer \
+             exits, or close the pipe before exiting.",
+            who(snapshot, first_pid(finding))
+        ),
+        Kind::StuckAfterSignal => format!(
+            "Stuck after {}: {} got the signal {:.0} s ago but {clauses}. Fix: let the signal \
+             handler wake or cancel the blocking wait (or exit), instead of only setting a flag.",
+            signal_name(exit_of(snapshot, finding).map_or(0, |e| e.signal)),
+            who(snapshot, first_pid(finding)),
+            seconds(snapshot.now_ns.saturating_sub(finding.started_ns)),
+        ),
+    }
+}
+
+fn exit_blocked_on_threads(snapshot: &Snapshot, finding: &Finding, clauses: &str) -> String {
+    let pid = first_pid(finding);
+    let exit = exit_of(snapshot, finding).unwrap_or_default();
+    let age = seconds(snapshot.now_ns.saturating_sub(exit.since_ns));
+    let spawns = if exit.thread_spawns > 0 {
+        format!(
+            " {} new thread(s) started during exit, the mark of a threading.Timer (or worker) \
+             that re-arms itself.",
+            exit.thread_spawns
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "Exit blocked on threads: {} has been exiting for {age:.0} s ({}) but cannot finish: \
+         {clauses}.{spawns} Fix: make background threads daemon=True, cancel() timers and \
+         stop workers (executor.shutdown(cancel_futures=True)) before exit, or do not join \
+         threads that never return in atexit handlers.",
+        who(snapshot, pid),
+        reasons(exit.reasons),
+    )
+}
+
+fn clause(snapshot: &Snapshot, link: &Link) -> String {
+    let thread = if link.tid == link.pid {
+        who(snapshot, link.pid)
+    } else {
+        format!("thread {} of {}", link.tid, who(snapshot, link.pid))
+    };
+    // Only a stuck thread's sleep is timed: others re-block as they go.
+    let blocked = snapshot
+        .processes
+        .get(&link.pid)
+        .and_then(|p| p.thread(link.tid))
+        .filter(|t| t.stuck)
+        .map(|t| format!(" for {:.0} s", seconds(snapshot.now_ns.saturating_sub(t.since_ns))))
+        .unwrap_or_default();
+    let what = match &link.wait {
+        Wait::PipeWrite { fd, pipe } => format!(
+            "is blocked writing fd {fd} into pipe {pipe}, whose read end only {} hold(s)",
+            holders(snapshot, &link.waits_on)
+        ),
+        Wait::PipeRead { fd, pipe } => format!(
+            "is blocked reading fd {fd} from pipe {pipe}, whose write end only {} hold(s)",
+            holders(snapshot, &link.waits_on)
+        ),
+        Wait::Child { target } => match target {
+            ChildTarget::Pid(child) => {
+                format!("is in wait() for its child {}", who(snapshot, *child))
+            }
+            ChildTarget::AnyChild | ChildTarget::Group(_) => {
+                format!(
+                    "is in wait() for its children {}",
+                    holders(snapshot, &link.waits_on)
+                )
+            }
+        },
+        Wait::Futex { timed: false } => "is waiting on a lock or joining a thread (futex)".to_string(),
+        Wait::Futex { timed: true } => {
+            "is in a timed wait (futex with timeout, as in a Timer or Event.wait(t))".to_string()
+        }
+        Wait::Other { syscall } => format!("is blocked in {syscall}()"),
+    };
+    format!("{thread} {what}{blocked}")
+}
+
+fn pipe_fix(chain: &[Link]) -> &'static str {
+    let waits = |f: fn(&Wait) -> bool| chain.iter().any(|l| f(&l.wait));
+    let child = waits(|w| matches!(w, Wait::Child { .. }));
+    let futex = waits(|w| matches!(w, Wait::Futex { .. }));
+    let read = waits(|w| matches!(w, Wait::PipeRead { .. }));
+    if child && futex {
+        "take the data off the queue (get()) before join()ing the producer, or call \
+         cancel_join_thread() in the child"
+    } else if read {
+        "read all pipes concurrently (Popen.communicate(), threads or selectors) instead of \
+         one to EOF after another"
+    } else if child {
+        "read the pipe while waiting (Popen.communicate() instead of wait()), or send the \
+         output to a file instead of a pipe"
+    } else {
+        "make sure every pipe has a reader that keeps reading while its writers run"
+    }
+}
+
+fn who(snapshot: &Snapshot, pid: Pid) -> String {
+    match snapshot.processes.get(&pid) {
+        Some(process) => format!("{} (pid {pid})", process.comm),
+        None => format!("pid {pid}"),
+    }
+}
+
+fn holders(snapshot: &Snapshot, pids: &[Pid]) -> String {
+    let names: Vec<String> = pids.iter().map(|&pid| who(snapshot, pid)).collect();
+    names.join(", ")
+}
+
+fn first_pid(finding: &Finding) -> Pid {
+    finding
+        .chain
+        .first()
+        .map_or_else(|| finding.pids.first().copied().unwrap_or(0), |l| l.pid)
+}
+
+fn exit_of(snapshot: &Snapshot, finding: &Finding) -> Option<super::model::ExitPhase> {
+    snapshot.processes.get(&first_pid(finding))?.exit
+}
+
+fn reasons(bits: u32) -> String {
+    let names: Vec<&str> = exit_reason::ALL
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    names.join(", ")
+}
+
+fn signal_name(signal: u32) -> &'static str {
+    match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        15 => "SIGTERM",
+        _ => "a termination signal",
+    }
+}
+
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}

@@ -1,0 +1,131 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+pub type Pid = i32;
+
+/// What a blocked thread is waiting for, resolved against `/proc`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Wait {
+    /// `write`/`writev` on a pipe: released by whoever holds the read end.
+    PipeWrite { fd: i32, pipe: u64 },
+    /// `read`/`readv` on a pipe: released by whoever holds the write end.
+    PipeRead { fd: i32, pipe: u64 },
+    /// `wait4`/`waitid`: released by the child(ren) exiting.
+    Child { target: ChildTarget },
+    /// A futex wait; one with a timeout wakes by itself.
+    Futex { timed: bool },
+    /// A tracked syscall on something that is not a pipe (a file, a socket, a tty).
+    Other { syscall: String },
+}
+
+impl Wait {
+    /// Short label used in metrics and tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::PipeWrite { .. } => "pipe_write",
+            Self::PipeRead { .. } => "pipe_read",
+            Self::Child { .. } => "wait_child",
+            Self::Futex { .. } => "futex",
+            Self::Other { .. } => "other",
+        }
+    }
+
+    pub fn pipe(&self) -> Option<u64> {
+        match self {
+            Self::PipeWrite { pipe, .. } | Self::PipeRead { pipe, .. } => Some(*pipe),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum ChildTarget {
+    Pid(Pid),
+    AnyChild,
+    Group(Pid),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Thread {
+    pub tid: Pid,
+    /// The wait this thread is in now, if it is in one exitwatch understands.
+    pub wait: Option<Wait>,
+    /// Monotonic ns when the current sleep began (0 when not waiting).
+    pub since_ns: u64,
+    /// Blocked past the threshold in this wait without any progress.
+    pub stuck: bool,
+    /// `/proc` state letter (`S`, `D`, `T`, …).
+    pub state: char,
+    /// Kernel wait channel, a hint for threads in waits exitwatch does not model.
+    pub wchan: String,
+}
+
+/// A process's exit phase as the kernel probes saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitPhase {
+    pub since_ns: u64,
+    /// Bit set of `exitwatch_common::exit_reason` values.
+    pub reasons: u32,
+    pub thread_spawns: u64,
+    pub signal: u32,
+    pub exit_tid: Pid,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    pub pid: Pid,
+    pub ppid: Pid,
+    pub pgrp: Pid,
+    pub start_ticks: u64,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+    pub threads: Vec<Thread>,
+    pub exit: Option<ExitPhase>,
+}
+
+impl ExitPhase {
+    /// Really exiting, not just signalled: a handled signal alone does not end a process.
+    pub fn is_exiting(&self) -> bool {
+        self.reasons & !exitwatch_common::exit_reason::SIGNAL != 0
+    }
+
+    pub fn was_signalled(&self) -> bool {
+        self.reasons & exitwatch_common::exit_reason::SIGNAL != 0
+    }
+}
+
+impl Process {
+    pub fn thread(&self, tid: Pid) -> Option<&Thread> {
+        self.threads.iter().find(|thread| thread.tid == tid)
+    }
+
+    /// The thread that is driving the exit: the one that entered it, else the main thread.
+    pub fn exit_thread(&self) -> Option<&Thread> {
+        let exit = self.exit?;
+        self.thread(exit.exit_tid).or_else(|| self.thread(self.pid))
+    }
+}
+
+/// Which processes hold each end of a pipe.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipeEnds {
+    pub readers: BTreeSet<Pid>,
+    pub writers: BTreeSet<Pid>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub now_ns: u64,
+    pub hang_after_ns: u64,
+    pub processes: BTreeMap<Pid, Process>,
+    pub pipes: BTreeMap<u64, PipeEnds>,
+}
+
+impl Snapshot {
+    pub fn children_of(&self, parent: Pid) -> impl Iterator<Item = &Process> {
+        self.processes.values().filter(move |p| p.ppid == parent)
+    }
+}

@@ -1,0 +1,269 @@
+//! The classifier on hand-built snapshots of each shape, and of healthy look-alikes.
+use exitwatch_common::exit_reason;
+
+use super::*;
+
+const SECOND: u64 = 1_000_000_000;
+const NOW: u64 = 1_000 * SECOND;
+const HANG_AFTER: u64 = 10 * SECOND;
+
+fn stuck(tid: i32, wait: Wait) -> Thread {
+    Thread {
+        tid,
+        wait: Some(wait),
+        since_ns: NOW - 30 * SECOND,
+        stuck: true,
+        state: 'S',
+        wchan: String::new(),
+    }
+}
+
+/// In a wait right now, but not past the threshold (or making progress).
+fn waiting(tid: i32, wait: Wait) -> Thread {
+    Thread {
+        stuck: false,
+        since_ns: NOW - SECOND,
+        ..stuck(tid, wait)
+    }
+}
+
+fn running(tid: i32) -> Thread {
+    Thread {
+        tid,
+        state: 'R',
+        ..Thread::default()
+    }
+}
+
+fn process(pid: i32, ppid: i32, threads: Vec<Thread>) -> Process {
+    Process {
+        pid,
+        ppid,
+        pgrp: ppid,
+        start_ticks: 1,
+        comm: format!("prog{pid}"),
+        cmdline: vec![format!("prog{pid}")],
+        threads,
+        exit: None,
+    }
+}
+
+fn exiting(mut process: Process, reasons: u32, for_ns: u64, spawns: u64) -> Process {
+    process.exit = Some(ExitPhase {
+        since_ns: NOW - for_ns,
+        reasons,
+        thread_spawns: spawns,
+        signal: if reasons & exit_reason::SIGNAL != 0 { 15 } else { 0 },
+        exit_tid: process.pid,
+    });
+    process
+}
+
+fn snapshot(processes: Vec<Process>, pipes: Vec<(u64, Vec<i32>, Vec<i32>)>) -> Snapshot {
+    Snapshot {
+        now_ns: NOW,
+        hang_after_ns: HANG_AFTER,
+        processes: processes.into_iter().map(|p| (p.pid, p)).collect(),
+        pipes: pipes
+            .into_iter()
+            .map(|(inode, readers, writers)| {
+                let ends = PipeEnds {
+                    readers: readers.into_iter().collect(),
+                    writers: writers.into_iter().collect(),
+                };
+                (inode, ends)
+            })
+            .collect(),
+    }
+}
+
+const WRITE_PIPE: Wait = Wait::PipeWrite { fd: 1, pipe: 77 };
+const FUTEX: Wait = Wait::Futex { timed: false };
+const TIMED_FUTEX: Wait = Wait::Futex { timed: true };
+
+fn wait_for(pid: i32) -> Wait {
+    Wait::Child {
+        target: ChildTarget::Pid(pid),
+    }
+}
+
+#[test]
+fn seed_popen_wait_is_a_pipe_deadlock() {
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, wait_for(11))]),
+            process(11, 10, vec![stuck(11, WRITE_PIPE)]),
+        ],
+        vec![(77, vec![10], vec![11])],
+    );
+    let findings = analyze(&snap);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let finding = &findings[0];
+    assert_eq!(finding.kind, Kind::PipeDeadlock);
+    assert_eq!(finding.pids, vec![10, 11]);
+    assert_eq!(finding.started_ns, NOW - 30 * SECOND);
+    assert!(finding.summary.contains("pipe 77"), "{}", finding.summary);
+    assert!(finding.summary.contains("communicate()"), "{}", finding.summary);
+}
+
+#[test]
+fn a_reader_with_a_free_thread_can_still_drain_the_pipe() {
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, wait_for(11)), running(12)]),
+            process(11, 10, vec![stuck(11, WRITE_PIPE)]),
+        ],
+        vec![(77, vec![10], vec![11])],
+    );
+    assert_eq!(analyze(&snap), vec![]);
+}
+
+#[test]
+fn a_writer_that_makes_progress_is_not_stuck() {
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, wait_for(11))]),
+            process(11, 10, vec![waiting(11, WRITE_PIPE)]),
+        ],
+        vec![(77, vec![10], vec![11])],
+    );
+    assert_eq!(analyze(&snap), vec![]);
+}
+
+#[test]
+fn reading_stderr_to_eof_while_the_child_fills_stdout_is_a_deadlock() {
+    let read_stderr = Wait::PipeRead { fd: 5, pipe: 78 };
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, read_stderr)]),
+            process(11, 10, vec![stuck(11, WRITE_PIPE)]),
+        ],
+        vec![(77, vec![10], vec![11]), (78, vec![10], vec![11])],
+    );
+    let findings = analyze(&snap);
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].kind, Kind::PipeDeadlock);
+    assert!(findings[0].summary.contains("read all pipes concurrently"));
+}
+
+#[test]
+fn multiprocessing_queue_join_before_get_is_a_deadlock_through_the_feeder() {
+    // Child: main joins its feeder thread, which is stuck writing the queue pipe; both
+    // processes hold the read end; the parent waits for the child.
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, wait_for(11))]),
+            process(11, 10, vec![stuck(11, FUTEX), stuck(12, WRITE_PIPE)]),
+        ],
+        vec![(77, vec![10, 11], vec![10, 11])],
+    );
+    let findings = analyze(&snap);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].kind, Kind::PipeDeadlock);
+    assert_eq!(findings[0].pids, vec![10, 11]);
+    assert_eq!(findings[0].chain.len(), 3);
+    assert!(findings[0].summary.contains("cancel_join_thread()"));
+}
+
+#[test]
+fn idle_reader_of_a_live_writer_is_silent() {
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![waiting(10, TIMED_FUTEX)]),
+            process(11, 10, vec![stuck(11, Wait::PipeRead { fd: 0, pipe: 77 })]),
+        ],
+        vec![(77, vec![11], vec![10])],
+    );
+    assert_eq!(analyze(&snap), vec![]);
+}
+
+#[test]
+fn timer_rearming_during_finalize_blocks_exit_on_threads() {
+    // The main thread re-blocks on a new join every period, so it is never stuck itself.
+    let timer = exiting(
+        process(20, 1, vec![waiting(20, FUTEX), waiting(21, TIMED_FUTEX)]),
+        exit_reason::PY_FINALIZE,
+        15 * SECOND,
+        30,
+    );
+    let findings = analyze(&snapshot(vec![timer], vec![]));
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let finding = &findings[0];
+    assert_eq!(finding.kind, Kind::ExitBlockedOnThreads);
+    assert_eq!(finding.pids, vec![20]);
+    assert!(finding.summary.contains("30 new thread(s)"), "{}", finding.summary);
+    assert!(finding.summary.contains("daemon=True"));
+}
+
+#[test]
+fn a_young_exit_phase_is_not_a_hang() {
+    let timer = exiting(
+        process(20, 1, vec![waiting(20, FUTEX), waiting(21, TIMED_FUTEX)]),
+        exit_reason::PY_FINALIZE,
+        2 * SECOND,
+        1,
+    );
+    assert_eq!(analyze(&snapshot(vec![timer], vec![])), vec![]);
+}
+
+#[test]
+fn non_daemon_thread_blocked_forever_is_a_knot_at_exit() {
+    let worker = exiting(
+        process(20, 1, vec![stuck(20, FUTEX), stuck(21, FUTEX)]),
+        exit_reason::PY_FINALIZE,
+        30 * SECOND,
+        0,
+    );
+    let findings = analyze(&snapshot(vec![worker], vec![]));
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].kind, Kind::ExitBlockedOnThreads);
+    assert_eq!(findings[0].chain.len(), 2);
+}
+
+#[test]
+fn condition_variable_server_is_silent() {
+    let idle_workers = process(
+        30,
+        1,
+        vec![waiting(30, TIMED_FUTEX), stuck(31, FUTEX), stuck(32, FUTEX)],
+    );
+    // Even with every thread parked, a process that is not exiting is not hung at exit.
+    let all_parked = process(40, 1, vec![stuck(40, FUTEX), stuck(41, FUTEX)]);
+    assert_eq!(analyze(&snapshot(vec![idle_workers, all_parked], vec![])), vec![]);
+}
+
+#[test]
+fn signalled_process_that_stays_blocked_is_stuck_after_signal() {
+    let ignored = exiting(
+        process(50, 1, vec![stuck(50, FUTEX), stuck(51, FUTEX)]),
+        exit_reason::SIGNAL,
+        20 * SECOND,
+        0,
+    );
+    let findings = analyze(&snapshot(vec![ignored], vec![]));
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].kind, Kind::StuckAfterSignal);
+    assert!(findings[0].summary.contains("SIGTERM"), "{}", findings[0].summary);
+}
+
+#[test]
+fn exiting_writer_whose_reader_is_stopped_is_blocked_on_the_pipe() {
+    let writer = exiting(
+        process(60, 1, vec![stuck(60, WRITE_PIPE)]),
+        exit_reason::PY_FINALIZE,
+        20 * SECOND,
+        0,
+    );
+    let reader = process(
+        61,
+        60,
+        vec![Thread {
+            state: 'T',
+            ..running(61)
+        }],
+    );
+    let findings = analyze(&snapshot(vec![writer, reader], vec![(77, vec![61], vec![60])]));
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].kind, Kind::ExitBlockedOnPipe);
+    assert_eq!(findings[0].pids, vec![60, 61]);
+}

@@ -1,0 +1,64 @@
+use serde::{Deserialize, Serialize};
+
+/// The JSON shape served at `/api/v1/incidents`; `exitwatch incidents` reads it back.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Incident {
+    pub id: u64,
+    pub kind: String,
+    pub state: State,
+    pub pids: Vec<i32>,
+    pub processes: Vec<IncidentProcess>,
+    /// Inodes of the pipes between the processes, as `/proc/PID/fd` shows `pipe:[inode]`.
+    pub pipes: Vec<u64>,
+    /// Threads created while the process was exiting (exit kinds only).
+    pub thread_spawns: Option<u64>,
+    pub thread_spawns_per_second: Option<f64>,
+    pub summary: String,
+    pub started_at: String,
+    pub detected_at: String,
+    pub resolved_at: Option<String>,
+    pub ended: Option<Ending>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Active,
+    Resolved,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// A process involved exited (or was killed), which ends the wait.
+    Exited,
+    /// The processes are still there but no longer stuck.
+    Unblocked,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IncidentProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    pub cmdline: String,
+    /// Exit markers seen (`py_finalize`, `libc_exit`, `main_thread_exit`, `signal`).
+    pub exiting: Vec<String>,
+    pub threads: Vec<IncidentThread>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IncidentThread {
+    pub tid: i32,
+    /// `pipe_write`, `pipe_read`, `wait_child`, `futex`, `other`, or `running`.
+    pub wait: String,
+    pub state: String,
+    pub wchan: String,
+    pub blocked_seconds: f64,
+    pub pipe: Option<u64>,
+    pub fd: Option<i32>,
+    pub target_pid: Option<i32>,
+    pub timed: Option<bool>,
+    /// Blocked past the threshold with no progress.
+    pub stuck: bool,
+}

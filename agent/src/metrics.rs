@@ -1,0 +1,309 @@
+//! Prometheus metrics, in a private registry. Label values are pre-created so every
+//! series exists at 0 from the first scrape.
+use prometheus::{
+    core::{Atomic, Collector, GenericCounter},
+    CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    graph::{Kind, Snapshot},
+    incidents::Incident,
+    probes::{Counters, ProgramStats},
+};
+
+/// Waits that `exitwatch_blocked_threads` counts.
+pub const WAIT_LABELS: [&str; 5] = ["pipe_write", "pipe_read", "wait_child", "futex", "other"];
+
+/// The active-incident info series carries pids, so its cardinality is capped.
+const MAX_INFO_SERIES: usize = 50;
+
+pub struct Metrics {
+    registry: Registry,
+    incidents_total: IntCounterVec,
+    incidents_active: IntGaugeVec,
+    incident_duration: HistogramVec,
+    incident_info: IntGaugeVec,
+    blocked_threads: IntGaugeVec,
+    exit_phase_processes: IntGauge,
+    exit_phase_entries: IntCounterVec,
+    events: IntCounter,
+    events_dropped: IntCounter,
+    map_full: IntCounterVec,
+    bpf_run_time: CounterVec,
+    bpf_runs: IntCounterVec,
+    scan_duration: Histogram,
+    scan_errors: IntCounter,
+    uprobe_targets: IntGauge,
+    last_scan: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        let metrics = Self {
+            incidents_total: IntCounterVec::new(
+                Opts::new("exitwatch_incidents_total", "Incidents opened, by kind."),
+                &["kind"],
+            )?,
+            incidents_active: IntGaugeVec::new(
+                Opts::new("exitwatch_incidents_active", "Incidents open now, by kind."),
+                &["kind"],
+            )?,
+            incident_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "exitwatch_incident_duration_seconds",
+                    "How long resolved incidents lasted, from the first wait to resolution.",
+                )
+                .buckets(vec![
+                    5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+                ]),
+                &["kind"],
+            )?,
+            incident_info: IntGaugeVec::new(
+                Opts::new(
+                    "exitwatch_active_incident_info",
+                    "One series per process in an active incident (capped at 50 series).",
+                ),
+                &["kind", "pid", "comm"],
+            )?,
+            blocked_threads: IntGaugeVec::new(
+                Opts::new(
+                    "exitwatch_blocked_threads",
+                    "Threads blocked past the hang threshold without progress, by wait.",
+                ),
+                &["wait"],
+            )?,
+            exit_phase_processes: IntGauge::new(
+                "exitwatch_exit_phase_processes",
+                "Processes that are in their exit phase (exit marker seen, not yet gone).",
+            )?,
+            exit_phase_entries: IntCounterVec::new(
+                Opts::new(
+                    "exitwatch_exit_phase_entries_total",
+                    "Processes entering their exit phase, by marker.",
+                ),
+                &["reason"],
+            )?,
+            events: IntCounter::new(
+                "exitwatch_ringbuf_events_total",
+                "Lifecycle events the probes sent through the ring buffer.",
+            )?,
+            events_dropped: IntCounter::new(
+                "exitwatch_ringbuf_dropped_events_total",
+                "Lifecycle events lost because the ring buffer was full.",
+            )?,
+            map_full: IntCounterVec::new(
+                Opts::new(
+                    "exitwatch_map_insert_failures_total",
+                    "Probe updates lost because a kernel map was full, by map.",
+                ),
+                &["map"],
+            )?,
+            bpf_run_time: CounterVec::new(
+                Opts::new(
+                    "exitwatch_bpf_program_run_time_seconds_total",
+                    "CPU time spent in each probe program (kernel BPF stats).",
+                ),
+                &["program"],
+            )?,
+            bpf_runs: IntCounterVec::new(
+                Opts::new(
+                    "exitwatch_bpf_program_runs_total",
+                    "Runs of each probe program (kernel BPF stats).",
+                ),
+                &["program"],
+            )?,
+            scan_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "exitwatch_scan_duration_seconds",
+                    "Time one scan takes: reading the maps, verifying with /proc, analysing.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
+            )?,
+            scan_errors: IntCounter::new(
+                "exitwatch_scan_errors_total",
+                "Scans that failed (the next scan retries).",
+            )?,
+            uprobe_targets: IntGauge::new(
+                "exitwatch_uprobe_targets",
+                "Files (interpreters, libcs) the exit-phase uprobes are attached to.",
+            )?,
+            last_scan: Gauge::new(
+                "exitwatch_last_scan_timestamp_seconds",
+                "Unix time of the last completed scan.",
+            )?,
+            registry,
+        };
+        for kind in &kinds {
+            metrics.incidents_total.with_label_values(&[kind]);
+            metrics.incidents_active.with_label_values(&[kind]);
+            metrics.incident_duration.with_label_values(&[kind]);
+        }
+        for wait in WAIT_LABELS {
+            metrics.blocked_threads.with_label_values(&[wait]);
+        }
+        for (_, reason) in exitwatch_common::exit_reason::ALL {
+            metrics.exit_phase_entries.with_label_values(&[reason]);
+        }
+        for map in [
+            exitwatch_common::names::MAP_BLOCKED,
+            exitwatch_common::names::MAP_PROCS,
+        ] {
+            metrics.map_full.with_label_values(&[map]);
+        }
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "exitwatch_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version", "rustc"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EXITWATCH_RUSTC")])
+            .set(1);
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(build_info),
+            Box::new(metrics.incidents_total.clone()),
+            Box::new(metrics.incidents_active.clone()),
+            Box::new(metrics.incident_duration.clone()),
+            Box::new(metrics.incident_info.clone()),
+            Box::new(metrics.blocked_threads.clone()),
+            Box::new(metrics.exit_phase_processes.clone()),
+            Box::new(metrics.exit_phase_entries.clone()),
+            Box::new(metrics.events.clone()),
+            Box::new(metrics.events_dropped.clone()),
+            Box::new(metrics.map_full.clone()),
+            Box::new(metrics.bpf_run_time.clone()),
+            Box::new(metrics.bpf_runs.clone()),
+            Box::new(metrics.scan_duration.clone()),
+            Box::new(metrics.scan_errors.clone()),
+            Box::new(metrics.uprobe_targets.clone()),
+            Box::new(metrics.last_scan.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector)?;
+        }
+        Ok(metrics)
+    }
+
+    pub fn incident_opened(&self, incident: &Incident) {
+        self.incidents_total
+            .with_label_values(&[&incident.kind])
+            .inc();
+    }
+
+    pub fn incident_resolved(&self, incident: &Incident, seconds: f64) {
+        self.incident_duration
+            .with_label_values(&[&incident.kind])
+            .observe(seconds);
+    }
+
+    pub fn exit_phase_entered(&self, reason: &str) {
+        self.exit_phase_entries.with_label_values(&[reason]).inc();
+    }
+
+    pub fn scan_failed(&self) {
+        self.scan_errors.inc();
+    }
+
+    /// Gauges that describe the latest scan.
+    pub fn observe_scan<'a>(
+        &self,
+        snapshot: &Snapshot,
+        exiting: usize,
+        active: impl Iterator<Item = &'a Incident>,
+        seconds: f64,
+        uprobe_targets: usize,
+    ) {
+        self.scan_duration.observe(seconds);
+        self.exit_phase_processes.set(exiting as i64);
+        self.uprobe_targets.set(uprobe_targets as i64);
+        self.last_scan.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        for wait in WAIT_LABELS {
+            let stuck = snapshot
+                .processes
+                .values()
+                .flat_map(|p| &p.threads)
+                .filter(|t| t.stuck && t.wait.as_ref().is_some_and(|w| w.label() == wait))
+                .count();
+            self.blocked_threads
+                .with_label_values(&[wait])
+                .set(stuck as i64);
+        }
+        for kind in Kind::ALL {
+            self.incidents_active
+                .with_label_values(&[kind.as_str()])
+                .set(0);
+        }
+        self.incident_info.reset();
+        let mut series = 0;
+        for incident in active {
+            self.incidents_active
+                .with_label_values(&[&incident.kind])
+                .inc();
+            for process in &incident.processes {
+                if series < MAX_INFO_SERIES {
+                    let pid = process.pid.to_string();
+                    self.incident_info
+                        .with_label_values(&[&incident.kind, &pid, &process.comm])
+                        .set(1);
+                    series += 1;
+                }
+            }
+        }
+    }
+
+    /// Kernel-side numbers, read when scraped.
+    pub fn observe_kernel(&self, counters: Counters, programs: &[ProgramStats]) {
+        raise_to(&self.events, counters.events_sent);
+        raise_to(&self.events_dropped, counters.events_dropped);
+        raise_to(
+            &self
+                .map_full
+                .with_label_values(&[exitwatch_common::names::MAP_BLOCKED]),
+            counters.blocked_full,
+        );
+        raise_to(
+            &self
+                .map_full
+                .with_label_values(&[exitwatch_common::names::MAP_PROCS]),
+            counters.procs_full,
+        );
+        for program in programs {
+            raise_to(
+                &self.bpf_run_time.with_label_values(&[program.name]),
+                program.run_time_ns as f64 / 1e9,
+            );
+            raise_to(
+                &self.bpf_runs.with_label_values(&[program.name]),
+                program.run_count,
+            );
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Counters that mirror a cumulative count kept by the kernel.
+fn raise_to<P: Atomic>(counter: &GenericCounter<P>, total: P::T) {
+    let current = counter.get();
+    if total > current {
+        let mut delta = total;
+        delta -= current;
+        counter.inc_by(delta);
+    }
+}

@@ -1,0 +1,103 @@
+use aya::{maps::MapError, programs::ProgramError, EbpfError};
+
+#[derive(thiserror::Error, Debug)]
+pub enum ProbeError {
+    #[error(
+        "this exitwatch binary has no usable eBPF object (it was {0} at build time): \
+         run `cargo xtask build-ebpf && cargo build --release`"
+    )]
+    NoObject(&'static str),
+    #[error(
+        "missing privileges to load eBPF programs: run as root, or grant CAP_BPF, \
+         CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (CAP_SYS_ADMIN before Linux 5.8)"
+    )]
+    Privileges,
+    #[error(
+        "this kernel exposes no BTF at /sys/kernel/btf/vmlinux: exitwatch needs Linux >= 5.15 \
+         built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf,
+    #[error("tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {0}")]
+    Tracefs(std::io::Error),
+    #[error("cannot read the format of tracepoint {tracepoint}: {source}")]
+    TracepointFormat {
+        tracepoint: String,
+        source: std::io::Error,
+    },
+    #[error("tracepoint {tracepoint} has no field `{field}` on this kernel")]
+    MissingField {
+        tracepoint: String,
+        field: &'static str,
+    },
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] EbpfError),
+    #[error("starting the eBPF log reader failed: {0}")]
+    Logger(#[source] aya_log::Error),
+    #[error("the eBPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map `{0}`")]
+    MissingMap(&'static str),
+    #[error("eBPF program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+impl ProbeError {
+    pub fn program(name: &'static str, source: ProgramError) -> Self {
+        if is_permission_error(&source.to_string()) {
+            return Self::Privileges;
+        }
+        Self::Program { name, source }
+    }
+
+    pub fn map(name: &'static str, source: MapError) -> Self {
+        Self::Map { name, source }
+    }
+}
+
+pub fn load_error(error: EbpfError) -> ProbeError {
+    if is_permission_error(&error.to_string()) {
+        ProbeError::Privileges
+    } else {
+        ProbeError::Load(error)
+    }
+}
+
+fn is_permission_error(message: &str) -> bool {
+    message.contains("Operation not permitted") || message.contains("Permission denied")
+}
+
+/// Fails early, with the capabilities to grant, instead of on the first `bpf()` call.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    // SAFETY: no arguments, cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(ProbeError::Privileges)
+    }
+}

@@ -1,0 +1,269 @@
+//! Loading, attaching and reading the kernel programs.
+mod error;
+mod tracefs;
+mod uprobes;
+
+use std::{collections::BTreeSet, path::Path};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use aya_log::EbpfLogger;
+use exitwatch_common::{counter, names, BlockedWait, ExitState};
+
+pub use error::ProbeError;
+use uprobes::Uprobes;
+
+use crate::scan::KernelView;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitwatch.bpf.o"));
+const OBJECT_STATUS: &str = env!("EXITWATCH_EBPF_STATUS");
+
+/// Classic tracepoints: (program, category, name).
+const TRACEPOINTS: [(&str, &str, &str); 4] = [
+    (names::PROG_TASK_NEWTASK, "task", "task_newtask"),
+    (names::PROG_PROCESS_EXEC, "sched", "sched_process_exec"),
+    (names::PROG_PROCESS_EXIT, "sched", "sched_process_exit"),
+    (names::PROG_SIGNAL_DELIVER, "signal", "signal_deliver"),
+];
+
+/// Globals holding record offsets: (global, category, tracepoint, field, required).
+const OFFSETS: [(&str, &str, &str, &str, bool); 4] = [
+    (
+        names::GLOBAL_NEWTASK_PID_OFFSET,
+        "task",
+        "task_newtask",
+        "pid",
+        true,
+    ),
+    (
+        names::GLOBAL_NEWTASK_FLAGS_OFFSET,
+        "task",
+        "task_newtask",
+        "clone_flags",
+        true,
+    ),
+    (
+        names::GLOBAL_EXIT_GROUP_DEAD_OFFSET,
+        "sched",
+        "sched_process_exit",
+        "group_dead",
+        false,
+    ),
+    (
+        names::GLOBAL_SIGNAL_SIG_OFFSET,
+        "signal",
+        "signal_deliver",
+        "sig",
+        true,
+    ),
+];
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub events_sent: u64,
+    pub events_dropped: u64,
+    pub blocked_full: u64,
+    pub procs_full: u64,
+}
+
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    blocked: HashMap<MapData, u32, BlockedWait>,
+    procs: HashMap<MapData, u32, ExitState>,
+    counters: PerCpuArray<MapData, u64>,
+    uprobes: Uprobes,
+}
+
+/// Parts that are polled on their own: lifecycle events and the probes' log records.
+pub struct Streams {
+    pub events: RingBuf<MapData>,
+    pub logger: EbpfLogger<&'static dyn log::Log>,
+}
+
+impl Probes {
+    /// Loads and attaches every program; everything is detached when `Probes` drops.
+    pub fn load() -> Result<(Self, Streams), ProbeError> {
+        if OBJECT_STATUS != "fresh" {
+            return Err(ProbeError::NoObject(OBJECT_STATUS));
+        }
+        error::check_privileges()?;
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(ProbeError::NoBtf);
+        }
+        raise_memlock_limit();
+        let tracefs = tracefs::ensure_mounted()?;
+
+        let mut offsets = Vec::with_capacity(OFFSETS.len());
+        for (global, category, tracepoint, field, required) in OFFSETS {
+            let offset = tracefs::field_offset(&tracefs, category, tracepoint, field)?;
+            if offset.is_none() && required {
+                return Err(ProbeError::MissingField {
+                    tracepoint: format!("{category}/{tracepoint}"),
+                    field,
+                });
+            }
+            // 0 tells the program that the field is absent on this kernel.
+            offsets.push((global, offset.unwrap_or(0)));
+        }
+        let mut loader = EbpfLoader::new();
+        for (global, offset) in &offsets {
+            loader.override_global(global, offset, true);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(error::load_error)?;
+        let logger = EbpfLogger::init(&mut ebpf).map_err(ProbeError::Logger)?;
+
+        let btf = Btf::from_sys_fs().map_err(|_| ProbeError::NoBtf)?;
+        let switch: &mut BtfTracePoint = program(&mut ebpf, names::PROG_SCHED_SWITCH)?;
+        switch
+            .load("sched_switch", &btf)
+            .map_err(|e| ProbeError::program(names::PROG_SCHED_SWITCH, e))?;
+        switch
+            .attach()
+            .map_err(|e| ProbeError::program(names::PROG_SCHED_SWITCH, e))?;
+        for (name, category, tracepoint) in TRACEPOINTS {
+            let tp: &mut TracePoint = program(&mut ebpf, name)?;
+            tp.load().map_err(|e| ProbeError::program(name, e))?;
+            tp.attach(category, tracepoint)
+                .map_err(|e| ProbeError::program(name, e))?;
+        }
+        let uprobes = Uprobes::load(&mut ebpf)?;
+
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_EVENTS)?)
+            .map_err(|e| ProbeError::map(names::MAP_EVENTS, e))?;
+        let blocked = HashMap::try_from(take_map(&mut ebpf, names::MAP_BLOCKED)?)
+            .map_err(|e| ProbeError::map(names::MAP_BLOCKED, e))?;
+        let procs = HashMap::try_from(take_map(&mut ebpf, names::MAP_PROCS)?)
+            .map_err(|e| ProbeError::map(names::MAP_PROCS, e))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)
+            .map_err(|e| ProbeError::map(names::MAP_COUNTERS, e))?;
+        let probes = Self {
+            ebpf,
+            blocked,
+            procs,
+            counters,
+            uprobes,
+        };
+        Ok((probes, Streams { events, logger }))
+    }
+
+    /// Attaches the exit-phase uprobes to files mapped by `pid` that define them.
+    pub fn discover(&mut self, pid: i32) {
+        self.uprobes.discover(&mut self.ebpf, pid);
+    }
+
+    /// Attaches to interpreters and libcs on `$PATH` and in the library directories, so a
+    /// short-lived program started later is covered before its first exec event.
+    pub fn discover_installed(&mut self) {
+        self.uprobes.discover_installed(&mut self.ebpf);
+    }
+
+    pub fn uprobe_targets(&self) -> usize {
+        self.uprobes.attached()
+    }
+
+    pub fn kernel_view(&self) -> KernelView {
+        // Entries can be deleted by the kernel while we iterate; such misses are skipped.
+        KernelView {
+            blocked: self.blocked.iter().filter_map(Result::ok).collect(),
+            exiting: self.procs.iter().filter_map(Result::ok).collect(),
+        }
+    }
+
+    /// Drops map entries of threads and processes that are gone.
+    pub fn forget(&mut self, tids: &[u32], pids: &[u32]) {
+        let pids: BTreeSet<u32> = pids.iter().copied().collect();
+        let mut stale: Vec<u32> = tids.to_vec();
+        if !pids.is_empty() {
+            stale.extend(
+                self.blocked
+                    .iter()
+                    .filter_map(Result::ok)
+                    .filter(|(_, wait)| pids.contains(&wait.tgid))
+                    .map(|(tid, _)| tid),
+            );
+        }
+        for tid in stale {
+            let _ = self.blocked.remove(&tid);
+        }
+        for pid in pids {
+            let _ = self.procs.remove(&pid);
+        }
+    }
+
+    /// Adds waits found in `/proc` that began before the probes were attached, without
+    /// replacing anything the kernel recorded since.
+    pub fn seed(&mut self, found: &[(u32, BlockedWait)]) -> usize {
+        const BPF_NOEXIST: u64 = 1;
+        found
+            .iter()
+            .filter(|(tid, wait)| self.blocked.insert(tid, wait, BPF_NOEXIST).is_ok())
+            .count()
+    }
+
+    pub fn counters(&self) -> Counters {
+        let sum = |index: u32| {
+            self.counters
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        Counters {
+            events_sent: sum(counter::EVENTS_SENT),
+            events_dropped: sum(counter::EVENTS_DROPPED),
+            blocked_full: sum(counter::BLOCKED_FULL),
+            procs_full: sum(counter::PROCS_FULL),
+        }
+    }
+
+    /// Run time and count per program, as kept by the kernel while BPF stats are enabled.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                let name = names::PROGRAMS.iter().find(|known| **known == name)?;
+                Some(ProgramStats {
+                    name,
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
+        .try_into()
+        .map_err(|e| ProbeError::program(name, e))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

@@ -1,0 +1,160 @@
+//! Exit-phase uprobes. A uprobe attaches to a file (inode), so one attach covers every
+//! process that maps that interpreter or libc, whichever mount namespace it runs in.
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{uprobe::UProbeScope, UProbe},
+    Ebpf,
+};
+use exitwatch_common::names;
+
+use super::{program, ProbeError};
+use crate::procfs::ProcFs;
+
+/// An exit-phase probe and the files it may attach to.
+struct Target {
+    program: &'static str,
+    symbol: &'static str,
+    /// Whether a file of this name may define the symbol; others are not even opened.
+    fits: fn(&str) -> bool,
+}
+
+const TARGETS: [Target; 2] = [
+    Target {
+        program: names::PROG_PY_FINALIZE,
+        symbol: "Py_FinalizeEx",
+        fits: |name| name.contains("python"),
+    },
+    Target {
+        program: names::PROG_LIBC_EXIT,
+        symbol: "exit",
+        fits: |name| name.starts_with("libc.so") || name.starts_with("libc-"),
+    },
+];
+
+/// Where interpreters and libcs usually live, for discovery before any process uses them.
+const INSTALL_DIRS: [&str; 6] = [
+    "/usr/bin",
+    "/usr/local/bin",
+    "/usr/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/local/lib",
+    "/lib/x86_64-linux-gnu",
+];
+
+pub struct Uprobes {
+    procfs: ProcFs,
+    /// Files already looked at, by (device, inode): attached or known not to qualify.
+    seen: BTreeSet<(u64, u64)>,
+    attached: usize,
+}
+
+impl Uprobes {
+    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        for target in TARGETS {
+            let uprobe: &mut UProbe = program(ebpf, target.program)?;
+            uprobe
+                .load()
+                .map_err(|e| ProbeError::program(target.program, e))?;
+        }
+        Ok(Self {
+            procfs: ProcFs::default(),
+            seen: BTreeSet::new(),
+            attached: 0,
+        })
+    }
+
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    pub fn discover(&mut self, ebpf: &mut Ebpf, pid: i32) {
+        let root = self.procfs.root().join(pid.to_string()).join("root");
+        let mut files = self.procfs.mapped_files(pid).unwrap_or_default();
+        if let Ok(exe) = std::fs::read_link(self.procfs.root().join(pid.to_string()).join("exe")) {
+            files.push(exe);
+        }
+        for file in files {
+            // Open through the process's own root: it may live in another mount namespace.
+            let path = root.join(file.strip_prefix("/").unwrap_or(&file));
+            self.consider(ebpf, &path);
+        }
+    }
+
+    pub fn discover_installed(&mut self, ebpf: &mut Ebpf) {
+        for dir in INSTALL_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                self.consider(ebpf, &entry.path());
+            }
+        }
+    }
+
+    fn consider(&mut self, ebpf: &mut Ebpf, path: &Path) {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return;
+        };
+        let wanted: Vec<&Target> = TARGETS.iter().filter(|t| (t.fits)(&name)).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // Follows symlinks, so python3 -> python3.11 is one file.
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if !meta.is_file() || !self.seen.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        for Target {
+            program, symbol, ..
+        } in wanted
+        {
+            match attach(ebpf, program, symbol, path) {
+                Ok(()) => {
+                    self.attached += 1;
+                    log::info!("attached {symbol} probe to {}", display(path));
+                }
+                // Most files matching the name pattern are scripts or tools that do not
+                // define the symbol; that is expected, not an error.
+                Err(error) => log::debug!("no {symbol} probe on {}: {error}", display(path)),
+            }
+        }
+    }
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    program_name: &'static str,
+    symbol: &str,
+    path: &Path,
+) -> Result<(), ProbeError> {
+    let uprobe: &mut UProbe = program(ebpf, program_name)?;
+    uprobe
+        .attach(symbol, path, UProbeScope::AllProcesses)
+        .map(drop)
+        .map_err(|e| ProbeError::program(program_name, e))
+}
+
+/// `/proc/PID/root/usr/lib/x.so` reads better as `/usr/lib/x.so (pid PID)`.
+fn display(path: &Path) -> String {
+    let mut parts = path.components();
+    let shown: PathBuf = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(p), Some(pid), Some(r))
+            if p.as_os_str() == "proc" && r.as_os_str() == "root" =>
+        {
+            return format!(
+                "/{} (via pid {})",
+                parts.as_path().display(),
+                pid.as_os_str().to_string_lossy()
+            );
+        }
+        _ => path.to_path_buf(),
+    };
+    shown.display().to_string()
+}

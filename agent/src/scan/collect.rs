@@ -1,0 +1,267 @@
+//! One scan: candidates from the kernel maps, verified and completed from `/proc`.
+use std::collections::{BTreeMap, BTreeSet};
+
+use exitwatch_common::{BlockedWait, ExitState};
+
+use super::wait::decode;
+use crate::{
+    graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
+    procfs::{Access, FdTarget, ProcFs, Syscall},
+};
+
+/// What the kernel probes recorded, as read from their maps.
+pub struct KernelView {
+    pub blocked: Vec<(u32, BlockedWait)>,
+    pub exiting: Vec<(u32, ExitState)>,
+}
+
+pub struct Scan {
+    pub snapshot: Snapshot,
+    /// Map entries of threads and processes that no longer exist.
+    pub gone_tids: Vec<u32>,
+    pub gone_pids: Vec<u32>,
+}
+
+/// A thread verified to be in the wait its map entry describes.
+struct Verified {
+    wait: Wait,
+    since_ns: u64,
+    stuck: bool,
+}
+
+pub fn collect(procfs: &ProcFs, kernel: &KernelView, now_ns: u64, hang_after_ns: u64) -> Scan {
+    let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
+    let exiting: BTreeMap<i32, ExitState> = kernel
+        .exiting
+        .iter()
+        .map(|(pid, state)| (*pid as i32, *state))
+        .collect();
+    let mut gone_tids = Vec::new();
+    let mut verified: BTreeMap<(i32, i32), Verified> = BTreeMap::new();
+    for (tid, entry) in &kernel.blocked {
+        let (pid, tid) = (entry.tgid as i32, *tid as i32);
+        let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));
+        if !old_enough(entry.last_ns) && !exit_is_old {
+            continue;
+        }
+        match verify(procfs, pid, tid, entry) {
+            Ok(Some(wait)) => {
+                verified.insert(
+                    (pid, tid),
+                    Verified {
+                        wait,
+                        since_ns: entry.last_ns,
+                        stuck: old_enough(entry.last_ns),
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(error) if error.is_gone() => gone_tids.push(tid as u32),
+            Err(_) => {}
+        }
+    }
+
+    let mut builder = Builder {
+        procfs,
+        now_ns,
+        exiting: &exiting,
+        verified: &verified,
+        processes: BTreeMap::new(),
+        gone_pids: Vec::new(),
+    };
+    let seeds: BTreeSet<i32> = verified
+        .keys()
+        .map(|(pid, _)| *pid)
+        .chain(
+            exiting
+                .iter()
+                .filter(|(_, e)| old_enough(e.since_ns))
+                .map(|(pid, _)| *pid),
+        )
+        .collect();
+    for pid in seeds {
+        builder.add(pid);
+    }
+    let pipes = builder.add_releasers();
+    Scan {
+        snapshot: Snapshot {
+            now_ns,
+            hang_after_ns,
+            processes: builder.processes,
+            pipes,
+        },
+        gone_tids,
+        gone_pids: builder.gone_pids,
+    }
+}
+
+/// Confirms that the thread still sleeps in the recorded syscall with the recorded
+/// arguments, and decodes what it waits for.
+fn verify(
+    procfs: &ProcFs,
+    pid: i32,
+    tid: i32,
+    entry: &BlockedWait,
+) -> Result<Option<Wait>, crate::procfs::Error> {
+    let Syscall::In { nr, args } = procfs.syscall(pid, tid)? else {
+        return Ok(None);
+    };
+    if nr != i64::from(entry.syscall) || args[..4] != entry.args {
+        return Ok(None);
+    }
+    let stat = procfs.stat(pid, tid)?;
+    if !matches!(stat.state, 'S' | 'D') {
+        return Ok(None);
+    }
+    Ok(decode(procfs, pid, stat.pgrp, entry.syscall, entry.args))
+}
+
+struct Builder<'a> {
+    procfs: &'a ProcFs,
+    now_ns: u64,
+    exiting: &'a BTreeMap<i32, ExitState>,
+    verified: &'a BTreeMap<(i32, i32), Verified>,
+    processes: BTreeMap<i32, Process>,
+    gone_pids: Vec<u32>,
+}
+
+impl Builder<'_> {
+    fn add(&mut self, pid: i32) {
+        if self.processes.contains_key(&pid) {
+            return;
+        }
+        match self.read_process(pid) {
+            Ok(process) => {
+                self.processes.insert(pid, process);
+            }
+            Err(error) if error.is_gone() => self.gone_pids.push(pid as u32),
+            Err(error) => log::debug!("skipping pid {pid}: {error}"),
+        }
+    }
+
+    fn read_process(&self, pid: i32) -> Result<Process, crate::procfs::Error> {
+        let stat = self.procfs.stat(pid, pid)?;
+        let exit = self.exiting.get(&pid).map(|state| ExitPhase {
+            since_ns: state.since_ns,
+            reasons: state.reasons,
+            thread_spawns: state.thread_spawns,
+            signal: state.signal,
+            exit_tid: state.exit_tid as i32,
+        });
+        let mut threads = Vec::new();
+        for tid in self.procfs.tids(pid)? {
+            match self.read_thread(pid, tid, stat.pgrp, exit.is_some()) {
+                Ok(thread) => threads.push(thread),
+                Err(error) if error.is_gone() => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(Process {
+            pid,
+            ppid: stat.ppid,
+            pgrp: stat.pgrp,
+            start_ticks: stat.start_ticks,
+            comm: stat.comm,
+            cmdline: self.procfs.cmdline(pid).unwrap_or_default(),
+            threads,
+            exit,
+        })
+    }
+
+    /// A thread of an involved process. Threads of exiting processes are described even
+    /// when not stuck, because the incident reports what every remaining thread does.
+    fn read_thread(
+        &self,
+        pid: i32,
+        tid: i32,
+        pgrp: i32,
+        describe: bool,
+    ) -> Result<Thread, crate::procfs::Error> {
+        let stat = self.procfs.stat(pid, tid)?;
+        let mut thread = Thread {
+            tid,
+            state: stat.state,
+            ..Thread::default()
+        };
+        if let Some(verified) = self.verified.get(&(pid, tid)) {
+            thread.wait = Some(verified.wait.clone());
+            thread.since_ns = verified.since_ns;
+            thread.stuck = verified.stuck;
+        } else if describe && matches!(stat.state, 'S' | 'D') {
+            if let Syscall::In { nr, args } = self.procfs.syscall(pid, tid)? {
+                let args = [args[0], args[1], args[2], args[3]];
+                thread.wait = u32::try_from(nr)
+                    .ok()
+                    .and_then(|nr| decode(self.procfs, pid, pgrp, nr, args));
+                thread.since_ns = self.now_ns;
+            }
+        }
+        if describe || thread.wait.is_some() {
+            thread.wchan = self.procfs.wchan(pid, tid).unwrap_or_default();
+        }
+        Ok(thread)
+    }
+
+    /// Adds every process that could release a stuck thread: holders of the other end
+    /// of its pipe, and the children it waits for. One pass over `/proc`, only when a
+    /// stuck thread needs it.
+    fn add_releasers(&mut self) -> BTreeMap<u64, PipeEnds> {
+        let stuck: Vec<(i32, Wait)> = self
+            .processes
+            .values()
+            .flat_map(|p| p.threads.iter().filter(|t| t.stuck).map(|t| (p.pid, t)))
+            .filter_map(|(pid, t)| Some((pid, t.wait.clone()?)))
+            .collect();
+        let wanted_pipes: BTreeSet<u64> = stuck.iter().filter_map(|(_, w)| w.pipe()).collect();
+        let waiters: BTreeSet<i32> = stuck
+            .iter()
+            .filter(|(_, w)| matches!(w, Wait::Child { .. }))
+            .map(|(pid, _)| *pid)
+            .collect();
+        let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
+        if wanted_pipes.is_empty() && waiters.is_empty() {
+            return pipes;
+        }
+        let mut releasers = BTreeSet::new();
+        for (_, wait) in &stuck {
+            if let Wait::Child {
+                target: ChildTarget::Pid(child),
+            } = wait
+            {
+                releasers.insert(*child);
+            }
+        }
+        for pid in self.procfs.pids().unwrap_or_default() {
+            if !waiters.is_empty() {
+                if let Ok(stat) = self.procfs.stat(pid, pid) {
+                    if waiters.contains(&stat.ppid) {
+                        releasers.insert(pid);
+                    }
+                }
+            }
+            if wanted_pipes.is_empty() {
+                continue;
+            }
+            for fd in self.procfs.fds(pid).unwrap_or_default() {
+                let FdTarget::Pipe(inode) = fd.target else {
+                    continue;
+                };
+                if !wanted_pipes.contains(&inode) {
+                    continue;
+                }
+                let ends = pipes.entry(inode).or_default();
+                if matches!(fd.access, Access::Read | Access::ReadWrite) {
+                    ends.readers.insert(pid);
+                }
+                if matches!(fd.access, Access::Write | Access::ReadWrite) {
+                    ends.writers.insert(pid);
+                }
+                releasers.insert(pid);
+            }
+        }
+        for pid in releasers {
+            self.add(pid);
+        }
+        pipes
+    }
+}

@@ -1,0 +1,8 @@
+//! Turning what the probes recorded into a verified [`Snapshot`](crate::graph::Snapshot):
+//! every candidate is checked against `/proc` before the graph sees it.
+mod collect;
+mod seed;
+mod wait;
+
+pub use collect::{collect, KernelView};
+pub use seed::blocked_from_proc;

@@ -1,0 +1,46 @@
+//! Start-up: threads that were already blocked before the probes were attached.
+use exitwatch_common::{is_tracked_sleep, BlockedWait};
+
+use crate::procfs::{ProcFs, Syscall};
+
+/// Every thread now sleeping in a tracked wait, as the kernel probe would have recorded
+/// it. The sleep's start is estimated from the scheduler's last run of the thread
+/// (`se.exec_start`, on the monotonic clock), or `now_ns` where that is not exposed.
+pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)> {
+    let mut found = Vec::new();
+    let Ok(pids) = procfs.pids() else {
+        return found;
+    };
+    for pid in pids {
+        for tid in procfs.tids(pid).unwrap_or_default() {
+            // Threads that vanish or deny access while we look are simply not seeded.
+            let Ok(Syscall::In { nr, args }) = procfs.syscall(pid, tid) else {
+                continue;
+            };
+            let (Ok(syscall), args) = (u32::try_from(nr), [args[0], args[1], args[2], args[3]])
+            else {
+                continue;
+            };
+            if !is_tracked_sleep(syscall, &args) {
+                continue;
+            }
+            let since = procfs
+                .sched_exec_start_ns(pid, tid)
+                .ok()
+                .flatten()
+                .map_or(now_ns, |ns| ns.min(now_ns));
+            found.push((
+                tid as u32,
+                BlockedWait {
+                    tgid: pid as u32,
+                    syscall,
+                    args,
+                    first_ns: since,
+                    last_ns: since,
+                    sleeps: 0,
+                },
+            ));
+        }
+    }
+    found
+}
