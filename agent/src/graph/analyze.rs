@@ -51,6 +51,8 @@ pub struct Finding {
     /// Every process involved, sorted.
     pub pids: Vec<Pid>,
     pub chain: Vec<Link>,
+    /// Processes that can never run again either, because they wait on this knot.
+    pub behind: Vec<Pid>,
     /// Monotonic ns when the first wait of the finding began.
     pub started_ns: u64,
     pub summary: String,
@@ -136,44 +138,72 @@ fn knots(snapshot: &Snapshot) -> Vec<Finding> {
         live.extend(freed);
     }
     blocked.retain(|id, _| !live.contains(id));
-    components(&blocked)
+    knot_cores(&blocked)
         .into_iter()
-        .filter_map(|threads| knot_finding(snapshot, &blocked, &threads))
+        .filter_map(|(core, behind)| knot_finding(snapshot, &blocked, &core, behind))
         .collect()
 }
 
-/// Groups deadlocked threads that wait on each other's processes.
-fn components(blocked: &BTreeMap<ThreadId, Vec<Pid>>) -> Vec<Vec<ThreadId>> {
-    let mut groups: Vec<(BTreeSet<Pid>, Vec<ThreadId>)> = Vec::new();
-    for (&id, pids) in blocked {
-        let mut members: BTreeSet<Pid> = pids
+/// Splits the deadlocked processes into knots and the processes stuck behind them.
+///
+/// A knot is a sink in the graph of "process p waits on process q": a set whose members
+/// all wait on each other and on nothing outside. Others (a `tee` reading a deadlocked
+/// program's output) can never run either, but they are victims, not causes; they are
+/// reported with the knot they wait on, not as part of it.
+fn knot_cores(blocked: &BTreeMap<ThreadId, Vec<Pid>>) -> Vec<(BTreeSet<Pid>, Vec<Pid>)> {
+    let dead: BTreeSet<Pid> = blocked.keys().map(|(pid, _)| *pid).collect();
+    let mut edges: BTreeMap<Pid, BTreeSet<Pid>> = BTreeMap::new();
+    for ((pid, _), releasers) in blocked {
+        let targets = edges.entry(*pid).or_default();
+        targets.extend(releasers.iter().filter(|q| dead.contains(q)));
+    }
+    let reach = |from: Pid| {
+        let mut seen = BTreeSet::from([from]);
+        let mut stack = vec![from];
+        while let Some(pid) = stack.pop() {
+            for next in edges.get(&pid).into_iter().flatten() {
+                if seen.insert(*next) {
+                    stack.push(*next);
+                }
+            }
+        }
+        seen
+    };
+    let reaches: BTreeMap<Pid, BTreeSet<Pid>> = dead.iter().map(|&p| (p, reach(p))).collect();
+    let mut cores: Vec<BTreeSet<Pid>> = Vec::new();
+    for (&pid, reachable) in &reaches {
+        let mutual: BTreeSet<Pid> = reachable
             .iter()
             .copied()
-            .filter(|pid| blocked.keys().any(|(p, _)| p == pid))
+            .filter(|q| reaches[q].contains(&pid))
             .collect();
-        members.insert(id.0);
-        let mut threads = vec![id];
-        groups.retain(|(group, group_threads)| {
-            if group.is_disjoint(&members) {
-                return true;
-            }
-            members.extend(group);
-            threads.extend(group_threads);
-            false
-        });
-        groups.push((members, threads));
+        if mutual == *reachable && !cores.contains(&mutual) {
+            cores.push(mutual);
+        }
     }
-    groups.into_iter().map(|(_, threads)| threads).collect()
+    let in_core: BTreeSet<Pid> = cores.iter().flatten().copied().collect();
+    cores
+        .into_iter()
+        .map(|core| {
+            let behind = reaches
+                .iter()
+                .filter(|(pid, reachable)| !in_core.contains(pid) && !reachable.is_disjoint(&core))
+                .map(|(pid, _)| *pid)
+                .collect();
+            (core, behind)
+        })
+        .collect()
 }
 
 fn knot_finding(
     snapshot: &Snapshot,
     blocked: &BTreeMap<ThreadId, Vec<Pid>>,
-    threads: &[ThreadId],
+    core: &BTreeSet<Pid>,
+    behind: Vec<Pid>,
 ) -> Option<Finding> {
     let mut chain = Vec::new();
     let mut started_ns = u64::MAX;
-    for &(pid, tid) in threads {
+    for &(pid, tid) in blocked.keys().filter(|(pid, _)| core.contains(pid)) {
         let Some(thread) = snapshot.processes.get(&pid).and_then(|p| p.thread(tid)) else {
             continue;
         };
@@ -208,6 +238,7 @@ fn knot_finding(
         kind,
         pids: pids.into_iter().collect(),
         chain,
+        behind,
         started_ns,
         summary: String::new(),
     };
@@ -284,6 +315,7 @@ fn exit_phase_finding(snapshot: &Snapshot, process: &Process) -> Option<Finding>
         kind,
         pids,
         chain,
+        behind: Vec::new(),
         started_ns: exit.since_ns,
         summary: String::new(),
     };

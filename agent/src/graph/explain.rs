@@ -12,7 +12,13 @@ pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
         .iter()
         .map(|link| clause(snapshot, link))
         .collect();
-    let clauses = clauses.join("; ");
+    let mut clauses = clauses.join("; ");
+    if !finding.behind.is_empty() {
+        clauses.push_str(&format!(
+            "; {} wait(s) on them too",
+            holders(snapshot, &finding.behind)
+        ));
+    }
     match finding.kind {
         Kind::PipeDeadlock => format!(
             "Pipe deadlock: {clauses}; none of them can proceed. Fix: {}.",
@@ -70,7 +76,12 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         .get(&link.pid)
         .and_then(|p| p.thread(link.tid))
         .filter(|t| t.stuck)
-        .map(|t| format!(" for {:.0} s", seconds(snapshot.now_ns.saturating_sub(t.since_ns))))
+        .map(|t| {
+            format!(
+                " for {:.0} s",
+                seconds(snapshot.now_ns.saturating_sub(t.since_ns))
+            )
+        })
         .unwrap_or_default();
     let what = match &link.wait {
         Wait::PipeWrite { fd, pipe } => format!(
@@ -92,7 +103,9 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
                 )
             }
         },
-        Wait::Futex { timed: false } => "is waiting on a lock or joining a thread (futex)".to_string(),
+        Wait::Futex { timed: false } => {
+            "is waiting on a lock or joining a thread (futex)".to_string()
+        }
         Wait::Futex { timed: true } => {
             "is in a timed wait (futex with timeout, as in a Timer or Event.wait(t))".to_string()
         }

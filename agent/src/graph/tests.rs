@@ -53,7 +53,11 @@ fn exiting(mut process: Process, reasons: u32, for_ns: u64, spawns: u64) -> Proc
         since_ns: NOW - for_ns,
         reasons,
         thread_spawns: spawns,
-        signal: if reasons & exit_reason::SIGNAL != 0 { 15 } else { 0 },
+        signal: if reasons & exit_reason::SIGNAL != 0 {
+            15
+        } else {
+            0
+        },
         exit_tid: process.pid,
     });
     process
@@ -103,7 +107,29 @@ fn seed_popen_wait_is_a_pipe_deadlock() {
     assert_eq!(finding.pids, vec![10, 11]);
     assert_eq!(finding.started_ns, NOW - 30 * SECOND);
     assert!(finding.summary.contains("pipe 77"), "{}", finding.summary);
-    assert!(finding.summary.contains("communicate()"), "{}", finding.summary);
+    assert!(
+        finding.summary.contains("communicate()"),
+        "{}",
+        finding.summary
+    );
+}
+
+#[test]
+fn a_reader_of_a_deadlocked_program_is_behind_the_knot_not_in_it() {
+    // `tee` reads the parent's stderr: it can never run again, but it is no cause.
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, wait_for(11))]),
+            process(11, 10, vec![stuck(11, WRITE_PIPE)]),
+            process(12, 1, vec![stuck(12, Wait::PipeRead { fd: 0, pipe: 90 })]),
+        ],
+        vec![(77, vec![10], vec![11]), (90, vec![12], vec![10])],
+    );
+    let findings = analyze(&snap);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].pids, vec![10, 11]);
+    assert_eq!(findings[0].behind, vec![12]);
+    assert!(findings[0].chain.iter().all(|link| link.pid != 12));
 }
 
 #[test]
@@ -191,7 +217,11 @@ fn timer_rearming_during_finalize_blocks_exit_on_threads() {
     let finding = &findings[0];
     assert_eq!(finding.kind, Kind::ExitBlockedOnThreads);
     assert_eq!(finding.pids, vec![20]);
-    assert!(finding.summary.contains("30 new thread(s)"), "{}", finding.summary);
+    assert!(
+        finding.summary.contains("30 new thread(s)"),
+        "{}",
+        finding.summary
+    );
     assert!(finding.summary.contains("daemon=True"));
 }
 
@@ -229,7 +259,10 @@ fn condition_variable_server_is_silent() {
     );
     // Even with every thread parked, a process that is not exiting is not hung at exit.
     let all_parked = process(40, 1, vec![stuck(40, FUTEX), stuck(41, FUTEX)]);
-    assert_eq!(analyze(&snapshot(vec![idle_workers, all_parked], vec![])), vec![]);
+    assert_eq!(
+        analyze(&snapshot(vec![idle_workers, all_parked], vec![])),
+        vec![]
+    );
 }
 
 #[test]
@@ -243,7 +276,11 @@ fn signalled_process_that_stays_blocked_is_stuck_after_signal() {
     let findings = analyze(&snapshot(vec![ignored], vec![]));
     assert_eq!(findings.len(), 1);
     assert_eq!(findings[0].kind, Kind::StuckAfterSignal);
-    assert!(findings[0].summary.contains("SIGTERM"), "{}", findings[0].summary);
+    assert!(
+        findings[0].summary.contains("SIGTERM"),
+        "{}",
+        findings[0].summary
+    );
 }
 
 #[test]
@@ -262,7 +299,10 @@ fn exiting_writer_whose_reader_is_stopped_is_blocked_on_the_pipe() {
             ..running(61)
         }],
     );
-    let findings = analyze(&snapshot(vec![writer, reader], vec![(77, vec![61], vec![60])]));
+    let findings = analyze(&snapshot(
+        vec![writer, reader],
+        vec![(77, vec![61], vec![60])],
+    ));
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0].kind, Kind::ExitBlockedOnPipe);
     assert_eq!(findings[0].pids, vec![60, 61]);

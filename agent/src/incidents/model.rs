@@ -7,6 +7,9 @@ pub struct Incident {
     pub kind: String,
     pub state: State,
     pub pids: Vec<i32>,
+    /// Processes that wait on this incident's processes and so are stuck too (a `tee`
+    /// reading a deadlocked program's output), without being part of its cause.
+    pub blocked_behind: Vec<i32>,
     pub processes: Vec<IncidentProcess>,
     /// Inodes of the pipes between the processes, as `/proc/PID/fd` shows `pipe:[inode]`.
     pub pipes: Vec<u64>,

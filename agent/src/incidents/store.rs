@@ -104,6 +104,7 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
         kind: finding.kind.as_str().to_string(),
         state: State::Active,
         pids: finding.pids.clone(),
+        blocked_behind: Vec::new(),
         processes: Vec::new(),
         pipes: Vec::new(),
         thread_spawns: None,
@@ -121,6 +122,7 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
 /// Updates what changes while an incident lasts: durations, threads, the summary.
 fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> Incident {
     incident.summary = finding.summary.clone();
+    incident.blocked_behind = finding.behind.clone();
     incident.processes = finding
         .pids
         .iter()
