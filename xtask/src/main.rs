@@ -46,26 +46,24 @@ fn main() -> Result<()> {
             system::run_as_root(&root, &command)
         }
         Task::Test => {
+            system::ensure_commands(TEST_COMMANDS)?;
             build_ebpf::build(&root)?;
-            system::run(
-                &root,
-                "cargo",
-                &["build", "--release", "--package", "exitwatch"],
-            )?;
             // Integration tests start real agents and hang real programs; one at a time
             // keeps their probes and timings from interfering.
-            let test = [
-                "cargo",
-                "test",
-                "--workspace",
-                "--release",
-                "--",
-                "--test-threads=1",
-            ];
+            let test = ["cargo", "test", "--workspace", "--", "--test-threads=1"];
             system::run_as_root(&root, &test.map(String::from))
         }
     }
 }
+
+/// What the test suite runs besides the agent: (command, Debian package).
+const TEST_COMMANDS: &[(&str, &str)] = &[
+    ("python3", "python3"),
+    ("cc", "gcc"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("chromium", "chromium"),
+];
 
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -92,3 +92,17 @@ pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     install.extend_from_slice(packages);
     apt(&install)
 }
+
+/// Installs the Debian packages of whichever `(command, package)` is missing.
+pub fn ensure_commands(needed: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = needed
+        .iter()
+        .filter(|(command, _)| !have(command))
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing, "the test suite's programs and servers")
+}
