@@ -1,0 +1,205 @@
+//! Every common hung-at-exit shape as a real program, and the healthy look-alikes that
+//! must stay silent. Each hang asserts the kind, the pids and the chain.
+mod common;
+
+use std::time::Duration;
+
+use common::{involves, pipe_inode, Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
+use serde_json::Value;
+
+const SLACK: Duration = Duration::from_secs(3);
+
+fn waits(incident: &Value) -> Vec<(i64, String)> {
+    incident["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| {
+            let pid = p["pid"].as_i64().unwrap_or(0);
+            p["threads"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |t| (pid, t["wait"].as_str().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+fn has_wait(incident: &Value, pid: i32, wait: &str) -> bool {
+    waits(incident)
+        .iter()
+        .any(|(p, w)| *p == i64::from(pid) && w == wait)
+}
+
+fn expect(agent: &Agent, kind: &str, pids: &[i32]) -> Value {
+    agent.wait_for(HANG_AFTER + SLACK, kind, |i| {
+        i["kind"] == kind && i["state"] == "active" && pids.iter().all(|p| involves(i, *p))
+    })
+}
+
+#[test]
+fn multiprocessing_queue_join_before_get() {
+    let agent = Agent::start();
+    let subject = Subject::python("mp_queue_join.py", &[]);
+    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
+    assert!(has_wait(&incident, parent, "wait_child"), "{incident:#}");
+    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
+    assert!(has_wait(&incident, child, "futex"), "{incident:#}");
+    let summary = incident["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("cancel_join_thread()"), "{summary}");
+}
+
+#[test]
+fn c_fork_waitpid_before_reading() {
+    let agent = Agent::start();
+    let subject = Subject::c("fork_waitpid.c", &[]);
+    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
+    assert!(has_wait(&incident, parent, "wait_child"), "{incident:#}");
+    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
+}
+
+#[test]
+fn reading_stderr_to_eof_while_child_fills_stdout() {
+    let agent = Agent::start();
+    let subject = Subject::python("stderr_then_stdout.py", &[]);
+    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
+    assert!(has_wait(&incident, parent, "pipe_read"), "{incident:#}");
+    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
+    let stdout_pipe = pipe_inode(child, 1);
+    let stderr_pipe = pipe_inode(child, 2);
+    assert_eq!(
+        incident["pipes"],
+        serde_json::json!([stdout_pipe.min(stderr_pipe), stdout_pipe.max(stderr_pipe)])
+    );
+    let summary = incident["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("read all pipes concurrently"), "{summary}");
+}
+
+/// The agent starts first: an exit marker that fired before it attached is not seen.
+fn exit_blocked_on_threads(start: impl FnOnce() -> Subject, marker: &str) {
+    let agent = Agent::start();
+    let subject = start();
+    let pid = subject.pid("pid");
+    let incident = expect(&agent, "exit_blocked_on_threads", &[pid]);
+    assert_eq!(incident["pids"], serde_json::json!([pid]));
+    let process = &incident["processes"][0];
+    assert!(
+        process["exiting"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m == marker)),
+        "expected exit marker {marker}: {incident:#}"
+    );
+    let threads = process["threads"].as_array().cloned().unwrap_or_default();
+    assert!(threads.len() >= 2, "{incident:#}");
+    assert!(
+        threads.iter().all(|t| t["wait"] == "futex"),
+        "every remaining thread's wait is reported: {incident:#}"
+    );
+    assert!(incident["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("daemon=True"));
+    drop(subject);
+}
+
+#[test]
+fn non_daemon_thread_blocked_on_queue_get() {
+    exit_blocked_on_threads(
+        || Subject::python("queue_get_thread.py", &[]),
+        "py_finalize",
+    );
+}
+
+#[test]
+fn thread_pool_executor_task_that_never_ends() {
+    exit_blocked_on_threads(|| Subject::python("executor_stuck.py", &[]), "py_finalize");
+}
+
+#[test]
+fn c_atexit_handler_joining_a_thread_that_never_returns() {
+    exit_blocked_on_threads(|| Subject::c("atexit_join.c", &[]), "libc_exit");
+}
+
+#[test]
+fn exiting_writer_whose_reader_is_stopped() {
+    let agent = Agent::start();
+    let subject = Subject::python("stopped_reader.py", &[]);
+    let (writer, reader) = (subject.pid("writer"), subject.pid("reader"));
+    let incident = expect(&agent, "exit_blocked_on_pipe", &[writer, reader]);
+    assert!(has_wait(&incident, writer, "pipe_write"), "{incident:#}");
+    let reader_state = incident["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pid"] == reader)
+        .map(|p| p["threads"][0]["state"].clone());
+    assert_eq!(reader_state, Some(Value::from("T")), "{incident:#}");
+}
+
+#[test]
+fn sigterm_noted_but_still_blocked() {
+    let agent = Agent::start();
+    let subject = Subject::python("sigterm_stuck.py", &[]);
+    let pid = subject.pid("pid");
+    std::thread::sleep(Duration::from_millis(300));
+    subject.signal("pid", libc::SIGTERM);
+    let incident = expect(&agent, "stuck_after_signal", &[pid]);
+    assert!(
+        incident["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SIGTERM"),
+        "{incident:#}"
+    );
+}
+
+/// Runs healthy programs for longer than the threshold and asserts no incident names them.
+fn silent(subjects: Vec<Subject>, run_for: Duration) {
+    let agent = Agent::start();
+    let pids: Vec<i32> = subjects
+        .iter()
+        .flat_map(|s| s.pids.values().copied())
+        .collect();
+    std::thread::sleep(run_for);
+    let noisy: Vec<Value> = agent
+        .incidents()
+        .into_iter()
+        .filter(|i| pids.iter().any(|pid| involves(i, *pid)))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "healthy programs raised incidents: {noisy:#?}"
+    );
+}
+
+#[test]
+fn idle_reader_and_condition_variable_server_stay_silent() {
+    silent(
+        vec![
+            Subject::python("idle_reader.py", &[]),
+            Subject::python("condvar_server.py", &[]),
+        ],
+        HANG_AFTER * 2 + SCAN_INTERVAL * 2,
+    );
+}
+
+#[test]
+fn slow_consumer_at_exit_is_progress_not_a_hang() {
+    let mut slow = Subject::python("slow_consumer.py", &["5", "--at-exit"]);
+    let agent = Agent::start();
+    let pids: Vec<i32> = slow.pids.values().copied().collect();
+    assert!(slow.wait(Duration::from_secs(30)).success());
+    let noisy: Vec<Value> = agent
+        .incidents()
+        .into_iter()
+        .filter(|i| pids.iter().any(|pid| involves(i, *pid)))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "a slow but moving pipe raised incidents: {noisy:#?}"
+    );
+}
