@@ -39,6 +39,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain, from /proc alone, why a process does not exit (no agent needed).
+    Explain {
+        pid: i32,
+        /// Waits shorter than this are not considered stuck.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        hang_after: Duration,
+    },
 }
 
 /// Parses `10s`, `1500ms`, `2m`.
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
             daemon::run(config)
         }
         Command::Incidents { agent, json } => commands::incidents::print(&agent, json),
+        Command::Explain { pid, hang_after } => commands::explain::print(pid, hang_after),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

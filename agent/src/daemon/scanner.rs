@@ -22,7 +22,13 @@ fn scan_once(shared: &Shared) {
     let clock = Clock::now();
     let hang_after_ns = shared.config.hang_after.as_nanos() as u64;
     let view = shared.probes().kernel_view();
-    let scan = collect(&shared.procfs, &view, clock.monotonic_ns, hang_after_ns);
+    let scan = collect(
+        &shared.procfs,
+        &view,
+        clock.monotonic_ns,
+        hang_after_ns,
+        &[],
+    );
     shared.probes().forget(&scan.gone_tids, &scan.gone_pids);
     let findings = analyze(&scan.snapshot);
 

@@ -48,6 +48,16 @@ pub enum ChildTarget {
     Group(Pid),
 }
 
+impl std::fmt::Display for ChildTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pid(pid) => write!(f, "child {pid}"),
+            Self::AnyChild => write!(f, "any child"),
+            Self::Group(pgrp) => write!(f, "any child in process group {pgrp}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Thread {
     pub tid: Pid,

@@ -29,7 +29,15 @@ struct Verified {
     stuck: bool,
 }
 
-pub fn collect(procfs: &ProcFs, kernel: &KernelView, now_ns: u64, hang_after_ns: u64) -> Scan {
+/// `describe` names processes to include (with every thread's wait) even if nothing in
+/// them is a candidate.
+pub fn collect(
+    procfs: &ProcFs,
+    kernel: &KernelView,
+    now_ns: u64,
+    hang_after_ns: u64,
+    describe: &[i32],
+) -> Scan {
     let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
     let exiting: BTreeMap<i32, ExitState> = kernel
         .exiting
@@ -66,6 +74,7 @@ pub fn collect(procfs: &ProcFs, kernel: &KernelView, now_ns: u64, hang_after_ns:
         now_ns,
         exiting: &exiting,
         verified: &verified,
+        describe,
         processes: BTreeMap::new(),
         gone_pids: Vec::new(),
     };
@@ -78,6 +87,7 @@ pub fn collect(procfs: &ProcFs, kernel: &KernelView, now_ns: u64, hang_after_ns:
                 .filter(|(_, e)| old_enough(e.since_ns))
                 .map(|(pid, _)| *pid),
         )
+        .chain(describe.iter().copied())
         .collect();
     for pid in seeds {
         builder.add(pid);
@@ -121,6 +131,7 @@ struct Builder<'a> {
     now_ns: u64,
     exiting: &'a BTreeMap<i32, ExitState>,
     verified: &'a BTreeMap<(i32, i32), Verified>,
+    describe: &'a [i32],
     processes: BTreeMap<i32, Process>,
     gone_pids: Vec<u32>,
 }
@@ -150,7 +161,8 @@ impl Builder<'_> {
         });
         let mut threads = Vec::new();
         for tid in self.procfs.tids(pid)? {
-            match self.read_thread(pid, tid, stat.pgrp, exit.is_some()) {
+            let describe = exit.is_some() || self.describe.contains(&pid);
+            match self.read_thread(pid, tid, stat.pgrp, describe) {
                 Ok(thread) => threads.push(thread),
                 Err(error) if error.is_gone() => {}
                 Err(error) => return Err(error),
@@ -193,7 +205,11 @@ impl Builder<'_> {
                 thread.wait = u32::try_from(nr)
                     .ok()
                     .and_then(|nr| decode(self.procfs, pid, pgrp, nr, args));
-                thread.since_ns = self.now_ns;
+                // When it last ran: the start of its current sleep, near enough.
+                thread.since_ns = self
+                    .procfs
+                    .sched_exec_start_ns(pid, tid)?
+                    .map_or(self.now_ns, |ns| ns.min(self.now_ns));
             }
         }
         if describe || thread.wait.is_some() {

@@ -1,0 +1,80 @@
+//! `exitwatch explain PID`: "why won't this process exit?" from `/proc` alone.
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    clock::monotonic_ns,
+    graph::{analyze, Process, Snapshot, Wait},
+    procfs::ProcFs,
+    scan::{blocked_from_proc, collect, KernelView},
+};
+
+pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
+    let procfs = ProcFs::default();
+    procfs
+        .stat(pid, pid)
+        .with_context(|| format!("cannot inspect pid {pid}"))?;
+    let now = monotonic_ns();
+    let kernel = KernelView {
+        blocked: blocked_from_proc(&procfs, now),
+        exiting: Vec::new(),
+    };
+    let scan = collect(&procfs, &kernel, now, hang_after.as_nanos() as u64, &[pid]);
+    let Some(process) = scan.snapshot.processes.get(&pid) else {
+        bail!("pid {pid} exited while being inspected");
+    };
+    print!("{}", describe(&scan.snapshot, process));
+    let findings: Vec<_> = analyze(&scan.snapshot)
+        .into_iter()
+        .filter(|f| f.pids.contains(&pid) || f.behind.contains(&pid))
+        .collect();
+    if findings.is_empty() {
+        println!(
+            "\nNo deadlock through pipes or child waits found. `explain` reads /proc only: it \
+             cannot see exit markers (Py_FinalizeEx, exit(), signals), so exit hangs on \
+             threads need the running agent (`exitwatch run`)."
+        );
+    }
+    for finding in findings {
+        println!("\n{}: {}", finding.kind.as_str(), finding.summary);
+    }
+    Ok(())
+}
+
+fn describe(snapshot: &Snapshot, process: &Process) -> String {
+    let mut out = format!(
+        "{} (pid {}, parent {}): {} thread(s)\n",
+        process.comm,
+        process.pid,
+        process.ppid,
+        process.threads.len()
+    );
+    for thread in &process.threads {
+        let what = match &thread.wait {
+            Some(wait) => {
+                let seconds = snapshot.now_ns.saturating_sub(thread.since_ns) as f64 / 1e9;
+                format!("{} for ~{seconds:.0} s", wait_text(wait))
+            }
+            None => format!("state {}, not in a wait exitwatch models", thread.state),
+        };
+        let wchan = if thread.wchan.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", thread.wchan)
+        };
+        out.push_str(&format!("  tid {}: {what}{wchan}\n", thread.tid));
+    }
+    out
+}
+
+fn wait_text(wait: &Wait) -> String {
+    match wait {
+        Wait::PipeWrite { fd, pipe } => format!("writing fd {fd} into pipe {pipe}"),
+        Wait::PipeRead { fd, pipe } => format!("reading fd {fd} from pipe {pipe}"),
+        Wait::Child { target } => format!("in wait() for {target}"),
+        Wait::Futex { timed: true } => "in a timed futex wait".to_string(),
+        Wait::Futex { timed: false } => "waiting on a lock or a thread join (futex)".to_string(),
+        Wait::Other { syscall } => format!("blocked in {syscall}()"),
+    }
+}

@@ -1,0 +1,143 @@
+//! The command line as a user meets it: bad input, missing privileges, a hang that began
+//! before the agent, `explain` without an agent, and `incidents` against a live one.
+mod common;
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use common::{involves, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
+
+fn exitwatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exitwatch"))
+        .args(args)
+        .output()
+        .expect("running exitwatch")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["run", "--hang-after", "soon"], "--hang-after"),
+        (&["run", "--hang-after", "0s"], "greater than zero"),
+        (&["run", "--listen", "localhost"], "ADDRESS:PORT"),
+        (&["run", "--log-format", "xml"], "--log-format"),
+    ];
+    for (args, expected) in cases {
+        let output = exitwatch(args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn without_privileges_the_agent_says_which_are_missing() {
+    require_root();
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_exitwatch"))
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("running setpriv (util-linux)");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("missing privileges"), "{message}");
+    assert!(message.contains("CAP_BPF"), "{message}");
+}
+
+#[test]
+fn a_busy_listen_address_is_an_error_not_a_silent_agent() {
+    let agent = Agent::start();
+    let address = agent.url.trim_start_matches("http://").to_string();
+    let output = exitwatch(&["run", "--listen", &address]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("cannot listen on"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_deadlock_that_began_before_the_agent_is_found_in_the_first_scans() {
+    require_root();
+    let subject = Subject::python("seed_pipe_deadlock.py", &[]);
+    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    std::thread::sleep(HANG_AFTER + Duration::from_secs(1));
+    let agent = Agent::start();
+    let incident = agent.wait_for(Duration::from_secs(2), "for the older deadlock", |i| {
+        i["kind"] == "pipe_deadlock" && involves(i, parent) && involves(i, child)
+    });
+    assert_eq!(incident["pipes"], serde_json::json!([pipe_inode(child, 1)]));
+}
+
+#[test]
+fn explain_needs_no_agent() {
+    require_root();
+    let subject = Subject::python("seed_pipe_deadlock.py", &[]);
+    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = exitwatch(&["explain", &parent.to_string(), "--hang-after", "1s"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(&format!("in wait() for child {child}")),
+        "{text}"
+    );
+    assert!(text.contains("pipe_deadlock"), "{text}");
+    assert!(text.contains(&pipe_inode(child, 1).to_string()), "{text}");
+
+    let gone = exitwatch(&["explain", "999999999"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("is gone"), "{}", stderr(&gone));
+}
+
+#[test]
+fn incidents_command_prints_a_table_and_json() {
+    let agent = Agent::start();
+    let subject = Subject::python("seed_pipe_deadlock.py", &[]);
+    let parent = subject.pid("parent");
+    agent.wait_for(HANG_AFTER + Duration::from_secs(3), "pipe_deadlock", |i| {
+        involves(i, parent)
+    });
+    let table = exitwatch(&["incidents", "--agent", &agent.url]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{}", stderr(&table));
+    assert!(text.starts_with("ID  KIND"), "{text}");
+    assert!(
+        text.contains("pipe_deadlock") && text.contains(&parent.to_string()),
+        "{text}"
+    );
+    let json = exitwatch(&["incidents", "--agent", &agent.url, "--json"]);
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert!(parsed["incidents"]
+        .as_array()
+        .is_some_and(|i| !i.is_empty()));
+
+    let nobody = exitwatch(&["incidents", "--agent", "http://127.0.0.1:9"]);
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(
+        stderr(&nobody).contains("is `exitwatch run` running?"),
+        "{}",
+        stderr(&nobody)
+    );
+}
