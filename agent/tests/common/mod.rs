@@ -198,7 +198,8 @@ impl Subject {
         Self::spawn(source, command)
     }
 
-    fn spawn(name: &str, mut command: Command) -> Subject {
+    /// Any command whose program prints the READY line.
+    pub fn spawn(name: &str, mut command: Command) -> Subject {
         command
             .env_remove("PYTHONUNBUFFERED")
             .stdin(Stdio::null())
