@@ -9,7 +9,7 @@ use prometheus::{
 use crate::{
     graph::{Kind, Snapshot},
     incidents::Incident,
-    probes::{Counters, ProgramStats},
+    probes::{Counters, ProgramStats, WaitHistogram},
 };
 
 /// Waits that `exitwatch_blocked_threads` counts.
@@ -36,6 +36,7 @@ pub struct Metrics {
     scan_errors: IntCounter,
     uprobe_targets: IntGauge,
     last_scan: Gauge,
+    wait_durations: WaitDurations,
 }
 
 impl Metrics {
@@ -136,6 +137,7 @@ impl Metrics {
                 "exitwatch_last_scan_timestamp_seconds",
                 "Unix time of the last completed scan.",
             )?,
+            wait_durations: WaitDurations::default(),
             registry,
         };
         for kind in &kinds {
@@ -184,6 +186,7 @@ impl Metrics {
             Box::new(metrics.uprobe_targets.clone()),
             Box::new(metrics.last_scan.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(metrics.wait_durations.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;
@@ -263,7 +266,13 @@ impl Metrics {
     }
 
     /// Kernel-side numbers, read when scraped.
-    pub fn observe_kernel(&self, counters: Counters, programs: &[ProgramStats]) {
+    pub fn observe_kernel(
+        &self,
+        counters: Counters,
+        programs: &[ProgramStats],
+        waits: Vec<WaitHistogram>,
+    ) {
+        self.wait_durations.set(waits);
         raise_to(&self.events, counters.events_sent);
         raise_to(&self.events_dropped, counters.events_dropped);
         raise_to(
@@ -305,5 +314,82 @@ fn raise_to<P: Atomic>(counter: &GenericCounter<P>, total: P::T) {
         let mut delta = total;
         delta -= current;
         counter.inc_by(delta);
+    }
+}
+
+/// `exitwatch_blocked_wait_duration_seconds`: a histogram the kernel keeps in log2 buckets;
+/// exposed as read at scrape time rather than re-observed.
+#[derive(Clone)]
+struct WaitDurations {
+    desc: prometheus::core::Desc,
+    latest: std::sync::Arc<std::sync::Mutex<Vec<WaitHistogram>>>,
+}
+
+impl Default for WaitDurations {
+    fn default() -> Self {
+        Self {
+            desc: prometheus::core::Desc::new(
+                "exitwatch_blocked_wait_duration_seconds".into(),
+                "Completed sleeps in tracked syscalls, by syscall class (kernel log2 buckets)."
+                    .into(),
+                vec!["wait".into()],
+                Default::default(),
+            )
+            .expect("a valid metric description"),
+            latest: Default::default(),
+        }
+    }
+}
+
+impl WaitDurations {
+    fn set(&self, waits: Vec<WaitHistogram>) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = waits;
+    }
+}
+
+impl Collector for WaitDurations {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let metrics = latest
+            .iter()
+            .map(|wait| {
+                let mut cumulative = 0;
+                // The kernel's last bucket is open-ended: it is the implicit +Inf.
+                let bounded = wait.buckets.len().saturating_sub(1);
+                let buckets = wait.buckets[..bounded]
+                    .iter()
+                    .enumerate()
+                    .map(|(b, count)| {
+                        cumulative += count;
+                        let mut bucket = Bucket::default();
+                        bucket.set_cumulative_count(cumulative);
+                        bucket.set_upper_bound((1u64 << b) as f64 * 1e-6);
+                        bucket
+                    })
+                    .collect();
+                let mut histogram = Histogram::default();
+                histogram.set_bucket(buckets);
+                histogram.set_sample_count(wait.buckets.iter().sum());
+                histogram.set_sample_sum(wait.sum_ns as f64 / 1e9);
+                let mut label = LabelPair::default();
+                label.set_name("wait".into());
+                label.set_value(wait.class.into());
+                let mut metric = Metric::default();
+                metric.set_label(vec![label]);
+                metric.set_histogram(histogram);
+                metric
+            })
+            .collect();
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::HISTOGRAM);
+        family.set_metric(metrics);
+        vec![family]
     }
 }

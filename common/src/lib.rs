@@ -11,6 +11,7 @@ pub mod names {
     pub const MAP_PROCS: &str = "PROCS";
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
+    pub const MAP_WAIT_HISTOGRAM: &str = "WAIT_HISTOGRAM";
 
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     pub const PROG_TASK_NEWTASK: &str = "task_newtask";
@@ -176,6 +177,41 @@ pub struct Event {
     pub comm: [u8; 16],
 }
 
+/// Completed tracked waits, per class, in log2 buckets of microseconds (`WAIT_HISTOGRAM`,
+/// a per-CPU array of `wait_histogram::CLASSES * wait_histogram::SLOTS` u64).
+pub mod wait_histogram {
+    use super::nr;
+
+    pub const CLASSES: u32 = 4;
+    pub const CLASS_NAMES: [&str; CLASSES as usize] = ["read", "write", "wait_child", "futex"];
+    /// Bucket `b` counts waits shorter than `2^b` µs; the last one also takes longer waits.
+    pub const BUCKETS: u32 = 32;
+    /// Per class: the buckets, then the sum of the durations in ns.
+    pub const SLOTS: u32 = BUCKETS + 1;
+    pub const LEN: u32 = CLASSES * SLOTS;
+
+    #[inline(always)]
+    pub const fn class(syscall: u32) -> u32 {
+        match syscall {
+            nr::READ | nr::READV => 0,
+            nr::WRITE | nr::WRITEV => 1,
+            nr::WAIT4 | nr::WAITID => 2,
+            _ => 3,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn bucket(duration_ns: u64) -> u32 {
+        let micros = duration_ns / 1000;
+        let bucket = 64 - micros.leading_zeros();
+        if bucket >= BUCKETS {
+            BUCKETS - 1
+        } else {
+            bucket
+        }
+    }
+}
+
 /// Indices into the per-CPU `COUNTERS` array.
 pub mod counter {
     pub const EVENTS_SENT: u32 = 0;
@@ -191,4 +227,20 @@ mod pod {
     unsafe impl aya::Pod for super::BlockedWait {}
     unsafe impl aya::Pod for super::ExitState {}
     unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wait_histogram::{bucket, BUCKETS};
+
+    #[test]
+    fn buckets_are_log2_microseconds() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(999), 0);
+        assert_eq!(bucket(1_000), 1);
+        assert_eq!(bucket(1_999), 1);
+        assert_eq!(bucket(2_000), 2);
+        assert_eq!(bucket(1_000_000), 10);
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
 }

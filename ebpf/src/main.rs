@@ -7,6 +7,7 @@ mod exit_phase;
 mod lifecycle;
 mod maps;
 mod sleeps;
+mod task_storage;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -3,8 +3,11 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use exitwatch_common::{
-    counter, BlockedWait, Event, ExitState, BLOCKED_CAPACITY, EVENTS_BYTES, PROCS_CAPACITY,
+    counter, wait_histogram, BlockedWait, Event, ExitState, BLOCKED_CAPACITY, EVENTS_BYTES,
+    PROCS_CAPACITY,
 };
+
+use crate::task_storage::TaskStorage;
 
 #[map]
 pub static BLOCKED: HashMap<u32, BlockedWait> = HashMap::with_max_entries(BLOCKED_CAPACITY, 0);
@@ -16,12 +19,32 @@ pub static PROCS: HashMap<u32, ExitState> = HashMap::with_max_entries(PROCS_CAPA
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
+pub static WAIT_HISTOGRAM: PerCpuArray<u64> = PerCpuArray::with_max_entries(wait_histogram::LEN, 0);
+
+/// When the task's current tracked sleep began, and its histogram class; cleared when
+/// the task next runs. Task-local, so the wake-up side needs no pid and no hash lookup.
+#[repr(C)]
+pub struct SleepStart {
+    pub since_ns: u64,
+    pub class: u32,
+    pub _pad: u32,
+}
+
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "SLEEP_START")]
+pub static SLEEP_START: TaskStorage<SleepStart> = TaskStorage::new();
+
+#[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
 
 pub fn bump(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+    add(&COUNTERS, index, 1);
+}
+
+pub fn add(array: &PerCpuArray<u64>, index: u32, value: u64) {
+    if let Some(slot) = array.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not nest on one CPU for these hooks.
-        unsafe { *slot += 1 };
+        unsafe { *slot += value };
     }
 }
 

@@ -2,34 +2,54 @@
 //! voluntarily costs one compare; a sleep outside the tracked syscalls costs one
 //! register read more.
 use aya_ebpf::{
-    bindings::pt_regs,
+    bindings::{pt_regs, task_struct},
     helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use core::ptr::addr_of;
-use exitwatch_common::{counter, is_tracked_sleep, is_tracked_syscall, BlockedWait};
+use exitwatch_common::{
+    counter, is_tracked_sleep, is_tracked_syscall, wait_histogram, BlockedWait,
+};
 
-use crate::maps::{bump, current_ids, now_ns, BLOCKED};
+use crate::maps::{add, bump, current_ids, now_ns, BLOCKED, SLEEP_START, WAIT_HISTOGRAM};
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // tp_btf args: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)
+    let next: *mut task_struct = ctx.arg(2);
+    complete_wait(next);
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
     if (preempt & 0xff) != 0 || (prev_state & 0xffff_ffff) == 0 {
         return 0;
     }
     // A failed register read only means this sleep goes unrecorded.
-    let _ = try_sched_switch();
+    let _ = record_sleep();
     0
 }
 
-fn try_sched_switch() -> Result<(), i32> {
+/// The task about to run ends its tracked sleep, if it was in one: count its duration.
+fn complete_wait(next: *mut task_struct) {
+    let Some(sleep) = SLEEP_START.get(next) else {
+        return;
+    };
+    if sleep.since_ns == 0 {
+        return;
+    }
+    let duration = now_ns().saturating_sub(sleep.since_ns);
+    sleep.since_ns = 0;
+    let base = sleep.class.min(wait_histogram::CLASSES - 1) * wait_histogram::SLOTS;
+    add(&WAIT_HISTOGRAM, base + wait_histogram::bucket(duration), 1);
+    add(&WAIT_HISTOGRAM, base + wait_histogram::BUCKETS, duration);
+}
+
+fn record_sleep() -> Result<(), i32> {
     // At sched_switch `current` is still the task going to sleep, and its user registers
     // hold the syscall it is sleeping in: x86_64 `pt_regs` is user ABI, so no CO-RE.
     // SAFETY: helpers called on the current task; reads go through probe_read.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    let task = unsafe { bpf_get_current_task_btf() };
+    let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
     let syscall = unsafe { bpf_probe_read_kernel(addr_of!((*regs).orig_rax))? } as u32;
     if !is_tracked_syscall(syscall) {
         return Ok(());
@@ -50,6 +70,10 @@ fn try_sched_switch() -> Result<(), i32> {
         return Ok(());
     }
     let now = now_ns();
+    if let Some(sleep) = SLEEP_START.get_or_create(task) {
+        sleep.since_ns = now;
+        sleep.class = wait_histogram::class(syscall);
+    }
     if let Some(entry) = BLOCKED.get_ptr_mut(tid) {
         // SAFETY: only this thread's own sleeps write its entry; user space only reads
         // and deletes it.

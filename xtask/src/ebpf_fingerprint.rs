@@ -7,9 +7,10 @@ use std::{
 };
 
 /// Inputs of the eBPF build, relative to the workspace root.
-pub const INPUTS: [&str; 5] = [
+pub const INPUTS: [&str; 6] = [
     "ebpf/src",
     "ebpf/Cargo.toml",
+    "ebpf/.cargo/config.toml",
     "ebpf/Cargo.lock",
     "common/src",
     "common/Cargo.toml",

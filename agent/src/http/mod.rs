@@ -23,11 +23,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let (counters, programs) = {
+    let (counters, programs, waits) = {
         let probes = shared.probes();
-        (probes.counters(), probes.program_stats())
+        (
+            probes.counters(),
+            probes.program_stats(),
+            probes.wait_histograms(),
+        )
     };
-    shared.metrics.observe_kernel(counters, &programs);
+    shared.metrics.observe_kernel(counters, &programs, waits);
     (
         [(
             header::CONTENT_TYPE,

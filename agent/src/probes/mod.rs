@@ -11,7 +11,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use exitwatch_common::{counter, names, BlockedWait, ExitState};
+use exitwatch_common::{counter, names, wait_histogram, BlockedWait, ExitState};
 
 pub use error::ProbeError;
 use uprobes::Uprobes;
@@ -70,6 +70,14 @@ pub struct Counters {
     pub procs_full: u64,
 }
 
+/// Completed tracked waits of one class, summed over CPUs.
+pub struct WaitHistogram {
+    pub class: &'static str,
+    /// Non-cumulative counts; bucket `b` holds waits shorter than `2^b` µs.
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+}
+
 pub struct ProgramStats {
     pub name: &'static str,
     pub run_time_ns: u64,
@@ -81,6 +89,7 @@ pub struct Probes {
     blocked: HashMap<MapData, u32, BlockedWait>,
     procs: HashMap<MapData, u32, ExitState>,
     counters: PerCpuArray<MapData, u64>,
+    wait_histogram: PerCpuArray<MapData, u64>,
     uprobes: Uprobes,
 }
 
@@ -116,6 +125,9 @@ impl Probes {
             offsets.push((global, offset.unwrap_or(0)));
         }
         let mut loader = EbpfLoader::new();
+        // Task-local storage (SLEEP_START) is used by the programs only; aya has no
+        // user-space wrapper for it, which is fine.
+        loader.allow_unsupported_maps();
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }
@@ -146,11 +158,14 @@ impl Probes {
             .map_err(|e| ProbeError::map(names::MAP_PROCS, e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)
             .map_err(|e| ProbeError::map(names::MAP_COUNTERS, e))?;
+        let wait_histogram = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_WAIT_HISTOGRAM)?)
+            .map_err(|e| ProbeError::map(names::MAP_WAIT_HISTOGRAM, e))?;
         let probes = Self {
             ebpf,
             blocked,
             procs,
             counters,
+            wait_histogram,
             uprobes,
         };
         Ok((probes, Streams { events, logger }))
@@ -211,18 +226,28 @@ impl Probes {
     }
 
     pub fn counters(&self) -> Counters {
-        let sum = |index: u32| {
-            self.counters
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |index: u32| sum_cpus(&self.counters, index);
         Counters {
             events_sent: sum(counter::EVENTS_SENT),
             events_dropped: sum(counter::EVENTS_DROPPED),
             blocked_full: sum(counter::BLOCKED_FULL),
             procs_full: sum(counter::PROCS_FULL),
         }
+    }
+
+    pub fn wait_histograms(&self) -> Vec<WaitHistogram> {
+        (0..wait_histogram::CLASSES)
+            .map(|class| {
+                let base = class * wait_histogram::SLOTS;
+                WaitHistogram {
+                    class: wait_histogram::CLASS_NAMES[class as usize],
+                    buckets: (0..wait_histogram::BUCKETS)
+                        .map(|bucket| sum_cpus(&self.wait_histogram, base + bucket))
+                        .collect(),
+                    sum_ns: sum_cpus(&self.wait_histogram, base + wait_histogram::BUCKETS),
+                }
+            })
+            .collect()
     }
 
     /// Run time and count per program, as kept by the kernel while BPF stats are enabled.
@@ -240,6 +265,13 @@ impl Probes {
             })
             .collect()
     }
+}
+
+fn sum_cpus(array: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    array
+        .get(&index, 0)
+        .map(|values| values.iter().sum())
+        .unwrap_or(0)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
