@@ -3,11 +3,11 @@
 //! register read more.
 use aya_ebpf::{
     bindings::{pt_regs, task_struct},
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use core::ptr::addr_of;
+use core::ptr::{addr_of, read_volatile};
 use exitwatch_common::{
     counter, is_tracked_sleep, is_tracked_syscall, wait_histogram, BlockedWait,
 };
@@ -46,20 +46,23 @@ fn complete_wait(next: *mut task_struct) {
 
 fn record_sleep() -> Result<(), i32> {
     // At sched_switch `current` is still the task going to sleep, and its user registers
-    // hold the syscall it is sleeping in: x86_64 `pt_regs` is user ABI, so no CO-RE.
-    // SAFETY: helpers called on the current task; reads go through probe_read.
+    // hold the syscall it is sleeping in: x86_64 `pt_regs` is user ABI, so no CO-RE. The
+    // helper returns a BTF pointer, so these are plain (fault-checked) loads, not helper
+    // calls.
+    // SAFETY: helpers called on the current task; the verifier checks every load
+    // against the kernel's BTF for `struct pt_regs`.
     let task = unsafe { bpf_get_current_task_btf() };
     let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
-    let syscall = unsafe { bpf_probe_read_kernel(addr_of!((*regs).orig_rax))? } as u32;
+    let syscall = unsafe { read_volatile(addr_of!((*regs).orig_rax)) } as u32;
     if !is_tracked_syscall(syscall) {
         return Ok(());
     }
     let args = unsafe {
         [
-            bpf_probe_read_kernel(addr_of!((*regs).rdi))?,
-            bpf_probe_read_kernel(addr_of!((*regs).rsi))?,
-            bpf_probe_read_kernel(addr_of!((*regs).rdx))?,
-            bpf_probe_read_kernel(addr_of!((*regs).r10))?,
+            read_volatile(addr_of!((*regs).rdi)),
+            read_volatile(addr_of!((*regs).rsi)),
+            read_volatile(addr_of!((*regs).rdx)),
+            read_volatile(addr_of!((*regs).r10)),
         ]
     };
     if !is_tracked_sleep(syscall, &args) {
