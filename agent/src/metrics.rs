@@ -67,7 +67,7 @@ impl Metrics {
                     "exitwatch_active_incident_info",
                     "One series per process in an active incident (capped at 50 series).",
                 ),
-                &["kind", "pid", "comm"],
+                &["id", "kind", "pid", "comm"],
             )?,
             blocked_threads: IntGaugeVec::new(
                 Opts::new(
@@ -255,9 +255,9 @@ impl Metrics {
                 .inc();
             for process in &incident.processes {
                 if series < MAX_INFO_SERIES {
-                    let pid = process.pid.to_string();
+                    let (id, pid) = (incident.id.to_string(), process.pid.to_string());
                     self.incident_info
-                        .with_label_values(&[&incident.kind, &pid, &process.comm])
+                        .with_label_values(&[&id, &incident.kind, &pid, &process.comm])
                         .set(1);
                     series += 1;
                 }
@@ -330,9 +330,8 @@ impl Default for WaitDurations {
         Self {
             desc: prometheus::core::Desc::new(
                 "exitwatch_blocked_wait_duration_seconds".into(),
-                "Completed sleeps in tracked syscalls, by syscall class (kernel log2 buckets)."
-                    .into(),
-                vec!["wait".into()],
+                "Completed sleeps in tracked syscalls, by syscall (kernel log2 buckets).".into(),
+                vec!["syscall".into()],
                 Default::default(),
             )
             .expect("a valid metric description"),
@@ -377,7 +376,7 @@ impl Collector for WaitDurations {
                 histogram.set_sample_count(wait.buckets.iter().sum());
                 histogram.set_sample_sum(wait.sum_ns as f64 / 1e9);
                 let mut label = LabelPair::default();
-                label.set_name("wait".into());
+                label.set_name("syscall".into());
                 label.set_value(wait.class.into());
                 let mut metric = Metric::default();
                 metric.set_label(vec![label]);

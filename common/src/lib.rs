@@ -183,7 +183,7 @@ pub mod wait_histogram {
     use super::nr;
 
     pub const CLASSES: u32 = 4;
-    pub const CLASS_NAMES: [&str; CLASSES as usize] = ["read", "write", "wait_child", "futex"];
+    pub const CLASS_NAMES: [&str; CLASSES as usize] = ["read", "write", "wait", "futex"];
     /// Bucket `b` counts waits shorter than `2^b` µs; the last one also takes longer waits.
     pub const BUCKETS: u32 = 32;
     /// Per class: the buckets, then the sum of the durations in ns.

@@ -15,8 +15,9 @@ pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
     let mut clauses = clauses.join("; ");
     if !finding.behind.is_empty() {
         clauses.push_str(&format!(
-            "; {} wait(s) on them too",
-            holders(snapshot, &finding.behind)
+            "; {} {} on them too",
+            holders(snapshot, &finding.behind),
+            verb(&finding.behind, "waits", "wait")
         ));
     }
     match finding.kind {
@@ -47,9 +48,10 @@ fn exit_blocked_on_threads(snapshot: &Snapshot, finding: &Finding, clauses: &str
     let age = seconds(snapshot.now_ns.saturating_sub(exit.since_ns));
     let spawns = if exit.thread_spawns > 0 {
         format!(
-            " {} new thread(s) started during exit, the mark of a threading.Timer (or worker) \
+            " {} new thread{} started during exit, the mark of a threading.Timer (or worker) \
              that re-arms itself.",
-            exit.thread_spawns
+            exit.thread_spawns,
+            if exit.thread_spawns == 1 { "" } else { "s" }
         )
     } else {
         String::new()
@@ -85,12 +87,14 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         .unwrap_or_default();
     let what = match &link.wait {
         Wait::PipeWrite { fd, pipe } => format!(
-            "is blocked writing fd {fd} into pipe {pipe}, whose read end only {} hold(s)",
-            holders(snapshot, &link.waits_on)
+            "is writing fd {fd} into pipe {pipe}, whose read end only {} {}",
+            holders(snapshot, &link.waits_on),
+            verb(&link.waits_on, "holds", "hold")
         ),
         Wait::PipeRead { fd, pipe } => format!(
-            "is blocked reading fd {fd} from pipe {pipe}, whose write end only {} hold(s)",
-            holders(snapshot, &link.waits_on)
+            "is reading fd {fd} from pipe {pipe}, whose write end only {} {}",
+            holders(snapshot, &link.waits_on),
+            verb(&link.waits_on, "holds", "hold")
         ),
         Wait::Child { target } => match target {
             ChildTarget::Pid(child) => {
@@ -111,7 +115,7 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         }
         Wait::Other { syscall } => format!("is blocked in {syscall}()"),
     };
-    format!("{thread} {what}{blocked}")
+    format!("{thread}{blocked} {what}")
 }
 
 fn pipe_fix(chain: &[Link]) -> &'static str {
@@ -143,6 +147,14 @@ fn who(snapshot: &Snapshot, pid: Pid) -> String {
 fn holders(snapshot: &Snapshot, pids: &[Pid]) -> String {
     let names: Vec<String> = pids.iter().map(|&pid| who(snapshot, pid)).collect();
     names.join(", ")
+}
+
+fn verb<'a>(subjects: &[Pid], one: &'a str, many: &'a str) -> &'a str {
+    if subjects.len() == 1 {
+        one
+    } else {
+        many
+    }
 }
 
 fn first_pid(finding: &Finding) -> Pid {

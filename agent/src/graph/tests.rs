@@ -218,7 +218,7 @@ fn timer_rearming_during_finalize_blocks_exit_on_threads() {
     assert_eq!(finding.kind, Kind::ExitBlockedOnThreads);
     assert_eq!(finding.pids, vec![20]);
     assert!(
-        finding.summary.contains("30 new thread(s)"),
+        finding.summary.contains("30 new threads"),
         "{}",
         finding.summary
     );

@@ -46,5 +46,10 @@ async fn incidents(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn status_page(State(shared): State<Arc<Shared>>) -> Html<String> {
-    Html(page::render(&shared.store().list(), &shared.config))
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    Html(page::render(
+        &shared.store().list(),
+        &shared.config,
+        host.trim(),
+    ))
 }

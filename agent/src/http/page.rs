@@ -2,11 +2,13 @@
 use std::fmt::Write;
 
 use crate::{
+    clock::Clock,
     daemon::Config,
     incidents::{Incident, State},
 };
 
-pub fn render(incidents: &[Incident], config: &Config) -> String {
+pub fn render(incidents: &[Incident], config: &Config, host: &str) -> String {
+    let clock = Clock::now();
     let active: Vec<&Incident> = incidents
         .iter()
         .filter(|i| i.state == State::Active)
@@ -15,14 +17,16 @@ pub fn render(incidents: &[Incident], config: &Config) -> String {
         .iter()
         .filter(|i| i.state == State::Resolved)
         .collect();
-    let mut html = String::from(
+    let host = escape(host);
+    let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"5\"><title>exitwatch</title><style>\
-         body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
-         table{border-collapse:collapse;width:100%;margin-bottom:2em}\
-         th,td{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}\
-         th{background:#f4f4f4}.active{color:#b00;font-weight:bold}code{font-size:90%}\
-         </style></head><body><h1>exitwatch</h1>",
+         <meta http-equiv=\"refresh\" content=\"5\"><title>exitwatch · {host}</title><style>\
+         body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
+         table{{border-collapse:collapse;width:100%;margin-bottom:2em}}\
+         th,td{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}\
+         th{{background:#f4f4f4}}.active{{color:#b00;font-weight:bold}}\
+         .nowrap{{white-space:nowrap}}small{{color:#555}}\
+         </style></head><body><h1>exitwatch · {host}</h1>"
     );
     let _ = write!(
         html,
@@ -32,23 +36,24 @@ pub fn render(incidents: &[Incident], config: &Config) -> String {
     );
     section(
         &mut html,
+        &clock,
         "Active incidents",
         &active,
         "No process is hung at exit.",
     );
-    section(&mut html, "Recent incidents", &recent, "None yet.");
+    section(&mut html, &clock, "Recent incidents", &recent, "None yet.");
     html.push_str("</body></html>");
     html
 }
 
-fn section(html: &mut String, title: &str, incidents: &[&Incident], empty: &str) {
+fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident], empty: &str) {
     let _ = write!(html, "<h2>{title} ({})</h2>", incidents.len());
     if incidents.is_empty() {
         let _ = write!(html, "<p>{empty}</p>");
         return;
     }
     html.push_str(
-        "<table><tr><th>id</th><th>kind</th><th>processes</th><th>started</th>\
+        "<table><tr><th>id</th><th>kind</th><th>processes and waits</th><th>hung for</th>\
          <th>state</th><th>what happened</th></tr>",
     );
     for incident in incidents {
@@ -60,26 +65,49 @@ fn section(html: &mut String, title: &str, incidents: &[&Incident], empty: &str)
                     .threads
                     .iter()
                     .filter(|t| t.wait != "running")
-                    .map(|t| format!("{} {} {:.0}s", t.tid, t.wait, t.blocked_seconds))
+                    .map(|t| {
+                        format!(
+                            "<br><small>tid {} · {} · {:.0} s</small>",
+                            t.tid, t.wait, t.blocked_seconds
+                        )
+                    })
                     .collect();
                 format!(
-                    "<code>{} ({})</code><br><small>{}</small>",
+                    "<code>{} ({})</code>{}",
                     escape(&p.comm),
                     p.pid,
-                    escape(&waits.join(", "))
+                    waits.concat()
                 )
             })
             .collect();
-        let state = match incident.state {
-            State::Active => "<span class=\"active\">active</span>".to_string(),
-            State::Resolved => format!(
-                "resolved {}",
-                escape(incident.resolved_at.as_deref().unwrap_or(""))
+        let (state, until) = match incident.state {
+            State::Active => (
+                "<span class=\"active\">active</span>".to_string(),
+                clock.wall,
             ),
+            State::Resolved => {
+                let ended = incident
+                    .ended
+                    .map(|e| format!(" ({})", format!("{e:?}").to_lowercase()))
+                    .unwrap_or_default();
+                let at = incident.resolved_at.as_deref().unwrap_or("");
+                let until = humantime::parse_rfc3339(at).unwrap_or(clock.wall);
+                (
+                    format!("resolved{ended}<br><small>{}</small>", escape(at)),
+                    until,
+                )
+            }
         };
+        let hung_for = humantime::parse_rfc3339(&incident.started_at)
+            .ok()
+            .and_then(|start| until.duration_since(start).ok())
+            .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())))
+            .map_or_else(String::new, |d| d.to_string());
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{state}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td>\
+             <td class=\"nowrap\" title=\"since {}\">{hung_for}</td><td class=\"nowrap\">{state}</td>\
+             <td>{}</td></tr>",
             incident.id,
             escape(&incident.kind),
             processes.join("<br>"),
