@@ -137,7 +137,7 @@ impl Metrics {
                 "exitwatch_last_scan_timestamp_seconds",
                 "Unix time of the last completed scan.",
             )?,
-            wait_durations: WaitDurations::default(),
+            wait_durations: WaitDurations::new()?,
             registry,
         };
         for kind in &kinds {
@@ -325,22 +325,19 @@ struct WaitDurations {
     latest: std::sync::Arc<std::sync::Mutex<Vec<WaitHistogram>>>,
 }
 
-impl Default for WaitDurations {
-    fn default() -> Self {
-        Self {
+impl WaitDurations {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
             desc: prometheus::core::Desc::new(
                 "exitwatch_blocked_wait_duration_seconds".into(),
                 "Completed sleeps in tracked syscalls, by syscall (kernel log2 buckets).".into(),
                 vec!["syscall".into()],
                 Default::default(),
-            )
-            .expect("a valid metric description"),
+            )?,
             latest: Default::default(),
-        }
+        })
     }
-}
 
-impl WaitDurations {
     fn set(&self, waits: Vec<WaitHistogram>) {
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = waits;
     }
