@@ -13,7 +13,14 @@ use crate::{
 };
 
 /// Waits that `exitwatch_blocked_threads` counts.
-pub const WAIT_LABELS: [&str; 5] = ["pipe_write", "pipe_read", "wait_child", "futex", "other"];
+pub const WAIT_LABELS: [&str; 6] = [
+    "pipe_write",
+    "pipe_read",
+    "poll",
+    "wait_child",
+    "futex",
+    "other",
+];
 
 /// The active-incident info series carries pids, so its cardinality is capped.
 const MAX_INFO_SERIES: usize = 50;

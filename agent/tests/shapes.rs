@@ -80,6 +80,33 @@ fn reading_stderr_to_eof_while_child_fills_stdout() {
 }
 
 /// The agent starts first: an exit marker that fired before it attached is not seen.
+fn polling_stdout_while_child_fills_stderr(mode: &str) {
+    let agent = Agent::start();
+    let subject = Subject::python("poll_stdout_only.py", &[mode]);
+    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
+    assert!(has_wait(&incident, parent, "poll"), "{incident:#}");
+    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
+    let mut expected = vec![pipe_inode(child, 1), pipe_inode(child, 2)];
+    expected.sort_unstable();
+    assert_eq!(
+        incident["pipes"],
+        serde_json::json!(expected),
+        "{incident:#}"
+    );
+}
+
+#[test]
+fn poll_on_stdout_while_child_fills_stderr() {
+    polling_stdout_while_child_fills_stderr("poll");
+}
+
+#[test]
+fn epoll_on_stdout_while_child_fills_stderr() {
+    polling_stdout_while_child_fills_stderr("epoll");
+}
+
+/// The agent starts first: an exit marker that fired before it attached is not seen.
 fn exit_blocked_on_threads(start: impl FnOnce() -> Subject, marker: &str) {
     let agent = Agent::start();
     let subject = start();

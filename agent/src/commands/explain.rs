@@ -72,6 +72,7 @@ fn wait_text(wait: &Wait) -> String {
     match wait {
         Wait::PipeWrite { fd, pipe } => format!("writing fd {fd} into pipe {pipe}"),
         Wait::PipeRead { fd, pipe } => format!("reading fd {fd} from pipe {pipe}"),
+        Wait::PollRead { pipes } => format!("polling for input on pipe(s) {pipes:?}"),
         Wait::Child { target } => format!("in wait() for {target}"),
         Wait::Futex { timed: true } => "in a timed futex wait".to_string(),
         Wait::Futex { timed: false } => "waiting on a lock or a thread join (futex)".to_string(),

@@ -80,6 +80,13 @@ fn releasers(snapshot: &Snapshot, process: &Process, thread: &Thread) -> Option<
     let pids: Vec<Pid> = match thread.wait.as_ref()? {
         Wait::PipeWrite { pipe, .. } => snapshot.pipes.get(pipe)?.readers.iter().copied().collect(),
         Wait::PipeRead { pipe, .. } => snapshot.pipes.get(pipe)?.writers.iter().copied().collect(),
+        Wait::PollRead { pipes } => {
+            let mut writers = BTreeSet::new();
+            for pipe in pipes {
+                writers.extend(&snapshot.pipes.get(pipe)?.writers);
+            }
+            writers.into_iter().collect()
+        }
         Wait::Child { target } => match *target {
             ChildTarget::Pid(pid) => vec![pid],
             ChildTarget::AnyChild => snapshot.children_of(process.pid).map(|c| c.pid).collect(),
@@ -225,7 +232,7 @@ fn knot_finding(
     };
     // Threads of a live process deadlocked on their own locks are a bug, but not a hang
     // at exit: they are reported only once the process tries to exit or is told to.
-    let kind = if chain.iter().any(|link| link.wait.pipe().is_some()) {
+    let kind = if chain.iter().any(|link| !link.wait.pipes().is_empty()) {
         Kind::PipeDeadlock
     } else if exits().any(|exit| exit.is_exiting()) {
         Kind::ExitBlockedOnThreads

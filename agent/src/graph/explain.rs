@@ -96,6 +96,15 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
             holders(snapshot, &link.waits_on),
             verb(&link.waits_on, "holds", "hold")
         ),
+        Wait::PollRead { pipes } => {
+            let pipes: Vec<String> = pipes.iter().map(u64::to_string).collect();
+            format!(
+                "is polling (no timeout) for input on pipe {} only, whose write end only {} {}",
+                pipes.join(", "),
+                holders(snapshot, &link.waits_on),
+                verb(&link.waits_on, "holds", "hold")
+            )
+        }
         Wait::Child { target } => match target {
             ChildTarget::Pid(child) => {
                 format!("is in wait() for its child {}", who(snapshot, *child))
@@ -122,7 +131,7 @@ fn pipe_fix(chain: &[Link]) -> &'static str {
     let waits = |f: fn(&Wait) -> bool| chain.iter().any(|l| f(&l.wait));
     let child = waits(|w| matches!(w, Wait::Child { .. }));
     let futex = waits(|w| matches!(w, Wait::Futex { .. }));
-    let read = waits(|w| matches!(w, Wait::PipeRead { .. }));
+    let read = waits(|w| matches!(w, Wait::PipeRead { .. } | Wait::PollRead { .. }));
     if child && futex {
         "take the data off the queue (get()) before join()ing the producer, or call \
          cancel_join_thread() in the child"

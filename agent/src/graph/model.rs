@@ -12,6 +12,9 @@ pub enum Wait {
     PipeWrite { fd: i32, pipe: u64 },
     /// `read`/`readv` on a pipe: released by whoever holds the write end.
     PipeRead { fd: i32, pipe: u64 },
+    /// `poll`/`epoll_wait` without a timeout for input on pipes only: released by
+    /// whoever holds a write end of any of them.
+    PollRead { pipes: Vec<u64> },
     /// `wait4`/`waitid`: released by the child(ren) exiting.
     Child { target: ChildTarget },
     /// A futex wait; one with a timeout wakes by itself.
@@ -26,16 +29,26 @@ impl Wait {
         match self {
             Self::PipeWrite { .. } => "pipe_write",
             Self::PipeRead { .. } => "pipe_read",
+            Self::PollRead { .. } => "poll",
             Self::Child { .. } => "wait_child",
             Self::Futex { .. } => "futex",
             Self::Other { .. } => "other",
         }
     }
 
+    /// The pipe of a read or write.
     pub fn pipe(&self) -> Option<u64> {
         match self {
             Self::PipeWrite { pipe, .. } | Self::PipeRead { pipe, .. } => Some(*pipe),
             _ => None,
+        }
+    }
+
+    /// Every pipe this wait depends on.
+    pub fn pipes(&self) -> Vec<u64> {
+        match self {
+            Self::PollRead { pipes } => pipes.clone(),
+            _ => self.pipe().into_iter().collect(),
         }
     }
 }

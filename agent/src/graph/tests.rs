@@ -173,6 +173,36 @@ fn reading_stderr_to_eof_while_the_child_fills_stdout_is_a_deadlock() {
 }
 
 #[test]
+fn polling_only_stdout_while_the_child_fills_stderr_is_a_deadlock() {
+    let poll_stdout = Wait::PollRead { pipes: vec![78] };
+    let deadlocked = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, poll_stdout.clone())]),
+            process(11, 10, vec![stuck(11, WRITE_PIPE)]),
+        ],
+        vec![(77, vec![10], vec![11]), (78, vec![10], vec![11])],
+    );
+    let findings = analyze(&deadlocked);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].kind, Kind::PipeDeadlock);
+    assert!(
+        findings[0].summary.contains("polling"),
+        "{}",
+        findings[0].summary
+    );
+
+    // The same poll on a pipe whose writer is running is just waiting for output.
+    let waiting = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, poll_stdout)]),
+            process(11, 10, vec![running(11)]),
+        ],
+        vec![(78, vec![10], vec![11])],
+    );
+    assert_eq!(analyze(&waiting), vec![]);
+}
+
+#[test]
 fn multiprocessing_queue_join_before_get_is_a_deadlock_through_the_feeder() {
     // Child: main joins its feeder thread, which is stuck writing the queue pipe; both
     // processes hold the read end; the parent waits for the child.

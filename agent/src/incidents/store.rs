@@ -129,7 +129,7 @@ fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> In
         .filter_map(|pid| snapshot.processes.get(pid))
         .map(|process| describe(snapshot, process))
         .collect();
-    let mut pipes: Vec<u64> = finding.chain.iter().filter_map(|l| l.wait.pipe()).collect();
+    let mut pipes: Vec<u64> = finding.chain.iter().flat_map(|l| l.wait.pipes()).collect();
     pipes.sort_unstable();
     pipes.dedup();
     incident.pipes = pipes;

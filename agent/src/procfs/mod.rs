@@ -175,6 +175,24 @@ impl ProcFs {
         })
     }
 
+    /// `len` bytes of the process's memory at `addr` (needs ptrace access: root or
+    /// CAP_SYS_PTRACE).
+    pub fn memory(&self, pid: i32, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
+        use std::os::unix::fs::FileExt;
+        let path = self.pid_dir(pid).join("mem");
+        let file = fs::File::open(&path).map_err(|e| gone_or_io(pid, &path, e))?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, addr)
+            .map_err(|e| gone_or_io(pid, &path, e))?;
+        Ok(buf)
+    }
+
+    /// The fds an epoll instance watches, with their event masks.
+    pub fn epoll_targets(&self, pid: i32, epfd: i32) -> Result<Vec<(i32, u32)>, Error> {
+        let path = self.pid_dir(pid).join("fdinfo").join(epfd.to_string());
+        self.parse_file(pid, path, parse::epoll_targets)
+    }
+
     /// Files still on disk that the process maps, in first-seen order.
     pub fn mapped_files(&self, pid: i32) -> Result<Vec<PathBuf>, Error> {
         let maps = self.read(pid, &self.pid_dir(pid).join("maps"))?;

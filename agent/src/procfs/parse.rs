@@ -91,6 +91,24 @@ pub(super) fn exec_start_ns(text: &str) -> Result<Option<u64>, String> {
         .ok_or_else(bad)
 }
 
+/// `tfd:        5 events:       19 data: ...` lines of an epoll fd's fdinfo.
+pub(super) fn epoll_targets(fdinfo: &str) -> Result<Vec<(i32, u32)>, String> {
+    fdinfo
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("tfd:"))
+        .map(|rest| {
+            let mut words = rest.split_whitespace();
+            let fd = words.next().and_then(|w| w.parse().ok());
+            let events = match (words.next(), words.next()) {
+                (Some("events:"), Some(mask)) => u32::from_str_radix(mask, 16).ok(),
+                _ => None,
+            };
+            fd.zip(events)
+                .ok_or_else(|| format!("bad epoll line {rest:?}"))
+        })
+        .collect()
+}
+
 pub(super) fn access(fdinfo: &str) -> Result<Access, String> {
     let flags = fdinfo
         .lines()
@@ -141,6 +159,12 @@ mod tests {
         assert!(syscall("7 0x1 0x2 0x3 0x4 0x5 zz 0x0 0x0").is_err());
         assert!(exec_start_ns("se.exec_start : 12.5\n").is_err());
         assert!(access("flags:\t03\n").is_err());
+        let epoll = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
+            tfd:        5 events:       19 data:                5  pos:0 ino:3f0a sdev:e\n\
+            tfd:        7 events:        4 data:                7  pos:0 ino:3f0b sdev:e\n";
+        assert_eq!(epoll_targets(epoll), Ok(vec![(5, 0x19), (7, 4)]));
+        assert_eq!(epoll_targets("flags:\t02\n"), Ok(vec![]));
+        assert!(epoll_targets("tfd: x events: 1\n").is_err());
         assert!(access("pos:\t0\n").is_err());
     }
 

@@ -3,11 +3,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use exitwatch_common::{BlockedWait, ExitState};
 
-use super::wait::decode;
+use super::wait::{decode, decode_poll};
 use crate::{
     graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
     procfs::{Access, FdTarget, ProcFs, Syscall},
 };
+
+/// Chains of pollers through pipes are short; this bounds the passes over `/proc`.
+const MAX_RELEASER_ROUNDS: usize = 3;
 
 /// What the kernel probes recorded, as read from their maps.
 pub struct KernelView {
@@ -72,6 +75,7 @@ pub fn collect(
     let mut builder = Builder {
         procfs,
         now_ns,
+        hang_after_ns,
         exiting: &exiting,
         verified: &verified,
         describe,
@@ -129,6 +133,7 @@ fn verify(
 struct Builder<'a> {
     procfs: &'a ProcFs,
     now_ns: u64,
+    hang_after_ns: u64,
     exiting: &'a BTreeMap<i32, ExitState>,
     verified: &'a BTreeMap<(i32, i32), Verified>,
     describe: &'a [i32],
@@ -199,17 +204,29 @@ impl Builder<'_> {
             thread.wait = Some(verified.wait.clone());
             thread.since_ns = verified.since_ns;
             thread.stuck = verified.stuck;
-        } else if describe && matches!(stat.state, 'S' | 'D') {
+        } else if matches!(stat.state, 'S' | 'D') {
             if let Syscall::In { nr, args } = self.procfs.syscall(pid, tid)? {
-                let args = [args[0], args[1], args[2], args[3]];
-                thread.wait = u32::try_from(nr)
-                    .ok()
-                    .and_then(|nr| decode(self.procfs, pid, pgrp, nr, args));
-                // When it last ran: the start of its current sleep, near enough.
-                thread.since_ns = self
-                    .procfs
-                    .sched_exec_start_ns(pid, tid)?
-                    .map_or(self.now_ns, |ns| ns.min(self.now_ns));
+                let nr = u32::try_from(nr).unwrap_or(u32::MAX);
+                let poll = decode_poll(self.procfs, pid, nr, args);
+                if poll.is_some() || describe {
+                    // When it last ran: the start of its current sleep, near enough.
+                    let last_ran = self.procfs.sched_exec_start_ns(pid, tid)?;
+                    thread.since_ns = last_ran.map_or(self.now_ns, |ns| ns.min(self.now_ns));
+                    // The probes do not track polls; not having run since is the proof
+                    // of no progress (and without that proof, it is not stuck).
+                    thread.stuck = poll.is_some()
+                        && last_ran.is_some()
+                        && self.now_ns.saturating_sub(thread.since_ns) >= self.hang_after_ns;
+                    thread.wait = poll.or_else(|| {
+                        decode(
+                            self.procfs,
+                            pid,
+                            pgrp,
+                            nr,
+                            [args[0], args[1], args[2], args[3]],
+                        )
+                    });
+                }
             }
         }
         if describe || thread.wait.is_some() {
@@ -219,64 +236,76 @@ impl Builder<'_> {
     }
 
     /// Adds every process that could release a stuck thread: holders of the other end
-    /// of its pipe, and the children it waits for. One pass over `/proc`, only when a
-    /// stuck thread needs it.
+    /// of its pipes, and the children it waits for. Passes over `/proc` only when a stuck
+    /// thread needs them, again while newly added processes bring new pipes (a poller
+    /// found among the holders).
     fn add_releasers(&mut self) -> BTreeMap<u64, PipeEnds> {
-        let stuck: Vec<(i32, Wait)> = self
-            .processes
-            .values()
-            .flat_map(|p| p.threads.iter().filter(|t| t.stuck).map(|t| (p.pid, t)))
-            .filter_map(|(pid, t)| Some((pid, t.wait.clone()?)))
-            .collect();
-        let wanted_pipes: BTreeSet<u64> = stuck.iter().filter_map(|(_, w)| w.pipe()).collect();
-        let waiters: BTreeSet<i32> = stuck
-            .iter()
-            .filter(|(_, w)| matches!(w, Wait::Child { .. }))
-            .map(|(pid, _)| *pid)
-            .collect();
         let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
-        if wanted_pipes.is_empty() && waiters.is_empty() {
-            return pipes;
-        }
-        let mut releasers = BTreeSet::new();
-        for (_, wait) in &stuck {
-            if let Wait::Child {
-                target: ChildTarget::Pid(child),
-            } = wait
-            {
-                releasers.insert(*child);
+        let mut waiters_done = false;
+        for _ in 0..MAX_RELEASER_ROUNDS {
+            let stuck: Vec<(i32, Wait)> = self
+                .processes
+                .values()
+                .flat_map(|p| p.threads.iter().filter(|t| t.stuck).map(|t| (p.pid, t)))
+                .filter_map(|(pid, t)| Some((pid, t.wait.clone()?)))
+                .collect();
+            let wanted_pipes: BTreeSet<u64> = stuck
+                .iter()
+                .flat_map(|(_, w)| w.pipes())
+                .filter(|pipe| !pipes.contains_key(pipe))
+                .collect();
+            let waiters: BTreeSet<i32> = stuck
+                .iter()
+                .filter(|(_, w)| matches!(w, Wait::Child { .. }) && !waiters_done)
+                .map(|(pid, _)| *pid)
+                .collect();
+            if wanted_pipes.is_empty() && waiters.is_empty() {
+                break;
             }
-        }
-        for pid in self.procfs.pids().unwrap_or_default() {
-            if !waiters.is_empty() {
-                if let Ok(stat) = self.procfs.stat(pid, pid) {
-                    if waiters.contains(&stat.ppid) {
-                        releasers.insert(pid);
+            waiters_done = true;
+            let mut releasers: BTreeSet<i32> = stuck
+                .iter()
+                .filter_map(|(_, wait)| match wait {
+                    Wait::Child {
+                        target: ChildTarget::Pid(child),
+                    } => Some(*child),
+                    _ => None,
+                })
+                .collect();
+            for pipe in &wanted_pipes {
+                pipes.entry(*pipe).or_default();
+            }
+            for pid in self.procfs.pids().unwrap_or_default() {
+                if !waiters.is_empty() {
+                    if let Ok(stat) = self.procfs.stat(pid, pid) {
+                        if waiters.contains(&stat.ppid) {
+                            releasers.insert(pid);
+                        }
                     }
                 }
-            }
-            if wanted_pipes.is_empty() {
-                continue;
-            }
-            for fd in self.procfs.fds(pid).unwrap_or_default() {
-                let FdTarget::Pipe(inode) = fd.target else {
-                    continue;
-                };
-                if !wanted_pipes.contains(&inode) {
+                if wanted_pipes.is_empty() {
                     continue;
                 }
-                let ends = pipes.entry(inode).or_default();
-                if matches!(fd.access, Access::Read | Access::ReadWrite) {
-                    ends.readers.insert(pid);
+                for fd in self.procfs.fds(pid).unwrap_or_default() {
+                    let FdTarget::Pipe(inode) = fd.target else {
+                        continue;
+                    };
+                    if !wanted_pipes.contains(&inode) {
+                        continue;
+                    }
+                    let ends = pipes.entry(inode).or_default();
+                    if matches!(fd.access, Access::Read | Access::ReadWrite) {
+                        ends.readers.insert(pid);
+                    }
+                    if matches!(fd.access, Access::Write | Access::ReadWrite) {
+                        ends.writers.insert(pid);
+                    }
+                    releasers.insert(pid);
                 }
-                if matches!(fd.access, Access::Write | Access::ReadWrite) {
-                    ends.writers.insert(pid);
-                }
-                releasers.insert(pid);
             }
-        }
-        for pid in releasers {
-            self.add(pid);
+            for pid in releasers {
+                self.add(pid);
+            }
         }
         pipes
     }

@@ -6,6 +6,22 @@ use crate::{
     procfs::{FdTarget, ProcFs},
 };
 
+/// Waits that are not tracked by the probes; read from `/proc` for processes in a scan.
+mod untracked {
+    pub const POLL: u32 = 7;
+    pub const EPOLL_WAIT: u32 = 232;
+    pub const PPOLL: u32 = 271;
+    pub const EPOLL_PWAIT: u32 = 281;
+    pub const EPOLL_PWAIT2: u32 = 441;
+}
+
+/// Input and output bits; poll(2) and epoll(7) share their values. Error and hang-up bits
+/// (which epoll always adds) do not matter.
+const INPUT_EVENTS: u32 = 0x1 | 0x2 | 0x40 | 0x80;
+const OUTPUT_EVENTS: u32 = 0x4 | 0x100 | 0x200;
+/// Bigger poll sets are servers' business, not a parent waiting on a child's output.
+const MAX_POLL_FDS: usize = 64;
+
 const P_PID: u64 = 1;
 const P_PGID: u64 = 2;
 
@@ -51,6 +67,60 @@ pub fn decode(procfs: &ProcFs, pid: i32, pgrp: i32, syscall: u32, args: [u64; 4]
         _ => return None,
     };
     Some(wait)
+}
+
+/// A `poll`/`epoll_wait` with no timeout whose every watched fd is the read end of a
+/// pipe, waiting for input: the other way a parent waits on a child's output. `None` for
+/// anything else, including timeouts (they wake by themselves).
+pub fn decode_poll(procfs: &ProcFs, pid: i32, syscall: u32, args: [u64; 6]) -> Option<Wait> {
+    let watched: Vec<(i32, u32)> = match syscall {
+        untracked::POLL | untracked::PPOLL => {
+            let forever = if syscall == untracked::POLL {
+                args[2] as i32 == -1
+            } else {
+                args[2] == 0
+            };
+            let count = usize::try_from(args[1]).ok()?;
+            if !forever || count == 0 || count > MAX_POLL_FDS {
+                return None;
+            }
+            // struct pollfd { int fd; short events; short revents; }
+            let raw = procfs.memory(pid, args[0], count * 8).ok()?;
+            raw.chunks_exact(8)
+                .map(|p| {
+                    let fd = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+                    (fd, u32::from(u16::from_ne_bytes([p[4], p[5]])))
+                })
+                .filter(|(fd, _)| *fd >= 0)
+                .collect()
+        }
+        untracked::EPOLL_WAIT | untracked::EPOLL_PWAIT | untracked::EPOLL_PWAIT2 => {
+            let forever = if syscall == untracked::EPOLL_PWAIT2 {
+                args[3] == 0
+            } else {
+                args[3] as i32 == -1
+            };
+            if !forever {
+                return None;
+            }
+            procfs.epoll_targets(pid, args[0] as i32).ok()?
+        }
+        _ => return None,
+    };
+    if watched.is_empty() || watched.len() > MAX_POLL_FDS {
+        return None;
+    }
+    let mut pipes = Vec::new();
+    for (fd, events) in watched {
+        if events & OUTPUT_EVENTS != 0 || events & INPUT_EVENTS == 0 {
+            return None;
+        }
+        match procfs.fd(pid, fd).ok()?.target {
+            FdTarget::Pipe(pipe) => pipes.push(pipe),
+            FdTarget::Other(_) => return None,
+        }
+    }
+    Some(Wait::PollRead { pipes })
 }
 
 pub fn syscall_name(syscall: u32) -> &'static str {
