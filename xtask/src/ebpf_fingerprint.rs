@@ -53,3 +53,44 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::{fingerprint, INPUTS};
+
+    fn tree() -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("temp dir");
+        for input in INPUTS {
+            let path = root.path().join(input);
+            if input.ends_with("src") {
+                fs::create_dir_all(&path).expect("mkdir");
+                fs::write(path.join("lib.rs"), input).expect("write");
+            } else {
+                fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+                fs::write(&path, input).expect("write");
+            }
+        }
+        root
+    }
+
+    #[test]
+    fn same_sources_same_fingerprint_anywhere() {
+        let (a, b) = (tree(), tree());
+        let first = fingerprint(a.path()).expect("fingerprint");
+        assert_eq!(first, fingerprint(a.path()).expect("fingerprint"));
+        assert_eq!(first, fingerprint(b.path()).expect("fingerprint"));
+    }
+
+    #[test]
+    fn any_source_change_changes_it() {
+        let root = tree();
+        let before = fingerprint(root.path()).expect("fingerprint");
+        fs::write(root.path().join("ebpf/src/extra.rs"), "// new").expect("write");
+        let added = fingerprint(root.path()).expect("fingerprint");
+        assert_ne!(before, added);
+        fs::write(root.path().join("common/src/lib.rs"), "changed").expect("write");
+        assert_ne!(added, fingerprint(root.path()).expect("fingerprint"));
+    }
+}
