@@ -107,11 +107,7 @@ fn healthy_pipeline_moving_hundreds_of_mib_raises_nothing() {
     assert!(slow.wait(Duration::from_secs(30)).success());
     // One more threshold for anything that was about to be reported.
     std::thread::sleep(HANG_AFTER + common::SCAN_INTERVAL);
-    let noisy: Vec<serde_json::Value> = agent
-        .incidents()
-        .into_iter()
-        .filter(|i| pids.iter().chain(&slow_pids).any(|pid| involves(i, *pid)))
-        .collect();
+    let noisy = agent.incidents_involving(&[pids, slow_pids].concat());
     assert!(
         noisy.is_empty(),
         "healthy programs raised incidents: {noisy:#?}"

@@ -38,72 +38,86 @@ fn expect(agent: &Agent, kind: &str, pids: &[i32]) -> Value {
     })
 }
 
-#[test]
-fn multiprocessing_queue_join_before_get() {
+/// A parent/child pipe deadlock, started after the agent: the incident names both, each
+/// in the expected waits. The subject is handed back, alive, for further checks.
+fn pipe_deadlock(
+    start: impl FnOnce() -> Subject,
+    parent_waits: &[&str],
+    child_waits: &[&str],
+) -> (Value, Subject) {
     let agent = Agent::start();
-    let subject = Subject::python("mp_queue_join.py", &[]);
+    let subject = start();
     let (parent, child) = (subject.pid("parent"), subject.pid("child"));
     let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
-    assert!(has_wait(&incident, parent, "wait_child"), "{incident:#}");
-    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
-    assert!(has_wait(&incident, child, "futex"), "{incident:#}");
+    for (pid, wanted) in [(parent, parent_waits), (child, child_waits)] {
+        for wait in wanted {
+            assert!(
+                has_wait(&incident, pid, wait),
+                "pid {pid} in {wait}: {incident:#}"
+            );
+        }
+    }
+    (incident, subject)
+}
+
+/// Both of the child's output pipes, sorted as the incident lists them.
+fn output_pipes(subject: &Subject) -> Value {
+    let child = subject.pid("child");
+    let mut pipes = [pipe_inode(child, 1), pipe_inode(child, 2)];
+    pipes.sort_unstable();
+    serde_json::json!(pipes)
+}
+
+#[test]
+fn multiprocessing_queue_join_before_get() {
+    let (incident, _subject) = pipe_deadlock(
+        || Subject::python("mp_queue_join.py", &[]),
+        &["wait_child"],
+        &["pipe_write", "futex"],
+    );
     let summary = incident["summary"].as_str().unwrap_or_default();
     assert!(summary.contains("cancel_join_thread()"), "{summary}");
 }
 
 #[test]
 fn c_fork_waitpid_before_reading() {
-    let agent = Agent::start();
-    let subject = Subject::c("fork_waitpid.c", &[]);
-    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
-    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
-    assert!(has_wait(&incident, parent, "wait_child"), "{incident:#}");
-    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
+    pipe_deadlock(
+        || Subject::c("fork_waitpid.c", &[]),
+        &["wait_child"],
+        &["pipe_write"],
+    );
 }
 
 #[test]
 fn reading_stderr_to_eof_while_child_fills_stdout() {
-    let agent = Agent::start();
-    let subject = Subject::python("stderr_then_stdout.py", &[]);
-    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
-    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
-    assert!(has_wait(&incident, parent, "pipe_read"), "{incident:#}");
-    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
-    let stdout_pipe = pipe_inode(child, 1);
-    let stderr_pipe = pipe_inode(child, 2);
-    assert_eq!(
-        incident["pipes"],
-        serde_json::json!([stdout_pipe.min(stderr_pipe), stdout_pipe.max(stderr_pipe)])
+    let (incident, subject) = pipe_deadlock(
+        || Subject::python("stderr_then_stdout.py", &[]),
+        &["pipe_read"],
+        &["pipe_write"],
     );
+    assert_eq!(incident["pipes"], output_pipes(&subject), "{incident:#}");
     let summary = incident["summary"].as_str().unwrap_or_default();
     assert!(summary.contains("read all pipes concurrently"), "{summary}");
 }
 
-/// The agent starts first: an exit marker that fired before it attached is not seen.
-fn polling_stdout_while_child_fills_stderr(mode: &str) {
-    let agent = Agent::start();
-    let subject = Subject::python("poll_stdout_only.py", &[mode]);
-    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
-    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
-    assert!(has_wait(&incident, parent, "poll"), "{incident:#}");
-    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#}");
-    let mut expected = vec![pipe_inode(child, 1), pipe_inode(child, 2)];
-    expected.sort_unstable();
-    assert_eq!(
-        incident["pipes"],
-        serde_json::json!(expected),
-        "{incident:#}"
+/// The parent waits with `poll`/`epoll_wait` on the child's stdout only.
+fn polling_one_pipe(mode: &str) {
+    let (incident, subject) = pipe_deadlock(
+        || Subject::python("poll_stdout_only.py", &[mode]),
+        &["poll"],
+        &["pipe_write"],
     );
+    assert_eq!(incident["pipes"], output_pipes(&subject), "{incident:#}");
 }
 
 #[test]
 fn poll_on_stdout_while_child_fills_stderr() {
-    polling_stdout_while_child_fills_stderr("poll");
+    polling_one_pipe("poll");
 }
 
 #[test]
 fn epoll_on_stdout_while_child_fills_stderr() {
-    polling_stdout_while_child_fills_stderr("epoll");
+    polling_one_pipe("epoll");
 }
 
 /// The agent starts first: an exit marker that fired before it attached is not seen.
@@ -192,11 +206,7 @@ fn silent(subjects: Vec<Subject>, run_for: Duration) {
         .flat_map(|s| s.pids.values().copied())
         .collect();
     std::thread::sleep(run_for);
-    let noisy: Vec<Value> = agent
-        .incidents()
-        .into_iter()
-        .filter(|i| pids.iter().any(|pid| involves(i, *pid)))
-        .collect();
+    let noisy = agent.incidents_involving(&pids);
     assert!(
         noisy.is_empty(),
         "healthy programs raised incidents: {noisy:#?}"
@@ -216,15 +226,11 @@ fn idle_reader_and_condition_variable_server_stay_silent() {
 
 #[test]
 fn slow_consumer_at_exit_is_progress_not_a_hang() {
-    let mut slow = Subject::python("slow_consumer.py", &["5", "--at-exit"]);
     let agent = Agent::start();
+    let mut slow = Subject::python("slow_consumer.py", &["5", "--at-exit"]);
     let pids: Vec<i32> = slow.pids.values().copied().collect();
     assert!(slow.wait(Duration::from_secs(30)).success());
-    let noisy: Vec<Value> = agent
-        .incidents()
-        .into_iter()
-        .filter(|i| pids.iter().any(|pid| involves(i, *pid)))
-        .collect();
+    let noisy = agent.incidents_involving(&pids);
     assert!(
         noisy.is_empty(),
         "a slow but moving pipe raised incidents: {noisy:#?}"

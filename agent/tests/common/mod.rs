@@ -112,6 +112,14 @@ impl Agent {
             .expect("an `incidents` array")
     }
 
+    /// Incidents (active or resolved) that name any of `pids`.
+    pub fn incidents_involving(&self, pids: &[i32]) -> Vec<Value> {
+        self.incidents()
+            .into_iter()
+            .filter(|i| pids.iter().any(|pid| involves(i, *pid)))
+            .collect()
+    }
+
     /// Polls the API until an incident matches, or panics with what it saw.
     pub fn wait_for(
         &self,
