@@ -1,12 +1,14 @@
 //! Process and thread lifecycle: thread spawns during exit, exec, exit, and termination
 //! signals. Classic tracepoints: these fire per process or thread event, not per sleep,
 //! and their records carry pids without reading `task_struct`.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext, Global};
+use aya_ebpf::{
+    helpers::bpf_get_current_task_btf, macros::tracepoint, programs::TracePointContext, Global,
+};
 use exitwatch_common::{event_kind, exit_reason};
 
 use crate::{
     exit_phase::mark_exiting,
-    maps::{current_ids, emit, now_ns, BLOCKED, PROCS},
+    maps::{current_ids, emit, now_ns, BLOCKED, PROCS, TASK_WAIT},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -63,7 +65,12 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
-    let _ = BLOCKED.remove(tid);
+    // Only threads that ever slept in a tracked wait have an entry; the task-local
+    // lookup spares the locked hash delete for the others.
+    // SAFETY: the current task, valid for the program's run.
+    if TASK_WAIT.get(unsafe { bpf_get_current_task_btf() }).is_some() {
+        let _ = BLOCKED.remove(tid);
+    }
     let offset = EXIT_GROUP_DEAD_OFFSET.load();
     let group_dead = if offset == 0 {
         // Kernels before `group_dead` was added: the leader's exit stands in for it, and

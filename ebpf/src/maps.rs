@@ -9,6 +9,10 @@ use exitwatch_common::{
 
 use crate::task_storage::TaskStorage;
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 #[map]
 pub static BLOCKED: HashMap<u32, BlockedWait> = HashMap::with_max_entries(BLOCKED_CAPACITY, 0);
 
@@ -21,18 +25,25 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 pub static WAIT_HISTOGRAM: PerCpuArray<u64> = PerCpuArray::with_max_entries(wait_histogram::LEN, 0);
 
-/// When the task's current tracked sleep began, and its histogram class; cleared when
-/// the task next runs. Task-local, so the wake-up side needs no pid and no hash lookup.
+/// A task's current tracked wait, task-local so the wake-up side needs no pid and no hash
+/// lookup, and so a repeated sleep in the same wait can skip `BLOCKED` for a while.
 #[repr(C)]
-pub struct SleepStart {
+pub struct TaskWait {
+    /// When the current tracked sleep began; 0 while the task runs.
     pub since_ns: u64,
+    /// When this wait was last written to `BLOCKED`.
+    pub published_ns: u64,
+    /// Sleeps in this wait not yet added to `BLOCKED`.
+    pub unpublished_sleeps: u64,
+    pub args: [u64; 4],
+    pub syscall: u32,
+    /// Histogram class of `syscall`.
     pub class: u32,
-    pub _pad: u32,
 }
 
 #[unsafe(link_section = ".maps")]
-#[unsafe(export_name = "SLEEP_START")]
-pub static SLEEP_START: TaskStorage<SleepStart> = TaskStorage::new();
+#[unsafe(export_name = "TASK_WAIT")]
+pub static TASK_WAIT: TaskStorage<TaskWait> = TaskStorage::new();
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
@@ -62,7 +73,14 @@ pub fn emit(kind: u32, tgid: u32, tid: u32, arg: u32, now: u64) {
         arg,
         comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
     });
-    entry.submit(0);
+    // Waking the agent for every event costs tens of µs inside the probe; it drains the
+    // ring on a short timer instead, and is woken only when the ring fills up.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_BYTES / 4) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
     bump(counter::EVENTS_SENT);
 }
 

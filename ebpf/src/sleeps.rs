@@ -12,39 +12,46 @@ use exitwatch_common::{
     counter, is_tracked_sleep, is_tracked_syscall, wait_histogram, BlockedWait,
 };
 
-use crate::maps::{add, bump, current_ids, now_ns, BLOCKED, SLEEP_START, WAIT_HISTOGRAM};
+use crate::maps::{add, bump, current_ids, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTOGRAM};
+
+/// How stale `BLOCKED` may get for a thread that keeps re-sleeping in the same wait: far
+/// below any hang threshold, and it spares the hash update on most sleeps.
+const REFRESH_NS: u64 = 100_000_000;
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // tp_btf args: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)
     let next: *mut task_struct = ctx.arg(2);
-    complete_wait(next);
+    let now = complete_wait(next);
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
     if (preempt & 0xff) != 0 || (prev_state & 0xffff_ffff) == 0 {
         return 0;
     }
     // A failed register read only means this sleep goes unrecorded.
-    let _ = record_sleep();
+    let _ = record_sleep(now);
     0
 }
 
 /// The task about to run ends its tracked sleep, if it was in one: count its duration.
-fn complete_wait(next: *mut task_struct) {
-    let Some(sleep) = SLEEP_START.get(next) else {
-        return;
+/// Returns the time if it had to read the clock, else 0.
+fn complete_wait(next: *mut task_struct) -> u64 {
+    let Some(wait) = TASK_WAIT.get(next) else {
+        return 0;
     };
-    if sleep.since_ns == 0 {
-        return;
+    if wait.since_ns == 0 {
+        return 0;
     }
-    let duration = now_ns().saturating_sub(sleep.since_ns);
-    sleep.since_ns = 0;
-    let base = sleep.class.min(wait_histogram::CLASSES - 1) * wait_histogram::SLOTS;
+    let now = now_ns();
+    let duration = now.saturating_sub(wait.since_ns);
+    wait.since_ns = 0;
+    let base = wait.class.min(wait_histogram::CLASSES - 1) * wait_histogram::SLOTS;
     add(&WAIT_HISTOGRAM, base + wait_histogram::bucket(duration), 1);
     add(&WAIT_HISTOGRAM, base + wait_histogram::BUCKETS, duration);
+    now
 }
 
-fn record_sleep() -> Result<(), i32> {
+fn record_sleep(now: u64) -> Result<(), i32> {
     // At sched_switch `current` is still the task going to sleep, and its user registers
     // hold the syscall it is sleeping in: x86_64 `pt_regs` is user ABI, so no CO-RE. The
     // helper returns a BTF pointer, so these are plain (fault-checked) loads, not helper
@@ -72,22 +79,29 @@ fn record_sleep() -> Result<(), i32> {
     if tgid == 0 {
         return Ok(());
     }
-    let now = now_ns();
-    if let Some(sleep) = SLEEP_START.get_or_create(task) {
-        sleep.since_ns = now;
-        sleep.class = wait_histogram::class(syscall);
+    let now = if now == 0 { now_ns() } else { now };
+    let Some(wait) = TASK_WAIT.get_or_create(task) else {
+        return Ok(());
+    };
+    wait.since_ns = now;
+    let same = wait.syscall == syscall && wait.args == args && wait.published_ns != 0;
+    if same && now.saturating_sub(wait.published_ns) < REFRESH_NS {
+        wait.unpublished_sleeps += 1;
+        return Ok(());
     }
-    if let Some(entry) = BLOCKED.get_ptr_mut(tid) {
-        // SAFETY: only this thread's own sleeps write its entry; user space only reads
-        // and deletes it.
-        let entry = unsafe { &mut *entry };
-        if entry.syscall == syscall && entry.args == args && entry.tgid == tgid {
+    if same {
+        if let Some(entry) = BLOCKED.get_ptr_mut(tid) {
+            // SAFETY: only this thread's own sleeps write its entry; user space only
+            // reads and deletes it.
+            let entry = unsafe { &mut *entry };
             entry.last_ns = now;
-            entry.sleeps += 1;
+            entry.sleeps += wait.unpublished_sleeps + 1;
+            wait.published_ns = now;
+            wait.unpublished_sleeps = 0;
             return Ok(());
         }
     }
-    let wait = BlockedWait {
+    let entry = BlockedWait {
         tgid,
         syscall,
         args,
@@ -95,8 +109,14 @@ fn record_sleep() -> Result<(), i32> {
         last_ns: now,
         sleeps: 1,
     };
-    if BLOCKED.insert(tid, wait, 0).is_err() {
+    if BLOCKED.insert(tid, entry, 0).is_err() {
         bump(counter::BLOCKED_FULL);
+        return Ok(());
     }
+    wait.syscall = syscall;
+    wait.class = wait_histogram::class(syscall);
+    wait.args = args;
+    wait.published_ns = now;
+    wait.unpublished_sleeps = 0;
     Ok(())
 }
