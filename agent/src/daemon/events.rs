@@ -1,15 +1,22 @@
 //! Lifecycle events from the ring buffer: uprobe discovery on exec, exit-phase counts.
 use std::{sync::Arc, time::Duration};
 
+use aya::maps::{MapData, RingBuf};
 use exitwatch_common::{event_kind, exit_reason, Event};
 use tokio::io::unix::AsyncFd;
 
 use super::Shared;
 use crate::probes::Streams;
 
+/// How often the ring buffer is drained when the probes do not wake the agent.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
 /// When to look at a freshly exec'd process: right away for the executable, and again
-/// once the dynamic loader has mapped its libraries.
-const DISCOVERY_DELAYS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(300)];
+/// once the dynamic loader has surely mapped its libraries (settled).
+const DISCOVERY_DELAYS: [(Duration, bool); 2] = [
+    (Duration::from_millis(20), false),
+    (Duration::from_millis(300), true),
+];
 
 pub async fn run(shared: Arc<Shared>, streams: Streams) {
     let Streams { events, logger } = streams;
@@ -23,21 +30,35 @@ pub async fn run(shared: Arc<Shared>, streams: Streams) {
             return;
         }
     };
+    // The probes wake this loop only when the ring is a quarter full; otherwise it drains
+    // on a short timer, which keeps the probes cheap on exec- and exit-heavy hosts.
+    let mut ticks = tokio::time::interval(DRAIN_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Ok(mut ready) = events.readable_mut().await else {
-            log::error!("the event ring buffer failed; exec discovery is off");
-            return;
-        };
-        let ring = ready.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<Event>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole `Event`; the read tolerates misalignment.
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            handle(&shared, &event);
+        tokio::select! {
+            ready = events.readable_mut() => match ready {
+                Ok(mut ready) => {
+                    drain(&shared, ready.get_inner_mut());
+                    ready.clear_ready();
+                }
+                Err(error) => {
+                    log::error!("the event ring buffer failed ({error}); exec discovery is off");
+                    return;
+                }
+            },
+            _ = ticks.tick() => drain(&shared, events.get_mut()),
         }
-        ready.clear_ready();
+    }
+}
+
+fn drain(shared: &Arc<Shared>, ring: &mut RingBuf<MapData>) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<Event>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole `Event`; the read tolerates misalignment.
+        let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        handle(shared, &event);
     }
 }
 
@@ -47,11 +68,11 @@ fn handle(shared: &Arc<Shared>, event: &Event) {
             let pid = event.pid as i32;
             let shared = shared.clone();
             tokio::spawn(async move {
-                for delay in DISCOVERY_DELAYS {
+                for (delay, settled) in DISCOVERY_DELAYS {
                     tokio::time::sleep(delay).await;
                     let shared = shared.clone();
-                    let _ =
-                        tokio::task::spawn_blocking(move || shared.probes().discover(pid)).await;
+                    let discover = move || shared.probes().discover(pid, settled);
+                    let _ = tokio::task::spawn_blocking(discover).await;
                 }
             });
         }

@@ -29,6 +29,11 @@ pub struct Config {
     pub scan_interval: Duration,
     #[arg(long, value_enum, default_value_t = logging::Format::Text)]
     pub log_format: logging::Format,
+    /// Turn on the kernel's BPF run-time statistics while the agent runs, for the
+    /// exitwatch_bpf_program_* metrics. Off by default: they are global, and make every
+    /// BPF program on the host pay two clock reads per run.
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 /// State shared by the scanner, the event loop and the HTTP handlers.
@@ -65,14 +70,19 @@ async fn serve(config: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let (mut probes, streams) = Probes::load().context("cannot start the kernel probes")?;
     // Keeps the kernel counting run time per BPF program while the agent runs.
-    let _bpf_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .inspect_err(|e| log::warn!("BPF run-time stats unavailable: {e}"))
-        .ok();
+    let _bpf_stats = config
+        .bpf_stats
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .and_then(|stats| {
+            stats
+                .inspect_err(|e| log::warn!("BPF run-time stats unavailable: {e}"))
+                .ok()
+        });
 
     let procfs = ProcFs::default();
     probes.discover_installed();
     for pid in procfs.pids().unwrap_or_default() {
-        probes.discover(pid);
+        probes.discover(pid, true);
     }
     let seeded = probes.seed(&blocked_from_proc(&procfs, monotonic_ns()));
     log::info!(

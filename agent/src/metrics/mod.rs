@@ -1,10 +1,15 @@
 //! Prometheus metrics, in a private registry. Label values are pre-created so every
 //! series exists at 0 from the first scrape.
+mod process;
+mod wait_durations;
+
+use process::ProcessMetrics;
 use prometheus::{
     core::{Atomic, Collector, GenericCounter},
     CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use wait_durations::WaitDurations;
 
 use crate::{
     graph::{Kind, Snapshot},
@@ -44,6 +49,7 @@ pub struct Metrics {
     uprobe_targets: IntGauge,
     last_scan: Gauge,
     wait_durations: WaitDurations,
+    process: ProcessMetrics,
 }
 
 impl Metrics {
@@ -112,14 +118,15 @@ impl Metrics {
             bpf_run_time: CounterVec::new(
                 Opts::new(
                     "exitwatch_bpf_program_run_time_seconds_total",
-                    "CPU time spent in each probe program (kernel BPF stats).",
+                    "CPU time spent in each probe program (kernel BPF stats: run the agent \
+                     with --bpf-stats, or enable kernel.bpf_stats_enabled).",
                 ),
                 &["program"],
             )?,
             bpf_runs: IntCounterVec::new(
                 Opts::new(
                     "exitwatch_bpf_program_runs_total",
-                    "Runs of each probe program (kernel BPF stats).",
+                    "Runs of each probe program (kernel BPF stats, as above).",
                 ),
                 &["program"],
             )?,
@@ -145,6 +152,7 @@ impl Metrics {
                 "Unix time of the last completed scan.",
             )?,
             wait_durations: WaitDurations::new()?,
+            process: ProcessMetrics::new()?,
             registry,
         };
         for kind in &kinds {
@@ -192,12 +200,12 @@ impl Metrics {
             Box::new(metrics.scan_errors.clone()),
             Box::new(metrics.uprobe_targets.clone()),
             Box::new(metrics.last_scan.clone()),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(metrics.wait_durations.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;
         }
+        metrics.process.register(&metrics.registry)?;
         Ok(metrics)
     }
 
@@ -280,6 +288,7 @@ impl Metrics {
         waits: Vec<WaitHistogram>,
     ) {
         self.wait_durations.set(waits);
+        self.process.refresh();
         raise_to(&self.events, counters.events_sent);
         raise_to(&self.events_dropped, counters.events_dropped);
         raise_to(
@@ -315,84 +324,11 @@ impl Metrics {
 }
 
 /// Counters that mirror a cumulative count kept by the kernel.
-fn raise_to<P: Atomic>(counter: &GenericCounter<P>, total: P::T) {
+pub(crate) fn raise_to<P: Atomic>(counter: &GenericCounter<P>, total: P::T) {
     let current = counter.get();
     if total > current {
         let mut delta = total;
         delta -= current;
         counter.inc_by(delta);
-    }
-}
-
-/// `exitwatch_blocked_wait_duration_seconds`: a histogram the kernel keeps in log2 buckets;
-/// exposed as read at scrape time rather than re-observed.
-#[derive(Clone)]
-struct WaitDurations {
-    desc: prometheus::core::Desc,
-    latest: std::sync::Arc<std::sync::Mutex<Vec<WaitHistogram>>>,
-}
-
-impl WaitDurations {
-    fn new() -> prometheus::Result<Self> {
-        Ok(Self {
-            desc: prometheus::core::Desc::new(
-                "exitwatch_blocked_wait_duration_seconds".into(),
-                "Completed sleeps in tracked syscalls, by syscall (kernel log2 buckets).".into(),
-                vec!["syscall".into()],
-                Default::default(),
-            )?,
-            latest: Default::default(),
-        })
-    }
-
-    fn set(&self, waits: Vec<WaitHistogram>) {
-        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = waits;
-    }
-}
-
-impl Collector for WaitDurations {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        vec![&self.desc]
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let metrics = latest
-            .iter()
-            .map(|wait| {
-                let mut cumulative = 0;
-                // The kernel's last bucket is open-ended: it is the implicit +Inf.
-                let bounded = wait.buckets.len().saturating_sub(1);
-                let buckets = wait.buckets[..bounded]
-                    .iter()
-                    .enumerate()
-                    .map(|(b, count)| {
-                        cumulative += count;
-                        let mut bucket = Bucket::default();
-                        bucket.set_cumulative_count(cumulative);
-                        bucket.set_upper_bound((1u64 << b) as f64 * 1e-6);
-                        bucket
-                    })
-                    .collect();
-                let mut histogram = Histogram::default();
-                histogram.set_bucket(buckets);
-                histogram.set_sample_count(wait.buckets.iter().sum());
-                histogram.set_sample_sum(wait.sum_ns as f64 / 1e9);
-                let mut label = LabelPair::default();
-                label.set_name("syscall".into());
-                label.set_value(wait.class.into());
-                let mut metric = Metric::default();
-                metric.set_label(vec![label]);
-                metric.set_histogram(histogram);
-                metric
-            })
-            .collect();
-        let mut family = MetricFamily::default();
-        family.set_name(self.desc.fq_name.clone());
-        family.set_help(self.desc.help.clone());
-        family.set_field_type(MetricType::HISTOGRAM);
-        family.set_metric(metrics);
-        vec![family]
     }
 }

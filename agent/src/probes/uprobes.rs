@@ -50,6 +50,8 @@ pub struct Uprobes {
     procfs: ProcFs,
     /// Files already looked at, by (device, inode): attached or known not to qualify.
     seen: BTreeSet<(u64, u64)>,
+    /// Executables whose mapped files were all looked at, by (device, inode).
+    programs_seen: BTreeSet<(u64, u64)>,
     attached: usize,
 }
 
@@ -64,6 +66,7 @@ impl Uprobes {
         Ok(Self {
             procfs: ProcFs::default(),
             seen: BTreeSet::new(),
+            programs_seen: BTreeSet::new(),
             attached: 0,
         })
     }
@@ -72,12 +75,29 @@ impl Uprobes {
         self.attached
     }
 
-    pub fn discover(&mut self, ebpf: &mut Ebpf, pid: i32) {
-        let root = self.procfs.root().join(pid.to_string()).join("root");
-        let mut files = self.procfs.mapped_files(pid).unwrap_or_default();
-        if let Ok(exe) = std::fs::read_link(self.procfs.root().join(pid.to_string()).join("exe")) {
+    /// Looks at the files `pid` maps. A program whose libraries were already seen once
+    /// (by executable file) costs a `stat`: exec-heavy hosts run the same few binaries.
+    /// `settled` says the dynamic loader has had time to map every library, so the
+    /// program need not be looked at again.
+    pub fn discover(&mut self, ebpf: &mut Ebpf, pid: i32, settled: bool) {
+        let dir = self.procfs.root().join(pid.to_string());
+        let Ok(exe) = std::fs::metadata(dir.join("exe")) else {
+            return;
+        };
+        let program = (exe.dev(), exe.ino());
+        if self.programs_seen.contains(&program) {
+            return;
+        }
+        let Ok(mut files) = self.procfs.mapped_files(pid) else {
+            return;
+        };
+        if let Ok(exe) = std::fs::read_link(dir.join("exe")) {
             files.push(exe);
         }
+        if settled {
+            self.programs_seen.insert(program);
+        }
+        let root = dir.join("root");
         for file in files {
             // Open through the process's own root: it may live in another mount namespace.
             let path = root.join(file.strip_prefix("/").unwrap_or(&file));
