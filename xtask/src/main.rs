@@ -1,4 +1,5 @@
 //! Developer tasks: `cargo xtask build-ebpf | run | test`.
+mod bench;
 mod build_ebpf;
 mod ebpf_fingerprint;
 mod system;
@@ -28,6 +29,8 @@ enum Task {
     },
     /// Build everything and run the whole test suite, privileged tests included.
     Test,
+    /// Measure the agent's overhead, footprint and detection latency; write BENCHMARKS.md.
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -53,6 +56,7 @@ fn main() -> Result<()> {
             let test = ["cargo", "test", "--workspace", "--", "--test-threads=1"];
             system::run_as_root(&root, &test.map(String::from))
         }
+        Task::Bench(options) => bench::run(&root, &options),
     }
 }
 

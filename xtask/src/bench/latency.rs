@@ -1,0 +1,175 @@
+//! Detection latency: how long after a real deadlock starts the agent reports it.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::{agent::Agent, proc, Layout};
+
+pub const PROGRAM: &str = "agent/tests/programs/seed_pipe_deadlock.py";
+pub const PYTHON: &str = "/usr/bin/python3";
+const POLL: Duration = Duration::from_millis(20);
+
+/// One detection, in seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Trial {
+    /// Program start → the incident first seen by polling.
+    pub from_start: f64,
+    /// The incident's `started_at` (the first wait of the hang) → first seen.
+    pub from_hang: f64,
+    /// The agent's own `detected_at − started_at`.
+    pub agent_reported: f64,
+}
+
+/// Runs the seed deadlock, polls the incidents API every 20 ms until an incident with
+/// both its pids appears, and kills it.
+pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let mut subject = Subject::start(layout)?;
+    let pids = subject.pids.clone();
+    let found = loop {
+        let body = agent.get("/api/v1/incidents")?;
+        let parsed: Value = serde_json::from_str(&body).context("incidents JSON")?;
+        let hit = parsed["incidents"].as_array().and_then(|incidents| {
+            incidents
+                .iter()
+                .find(|incident| pids.iter().all(|pid| involves(incident, *pid)))
+                .cloned()
+        });
+        if let Some(incident) = hit {
+            break incident;
+        }
+        if clock.elapsed() > within {
+            bail!(
+                "no incident with pids {pids:?} within {within:?}; incidents: {body}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+        thread::sleep(POLL);
+    };
+    let seen = SystemTime::now();
+    subject.kill();
+    let started_at = rfc3339_seconds(found["started_at"].as_str().unwrap_or_default())
+        .context("incident started_at")?;
+    let detected_at = rfc3339_seconds(found["detected_at"].as_str().unwrap_or_default())
+        .context("incident detected_at")?;
+    Ok(Trial {
+        from_start: seconds(seen) - seconds(started),
+        from_hang: seconds(seen) - started_at,
+        agent_reported: detected_at - started_at,
+    })
+}
+
+fn involves(incident: &Value, pid: u32) -> bool {
+    incident["pids"]
+        .as_array()
+        .is_some_and(|pids| pids.iter().any(|p| p.as_u64() == Some(u64::from(pid))))
+}
+
+fn seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `2026-11-26T14:35:49.459Z` → Unix seconds (UTC only, as the agent writes it).
+pub fn rfc3339_seconds(text: &str) -> Option<f64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
+    let mut time = time.split(':');
+    let hour: f64 = time.next()?.parse().ok()?;
+    let minute: f64 = time.next()?.parse().ok()?;
+    let second: f64 = time.next()?.parse().ok()?;
+    Some(
+        days_from_civil(year, month, day) as f64 * 86_400.0
+            + hour * 3600.0
+            + minute * 60.0
+            + second,
+    )
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The hanging program; every pid of its READY line is SIGKILLed at the end.
+struct Subject {
+    child: Child,
+    pids: Vec<u32>,
+}
+
+impl Subject {
+    fn start(layout: &Layout) -> Result<Subject> {
+        let mut child = Command::new(PYTHON)
+            .arg(layout.root.join(PROGRAM))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {PYTHON} {PROGRAM}"))?;
+        let stderr = child.stderr.take().context("subject stderr")?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("READY ") {
+                    let pids: Vec<u32> = rest
+                        .split_whitespace()
+                        .filter_map(|kv| kv.split_once('=')?.1.parse().ok())
+                        .collect();
+                    let _ = tx.send(pids);
+                }
+            }
+        });
+        let pids = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(pids) => pids,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{PROGRAM} printed no READY line within 30 s");
+            }
+        };
+        Ok(Subject { child, pids })
+    }
+
+    fn kill(&mut self) {
+        for pid in &self.pids {
+            proc::signal(*pid, "KILL");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Subject {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_the_agents_timestamps() {
+        assert_eq!(
+            super::rfc3339_seconds("1970-01-01T00:00:00.000Z"),
+            Some(0.0)
+        );
+        let t = super::rfc3339_seconds("2026-11-26T14:35:49.459Z").unwrap();
+        assert!((t - 1_795_703_749.459).abs() < 1e-6, "{t}");
+    }
+}

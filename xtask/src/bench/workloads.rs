@@ -1,0 +1,228 @@
+//! The workloads: `perf bench sched pipe` and four small C programs compiled at bench
+//! time, each pinned to one CPU and reporting one number.
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::Layout;
+
+/// C sources, compiled with `cc -O2 -pthread` into the bench's work directory.
+const SOURCES: [(&str, &str); 4] = [
+    ("futex_pingpong", include_str!("futex_pingpong.c")),
+    ("syscall_storm", include_str!("syscall_storm.c")),
+    ("thread_churn", include_str!("thread_churn.c")),
+    ("spawn_churn", include_str!("spawn_churn.c")),
+];
+
+pub fn compile(layout: &Layout) -> Result<()> {
+    for (name, source) in SOURCES {
+        let c = layout.work.join(format!("{name}.c"));
+        fs::write(&c, source).with_context(|| format!("writing {}", c.display()))?;
+        let status = Command::new("cc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(layout.work.join(name))
+            .arg(&c)
+            .status()
+            .context("running cc")?;
+        if !status.success() {
+            bail!("cc failed on {name}.c: {status}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Workload {
+    Pipe,
+    Futex,
+    Storm,
+    Threads,
+    Spawns,
+}
+
+/// Operations per run of each workload, sized for about a second each on this kind of
+/// machine (`--quick` divides them by 4).
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub pipe: u64,
+    pub futex: u64,
+    pub storm: u64,
+    pub threads: u64,
+    pub spawns: u64,
+}
+
+impl Sizes {
+    pub const FULL: Sizes = Sizes {
+        pipe: 500_000,
+        futex: 600_000,
+        storm: 10_000_000,
+        threads: 80_000,
+        spawns: 1_200,
+    };
+
+    pub fn scaled(self, divisor: u64) -> Sizes {
+        Sizes {
+            pipe: self.pipe / divisor,
+            futex: self.futex / divisor,
+            storm: self.storm / divisor,
+            threads: self.threads / divisor,
+            spawns: self.spawns / divisor,
+        }
+    }
+}
+
+/// One run: the workload's own figure (time per operation) and the wall time around it.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    pub value: f64,
+    pub ops: u64,
+    pub wall: Duration,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] = [
+        Workload::Pipe,
+        Workload::Futex,
+        Workload::Storm,
+        Workload::Threads,
+        Workload::Spawns,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Pipe => "pipe ping-pong",
+            Workload::Futex => "futex ping-pong",
+            Workload::Storm => "syscall storm",
+            Workload::Threads => "thread churn",
+            Workload::Spawns => "process churn",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::Pipe | Workload::Futex => "µs/round trip",
+            Workload::Storm => "ns/syscall",
+            Workload::Threads => "µs/thread",
+            Workload::Spawns => "µs/process",
+        }
+    }
+
+    pub fn what(self) -> &'static str {
+        match self {
+            Workload::Pipe => "`perf bench sched pipe -l N` (two processes, pipe tokens)",
+            Workload::Futex => {
+                "two threads hand a token through one futex word (`futex_pingpong.c`)"
+            }
+            Workload::Storm => "one-byte `write` to /dev/null, never sleeps (`syscall_storm.c`)",
+            Workload::Threads => {
+                "`pthread_create` + `pthread_join` of an empty thread (`thread_churn.c`)"
+            }
+            Workload::Spawns => "`fork` + `execl(\"/bin/true\")` + `waitpid` (`spawn_churn.c`)",
+        }
+    }
+
+    /// The slowdown allowed with the agent running (on vs off).
+    pub fn target(self) -> f64 {
+        match self {
+            Workload::Pipe => 1.02,
+            Workload::Futex => 1.03,
+            Workload::Storm => 1.01,
+            Workload::Threads | Workload::Spawns => 1.05,
+        }
+    }
+
+    /// Tracked sleeps per operation (sleeps in read/write/wait4/futex waits).
+    pub fn tracked_sleeps_per_op(self) -> f64 {
+        match self {
+            Workload::Pipe | Workload::Futex => 2.0,
+            _ => 0.0,
+        }
+    }
+
+    pub fn ops(self, sizes: &Sizes) -> u64 {
+        match self {
+            Workload::Pipe => sizes.pipe,
+            Workload::Futex => sizes.futex,
+            Workload::Storm => sizes.storm,
+            Workload::Threads => sizes.threads,
+            Workload::Spawns => sizes.spawns,
+        }
+    }
+
+    /// The command line, shown in the report.
+    pub fn shown(self, sizes: &Sizes, cpu: usize) -> String {
+        let n = self.ops(sizes);
+        match self {
+            Workload::Pipe => format!("taskset -c {cpu} perf bench sched pipe -l {n}"),
+            Workload::Futex => format!("taskset -c {cpu} futex_pingpong {n}"),
+            Workload::Storm => format!("taskset -c {cpu} syscall_storm {n}"),
+            Workload::Threads => format!("taskset -c {cpu} thread_churn {n}"),
+            Workload::Spawns => format!("taskset -c {cpu} spawn_churn {n}"),
+        }
+    }
+
+    pub fn run(self, layout: &Layout, sizes: &Sizes, cpu: usize) -> Result<Outcome> {
+        let ops = self.ops(sizes);
+        let mut command = Command::new("taskset");
+        command.args(["-c", &cpu.to_string()]);
+        match self {
+            Workload::Pipe => {
+                command.args(["perf", "bench", "sched", "pipe", "-l", &ops.to_string()]);
+            }
+            _ => {
+                command
+                    .arg(program(&layout.work, self))
+                    .arg(ops.to_string());
+            }
+        }
+        let started = Instant::now();
+        let out = command
+            .output()
+            .with_context(|| format!("running the {} workload", self.name()))?;
+        let wall = started.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "the {} workload failed ({}): {}{}",
+                self.name(),
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let value = parse(self, &stdout)
+            .with_context(|| format!("no result in the {} output:\n{stdout}", self.name()))?;
+        Ok(Outcome { value, ops, wall })
+    }
+}
+
+fn program(work: &Path, workload: Workload) -> std::path::PathBuf {
+    let name = match workload {
+        Workload::Futex => "futex_pingpong",
+        Workload::Storm => "syscall_storm",
+        Workload::Threads => "thread_churn",
+        _ => "spawn_churn",
+    };
+    work.join(name)
+}
+
+/// `perf` prints `  2.345 usecs/op`; the C programs print `RESULT 2.345 unit`.
+fn parse(workload: Workload, stdout: &str) -> Option<f64> {
+    let first_number =
+        |line: &str| -> Option<f64> { line.split_whitespace().find_map(|word| word.parse().ok()) };
+    match workload {
+        Workload::Pipe => stdout
+            .lines()
+            .find(|line| line.contains("usecs/op"))
+            .and_then(first_number),
+        _ => stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("RESULT "))
+            .and_then(first_number),
+    }
+}
