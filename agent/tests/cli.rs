@@ -141,3 +141,16 @@ fn incidents_command_prints_a_table_and_json() {
         stderr(&nobody)
     );
 }
+
+#[test]
+fn explain_finds_a_c_program_stuck_inside_exit() {
+    require_root();
+    let subject = Subject::c("atexit_join.c", &[]);
+    let pid = subject.pid("pid");
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = exitwatch(&["explain", &pid.to_string(), "--hang-after", "1s"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("exit_blocked_on_threads"), "{text}");
+    assert!(text.contains("libc_exit"), "{text}");
+}

@@ -19,16 +19,14 @@ pub mod names {
     pub const PROG_PROCESS_EXIT: &str = "sched_process_exit";
     pub const PROG_SIGNAL_DELIVER: &str = "signal_deliver";
     pub const PROG_PY_FINALIZE: &str = "py_finalize";
-    pub const PROG_LIBC_EXIT: &str = "libc_exit";
 
-    pub const PROGRAMS: [&str; 7] = [
+    pub const PROGRAMS: [&str; 6] = [
         PROG_SCHED_SWITCH,
         PROG_TASK_NEWTASK,
         PROG_PROCESS_EXEC,
         PROG_PROCESS_EXIT,
         PROG_SIGNAL_DELIVER,
         PROG_PY_FINALIZE,
-        PROG_LIBC_EXIT,
     ];
 
     /// Globals the agent overrides at load time with field offsets read from tracefs, so
@@ -126,6 +124,7 @@ pub struct BlockedWait {
 /// Why a process is considered to be exiting (bit flags in [`ExitState::reasons`]).
 pub mod exit_reason {
     pub const PY_FINALIZE: u32 = 1;
+    /// Set by the agent, which finds `exit()` on the stack of a stuck thread.
     pub const LIBC_EXIT: u32 = 1 << 1;
     pub const MAIN_THREAD_EXIT: u32 = 1 << 2;
     pub const SIGNAL: u32 = 1 << 3;

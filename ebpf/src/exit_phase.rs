@@ -1,5 +1,7 @@
-//! Markers that a process has started to exit: the interpreter's `Py_FinalizeEx`, libc's
-//! `exit`, and (from `lifecycle`) main-thread exit and termination signals.
+//! Markers that a process has started to exit: the interpreter's `Py_FinalizeEx`, and
+//! (from `lifecycle`) main-thread exit and termination signals. libc's `exit` has no probe:
+//! a trap on every process exit on the host costs more than it tells; the agent finds C
+//! programs stuck in `exit()` on their stacks instead.
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use aya_log_ebpf::debug;
 use exitwatch_common::{counter, event_kind, exit_reason, ExitState};
@@ -11,12 +13,6 @@ pub fn py_finalize(ctx: ProbeContext) -> u32 {
     if mark_exiting(exit_reason::PY_FINALIZE, 0) {
         debug!(&ctx, "Py_FinalizeEx entered");
     }
-    0
-}
-
-#[uprobe]
-pub fn libc_exit(_ctx: ProbeContext) -> u32 {
-    mark_exiting(exit_reason::LIBC_EXIT, 0);
     0
 }
 

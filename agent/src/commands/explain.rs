@@ -7,7 +7,7 @@ use crate::{
     clock::monotonic_ns,
     graph::{analyze, Process, Snapshot, Wait},
     procfs::ProcFs,
-    scan::{blocked_from_proc, collect, KernelView},
+    scan::{blocked_from_proc, collect, ExitStacks, KernelView},
 };
 
 pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
@@ -20,7 +20,14 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
         blocked: blocked_from_proc(&procfs, now),
         exiting: Vec::new(),
     };
-    let scan = collect(&procfs, &kernel, now, hang_after.as_nanos() as u64, &[pid]);
+    let scan = collect(
+        &procfs,
+        &kernel,
+        now,
+        hang_after.as_nanos() as u64,
+        &[pid],
+        &mut ExitStacks::default(),
+    );
     let Some(process) = scan.snapshot.processes.get(&pid) else {
         bail!("pid {pid} exited while being inspected");
     };
@@ -31,9 +38,9 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
         .collect();
     if findings.is_empty() {
         println!(
-            "\nNo deadlock through pipes or child waits found. `explain` reads /proc only: it \
-             cannot see exit markers (Py_FinalizeEx, exit(), signals), so exit hangs on \
-             threads need the running agent (`exitwatch run`)."
+            "\nNo deadlock or exit hang found. `explain` reads /proc only: it sees C programs \
+             stuck inside exit() but not interpreters in Py_FinalizeEx or delivered signals, \
+             which need the running agent (`exitwatch run`)."
         );
     }
     for finding in findings {

@@ -12,8 +12,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::{
-    clock::monotonic_ns, incidents::Store, logging, metrics::Metrics, probes::Probes,
-    procfs::ProcFs, scan::blocked_from_proc,
+    clock::monotonic_ns,
+    incidents::Store,
+    logging,
+    metrics::Metrics,
+    probes::Probes,
+    procfs::ProcFs,
+    scan::{blocked_from_proc, ExitStacks},
 };
 
 #[derive(Args, Clone, Debug)]
@@ -42,6 +47,8 @@ pub struct Shared {
     pub procfs: ProcFs,
     pub probes: Mutex<Probes>,
     pub store: Mutex<crate::incidents::Store>,
+    /// Exit-phase evidence from stacks, remembered across scans.
+    pub exit_stacks: Mutex<ExitStacks>,
     pub metrics: Metrics,
 }
 
@@ -53,6 +60,10 @@ impl Shared {
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn exit_stacks(&self) -> MutexGuard<'_, ExitStacks> {
+        self.exit_stacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -100,6 +111,7 @@ async fn serve(config: Config) -> Result<()> {
         procfs,
         probes: Mutex::new(probes),
         store: Mutex::new(Store::default()),
+        exit_stacks: Mutex::new(ExitStacks::default()),
         metrics: Metrics::new().context("registering metrics")?,
     });
     let tasks = [

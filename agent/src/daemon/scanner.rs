@@ -28,8 +28,13 @@ fn scan_once(shared: &Shared) {
         clock.monotonic_ns,
         hang_after_ns,
         &[],
+        &mut shared.exit_stacks(),
     );
     shared.probes().forget(&scan.gone_tids, &scan.gone_pids);
+    for pid in &scan.exits_found {
+        shared.metrics.exit_phase_entered("libc_exit");
+        log::debug!("pid {pid} is blocked inside exit() (found on its stack)");
+    }
     let findings = analyze(&scan.snapshot);
 
     let mut store = shared.store();
@@ -64,7 +69,7 @@ fn scan_once(shared: &Shared) {
     let uprobe_targets = shared.probes().uprobe_targets();
     shared.metrics.observe_scan(
         &scan.snapshot,
-        view.exiting.len(),
+        view.exiting.len() + scan.exits_found.len(),
         store.active(),
         started.elapsed().as_secs_f64(),
         uprobe_targets,

@@ -45,7 +45,8 @@ pub struct IncidentProcess {
     pub ppid: i32,
     pub comm: String,
     pub cmdline: String,
-    /// Exit markers seen (`py_finalize`, `libc_exit`, `main_thread_exit`, `signal`).
+    /// Exit markers seen (`py_finalize`, `libc_exit` (found on the stack),
+    /// `main_thread_exit`, `signal`).
     pub exiting: Vec<String>,
     pub threads: Vec<IncidentThread>,
 }

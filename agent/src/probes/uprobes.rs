@@ -1,5 +1,5 @@
 //! Exit-phase uprobes. A uprobe attaches to a file (inode), so one attach covers every
-//! process that maps that interpreter or libc, whichever mount namespace it runs in.
+//! process that maps that interpreter, whichever mount namespace it runs in.
 use std::{
     collections::BTreeSet,
     os::unix::fs::MetadataExt,
@@ -23,20 +23,13 @@ struct Target {
     fits: fn(&str) -> bool,
 }
 
-const TARGETS: [Target; 2] = [
-    Target {
-        program: names::PROG_PY_FINALIZE,
-        symbol: "Py_FinalizeEx",
-        fits: |name| name.contains("python"),
-    },
-    Target {
-        program: names::PROG_LIBC_EXIT,
-        symbol: "exit",
-        fits: |name| name.starts_with("libc.so") || name.starts_with("libc-"),
-    },
-];
+const TARGETS: [Target; 1] = [Target {
+    program: names::PROG_PY_FINALIZE,
+    symbol: "Py_FinalizeEx",
+    fits: |name| name.contains("python"),
+}];
 
-/// Where interpreters and libcs usually live, for discovery before any process uses them.
+/// Where interpreters usually live, for discovery before any process uses them.
 const INSTALL_DIRS: [&str; 6] = [
     "/usr/bin",
     "/usr/local/bin",

@@ -45,7 +45,17 @@ pub struct TaskStat {
 pub enum Syscall {
     Running,
     User,
-    In { nr: i64, args: [u64; 6] },
+    In { nr: i64, args: [u64; 6], sp: u64 },
+}
+
+/// One line of `/proc/PID/maps` that maps a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    /// `None` for anonymous memory, the stack, the heap.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +203,21 @@ impl ProcFs {
         self.parse_file(pid, path, parse::epoll_targets)
     }
 
+    /// Every mapping of the process, in address order.
+    pub fn mappings(&self, pid: i32) -> Result<Vec<Mapping>, Error> {
+        let path = self.pid_dir(pid).join("maps");
+        let maps = self.read(pid, &path)?;
+        maps.split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                parse::mapping(line).ok_or_else(|| Error::Parse {
+                    path: path.clone(),
+                    what: format!("bad line {:?}", String::from_utf8_lossy(line)),
+                })
+            })
+            .collect()
+    }
+
     /// Files still on disk that the process maps, in first-seen order.
     pub fn mapped_files(&self, pid: i32) -> Result<Vec<PathBuf>, Error> {
         let maps = self.read(pid, &self.pid_dir(pid).join("maps"))?;
@@ -306,7 +331,11 @@ mod tests {
         let args = [0, 0, 0x7fff1a0497e0, 0x7fff1a049820, 0, u64::MAX];
         assert_eq!(
             proc.syscall(100, 102).unwrap(),
-            Syscall::In { nr: 230, args }
+            Syscall::In {
+                nr: 230,
+                args,
+                sp: 0x7fff1a0497c8
+            }
         );
     }
 

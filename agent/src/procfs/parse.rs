@@ -1,10 +1,12 @@
 //! Parsers for the text formats under `/proc`, kept free of I/O so they can be
 //! tested on literal strings. Errors are plain descriptions; the caller adds the path.
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::{Access, FdTarget, Syscall, TaskStat};
+use super::{Access, FdTarget, Mapping, Syscall, TaskStat};
 
 /// Only the low two bits of the open flags encode the access mode.
 const O_ACCMODE: u32 = 0o3;
@@ -64,7 +66,8 @@ pub(super) fn syscall(text: &str) -> Result<Syscall, String> {
     for arg in &mut args {
         *arg = hex(fields.next().ok_or("fewer than 6 arguments")?)?;
     }
-    Ok(Syscall::In { nr, args })
+    let sp = hex(fields.next().ok_or("no stack pointer")?)?;
+    Ok(Syscall::In { nr, args, sp })
 }
 
 pub(super) fn exec_start_ns(text: &str) -> Result<Option<u64>, String> {
@@ -134,6 +137,20 @@ pub(super) fn fd_target(link: &Path) -> FdTarget {
 
 /// The file path of one `maps` line, if the mapping is backed by a file that
 /// still exists. Bytes rather than `str` because paths need not be UTF-8.
+/// `start-end perms offset dev inode [path]`.
+pub(super) fn mapping(line: &[u8]) -> Option<Mapping> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut fields = text.split_ascii_whitespace();
+    let (start, end) = fields.next()?.split_once('-')?;
+    let offset = fields.nth(1)?;
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        path: map_path(line).map(|p| PathBuf::from(OsStr::from_bytes(p))),
+    })
+}
+
 pub(super) fn map_path(line: &[u8]) -> Option<&[u8]> {
     // address, perms, offset, dev, inode; the path is the rest after padding
     // and may contain spaces.
@@ -150,6 +167,23 @@ pub(super) fn map_path(line: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mappings_keep_addresses_offsets_and_paths() {
+        let line = b"7f8595a8f000-7f8595be5000 r-xp 00026000 fe:00 326279    /usr/lib/libc.so.6";
+        assert_eq!(
+            mapping(line),
+            Some(Mapping {
+                start: 0x7f85_95a8_f000,
+                end: 0x7f85_95be_5000,
+                offset: 0x26000,
+                path: Some(PathBuf::from("/usr/lib/libc.so.6")),
+            })
+        );
+        let stack = b"7ffd0000-7ffd2000 rw-p 00000000 00:00 0                  [stack]";
+        assert_eq!(mapping(stack).map(|m| m.path), Some(None));
+        assert_eq!(mapping(b"zz-1 r-xp 0 0:0 0"), None);
+    }
 
     #[test]
     fn malformed_input_is_rejected() {

@@ -1,9 +1,12 @@
 //! One scan: candidates from the kernel maps, verified and completed from `/proc`.
 use std::collections::{BTreeMap, BTreeSet};
 
-use exitwatch_common::{BlockedWait, ExitState};
+use exitwatch_common::{exit_reason, BlockedWait, ExitState};
 
-use super::wait::{decode, decode_poll};
+use super::{
+    exit_stack::ExitStacks,
+    wait::{decode, decode_poll},
+};
 use crate::{
     graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
     procfs::{Access, FdTarget, ProcFs, Syscall},
@@ -23,6 +26,8 @@ pub struct Scan {
     /// Map entries of threads and processes that no longer exist.
     pub gone_tids: Vec<u32>,
     pub gone_pids: Vec<u32>,
+    /// Processes newly found inside libc's `exit` by their stacks.
+    pub exits_found: Vec<i32>,
 }
 
 /// A thread verified to be in the wait its map entry describes.
@@ -30,6 +35,8 @@ struct Verified {
     wait: Wait,
     since_ns: u64,
     stuck: bool,
+    /// Stack pointer in the syscall, for the exit-phase search.
+    sp: u64,
 }
 
 /// `describe` names processes to include (with every thread's wait) even if nothing in
@@ -40,9 +47,10 @@ pub fn collect(
     now_ns: u64,
     hang_after_ns: u64,
     describe: &[i32],
+    exit_stacks: &mut ExitStacks,
 ) -> Scan {
     let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
-    let exiting: BTreeMap<i32, ExitState> = kernel
+    let mut exiting: BTreeMap<i32, ExitState> = kernel
         .exiting
         .iter()
         .map(|(pid, state)| (*pid as i32, *state))
@@ -56,13 +64,14 @@ pub fn collect(
             continue;
         }
         match verify(procfs, pid, tid, entry) {
-            Ok(Some(wait)) => {
+            Ok(Some((wait, sp))) => {
                 verified.insert(
                     (pid, tid),
                     Verified {
                         wait,
                         since_ns: entry.last_ns,
                         stuck: old_enough(entry.last_ns),
+                        sp,
                     },
                 );
             }
@@ -71,6 +80,30 @@ pub fn collect(
             Err(_) => {}
         }
     }
+
+    // C programs have no exit probe: a stuck thread inside libc's `exit` marks one.
+    let mut exits_found = Vec::new();
+    for (&(pid, tid), thread) in verified.iter().filter(|(_, v)| v.stuck) {
+        if exiting.contains_key(&pid) {
+            continue;
+        }
+        let (inside, fresh) = exit_stacks.in_exit(procfs, pid, tid, thread.since_ns, thread.sp);
+        if inside {
+            exiting.insert(
+                pid,
+                ExitState {
+                    since_ns: thread.since_ns,
+                    reasons: exit_reason::LIBC_EXIT,
+                    exit_tid: tid as u32,
+                    ..ExitState::default()
+                },
+            );
+        }
+        if inside && fresh {
+            exits_found.push(pid);
+        }
+    }
+    exit_stacks.retain(|pid, tid| verified.contains_key(&(pid, tid)));
 
     let mut builder = Builder {
         procfs,
@@ -106,18 +139,19 @@ pub fn collect(
         },
         gone_tids,
         gone_pids: builder.gone_pids,
+        exits_found,
     }
 }
 
 /// Confirms that the thread still sleeps in the recorded syscall with the recorded
-/// arguments, and decodes what it waits for.
+/// arguments, and decodes what it waits for (and where its stack is).
 fn verify(
     procfs: &ProcFs,
     pid: i32,
     tid: i32,
     entry: &BlockedWait,
-) -> Result<Option<Wait>, crate::procfs::Error> {
-    let Syscall::In { nr, args } = procfs.syscall(pid, tid)? else {
+) -> Result<Option<(Wait, u64)>, crate::procfs::Error> {
+    let Syscall::In { nr, args, sp } = procfs.syscall(pid, tid)? else {
         return Ok(None);
     };
     if nr != i64::from(entry.syscall) || args[..4] != entry.args {
@@ -127,7 +161,7 @@ fn verify(
     if !matches!(stat.state, 'S' | 'D') {
         return Ok(None);
     }
-    Ok(decode(procfs, pid, stat.pgrp, entry.syscall, entry.args))
+    Ok(decode(procfs, pid, stat.pgrp, entry.syscall, entry.args).map(|wait| (wait, sp)))
 }
 
 struct Builder<'a> {
@@ -205,7 +239,7 @@ impl Builder<'_> {
             thread.since_ns = verified.since_ns;
             thread.stuck = verified.stuck;
         } else if matches!(stat.state, 'S' | 'D') {
-            if let Syscall::In { nr, args } = self.procfs.syscall(pid, tid)? {
+            if let Syscall::In { nr, args, .. } = self.procfs.syscall(pid, tid)? {
                 let nr = u32::try_from(nr).unwrap_or(u32::MAX);
                 let poll = decode_poll(self.procfs, pid, nr, args);
                 if poll.is_some() || describe {
