@@ -8,8 +8,10 @@ use tokio::io::unix::AsyncFd;
 use super::Shared;
 use crate::probes::Streams;
 
-/// How often the ring buffer is drained when the probes do not wake the agent.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the ring buffer is drained when the probes do not wake the agent: often
+/// while events flow (an exec wants its uprobe discovery soon), rarely on a quiet host.
+const DRAIN_BUSY: Duration = Duration::from_millis(20);
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
 
 /// When to look at a freshly exec'd process: right away for the executable, and again
 /// once the dynamic loader has surely mapped its libraries (settled).
@@ -32,27 +34,33 @@ pub async fn run(shared: Arc<Shared>, streams: Streams) {
     };
     // The probes wake this loop only when the ring is a quarter full; otherwise it drains
     // on a short timer, which keeps the probes cheap on exec- and exit-heavy hosts.
-    let mut ticks = tokio::time::interval(DRAIN_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pause = DRAIN_IDLE;
     loop {
         tokio::select! {
             ready = events.readable_mut() => match ready {
                 Ok(mut ready) => {
                     drain(&shared, ready.get_inner_mut());
                     ready.clear_ready();
+                    pause = DRAIN_BUSY;
                 }
                 Err(error) => {
                     log::error!("the event ring buffer failed ({error}); exec discovery is off");
                     return;
                 }
             },
-            _ = ticks.tick() => drain(&shared, events.get_mut()),
+            _ = tokio::time::sleep(pause) => {
+                let drained = drain(&shared, events.get_mut());
+                pause = if drained > 0 { DRAIN_BUSY } else { DRAIN_IDLE };
+            }
         }
     }
 }
 
-fn drain(shared: &Arc<Shared>, ring: &mut RingBuf<MapData>) {
+/// Handles every queued event; returns how many there were.
+fn drain(shared: &Arc<Shared>, ring: &mut RingBuf<MapData>) -> usize {
+    let mut drained = 0;
     while let Some(item) = ring.next() {
+        drained += 1;
         if item.len() < std::mem::size_of::<Event>() {
             continue;
         }
@@ -60,6 +68,7 @@ fn drain(shared: &Arc<Shared>, ring: &mut RingBuf<MapData>) {
         let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         handle(shared, &event);
     }
+    drained
 }
 
 fn handle(shared: &Arc<Shared>, event: &Event) {
