@@ -165,20 +165,45 @@ fn c_atexit_handler_joining_a_thread_that_never_returns() {
     exit_blocked_on_threads(|| Subject::c("atexit_join.c", &[]), "libc_exit");
 }
 
-#[test]
-fn exiting_writer_whose_reader_is_stopped() {
+/// A writer in its exit phase (marked `marker`) stuck on a pipe whose reader is stopped.
+fn exiting_writer_blocked_on_a_stopped_reader(start: impl FnOnce() -> Subject, marker: &str) {
     let agent = Agent::start();
-    let subject = Subject::python("stopped_reader.py", &[]);
+    let subject = start();
     let (writer, reader) = (subject.pid("writer"), subject.pid("reader"));
     let incident = expect(&agent, "exit_blocked_on_pipe", &[writer, reader]);
     assert!(has_wait(&incident, writer, "pipe_write"), "{incident:#}");
-    let reader_state = incident["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["pid"] == reader)
-        .map(|p| p["threads"][0]["state"].clone());
-    assert_eq!(reader_state, Some(Value::from("T")), "{incident:#}");
+    let process = |pid: i32| {
+        incident["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["pid"] == pid)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(process(reader)["threads"][0]["state"], "T", "{incident:#}");
+    assert!(
+        process(writer)["exiting"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m == marker)),
+        "expected exit marker {marker}: {incident:#}"
+    );
+}
+
+#[test]
+fn exiting_writer_whose_reader_is_stopped() {
+    exiting_writer_blocked_on_a_stopped_reader(
+        || Subject::python("stopped_reader.py", &[]),
+        "py_finalize",
+    );
+}
+
+#[test]
+fn c_stdio_flushed_at_exit_into_a_stopped_reader() {
+    exiting_writer_blocked_on_a_stopped_reader(
+        || Subject::c("stdio_flush_at_exit.c", &[]),
+        "libc_exit",
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
         ),
         Kind::ExitBlockedOnThreads => exit_blocked_on_threads(snapshot, finding, &clauses),
         Kind::ExitBlockedOnPipe => format!(
-            "Exit blocked on a pipe: {} is exiting but {clauses}, and no reader drains it. \
+            "Exit blocked on a pipe: {} is exiting, but {clauses}, and no reader drains it. \
              Fix: make sure the reader keeps reading (or is not stopped) until the writer \
              exits, or close the pipe before exiting.",
             who(snapshot, first_pid(finding))
@@ -79,10 +79,8 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         .and_then(|p| p.thread(link.tid))
         .filter(|t| t.stuck)
         .map(|t| {
-            format!(
-                " for {:.0} s",
-                seconds(snapshot.now_ns.saturating_sub(t.since_ns))
-            )
+            let blocked = seconds(snapshot.now_ns.saturating_sub(t.since_ns));
+            format!(", blocked for {blocked:.0} s,")
         })
         .unwrap_or_default();
     let what = match &link.wait {
