@@ -75,10 +75,6 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     if !is_tracked_sleep(syscall, &args) {
         return Ok(());
     }
-    let (tgid, tid) = current_ids();
-    if tgid == 0 {
-        return Ok(());
-    }
     let now = if now == 0 { now_ns() } else { now };
     let Some(wait) = TASK_WAIT.get_or_create(task) else {
         return Ok(());
@@ -89,6 +85,7 @@ fn record_sleep(now: u64) -> Result<(), i32> {
         wait.unpublished_sleeps += 1;
         return Ok(());
     }
+    let (tgid, tid) = current_ids();
     if same {
         if let Some(entry) = BLOCKED.get_ptr_mut(tid) {
             // SAFETY: only this thread's own sleeps write its entry; user space only
