@@ -139,6 +139,13 @@ pub struct Results {
     pub environment: machine::Environment,
 }
 
+impl Results {
+    /// The profile runs (with `--bpf-stats`) of one workload; empty if there were none.
+    pub fn profiled(&self, workload: Workload) -> &[AgentCost] {
+        self.profile.get(&workload).map_or(&[], Vec::as_slice)
+    }
+}
+
 pub fn run(root: &Path, options: &Options) -> Result<()> {
     if !options.no_build {
         build_ebpf::build(root)?;

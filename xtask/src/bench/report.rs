@@ -403,10 +403,7 @@ fn agent_cost(out: &mut String, results: &Results) {
             continue;
         };
         let ops = workload.ops(&sizes);
-        let profiled = results
-            .profile
-            .get(&workload)
-            .map_or(&[][..], Vec::as_slice);
+        let profiled = results.profiled(workload);
         let cpu: Vec<f64> = costs.iter().map(|c| c.cpu_seconds * 1000.0).collect();
         let share: Vec<f64> = costs
             .iter()
@@ -506,10 +503,7 @@ fn sleeps(out: &mut String, results: &Results) {
             continue;
         };
         let ops = workload.ops(&sizes);
-        let profiled = results
-            .profile
-            .get(&workload)
-            .map_or(&[][..], Vec::as_slice);
+        let profiled = results.profiled(workload);
         let switches: Vec<f64> = profiled
             .iter()
             .filter_map(|c| Some(c.programs.get("sched_switch")?.runs / c.wall_seconds))
