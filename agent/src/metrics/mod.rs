@@ -145,7 +145,7 @@ impl Metrics {
             )?,
             uprobe_targets: IntGauge::new(
                 "exitwatch_uprobe_targets",
-                "Files (interpreters, libcs) the exit-phase uprobes are attached to.",
+                "Interpreter files (python, libpython) the Py_FinalizeEx uprobe is attached to.",
             )?,
             last_scan: Gauge::new(
                 "exitwatch_last_scan_timestamp_seconds",
