@@ -28,11 +28,12 @@ fn embedded_shared_libpython() {
 fn interpreter_in_another_mount_namespace() {
     let agent = Agent::start();
     // The interpreter is copied into a tmpfs that only the new mount namespace sees, so
-    // it is a file the agent has never looked at and cannot reach by its path.
+    // it is a file the agent has never looked at and cannot reach by its path. Main runs
+    // for a second, well past exec discovery (at most ~0.3 s), before it finalizes.
     let script = programs_dir().join("seed_timer_exit.py");
     let python = std::fs::canonicalize(common::python()).expect("resolving python3");
     let shell = format!(
-        "mount -t tmpfs exitwatch-test /mnt && cp {} /mnt/python3 && exec /mnt/python3 {}",
+        "mount -t tmpfs exitwatch-test /mnt && cp {} /mnt/python3 && exec /mnt/python3 {} 1",
         python.display(),
         script.display()
     );

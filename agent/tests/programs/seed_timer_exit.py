@@ -4,8 +4,9 @@
 # inside Py_FinalizeEx -> threading._shutdown joining the current timer; one
 # timer thread at a time, a new tid every ~0.5 s. (Python >= 3.12.1 refuses to
 # start threads during shutdown, so there the program exits.) READY pid=P on
-# stderr.
+# stderr. argv[1]: seconds main runs before falling off the end (default 0.3).
 import os
+import sys
 import threading
 import time
 
@@ -17,4 +18,4 @@ def f():
 
 threading.Timer(0.5, f).start()
 os.write(2, ("READY pid=%d\n" % os.getpid()).encode())
-time.sleep(0.3)
+time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0.3)
