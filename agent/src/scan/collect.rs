@@ -198,9 +198,9 @@ impl Builder<'_> {
             signal: state.signal,
             exit_tid: state.exit_tid as i32,
         });
+        let describe = exit.is_some() || self.describe.contains(&pid);
         let mut threads = Vec::new();
         for tid in self.procfs.tids(pid)? {
-            let describe = exit.is_some() || self.describe.contains(&pid);
             match self.read_thread(pid, tid, stat.pgrp, describe) {
                 Ok(thread) => threads.push(thread),
                 Err(error) if error.is_gone() => {}
