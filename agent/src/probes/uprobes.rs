@@ -1,10 +1,6 @@
 //! Exit-phase uprobes. A uprobe attaches to a file (inode), so one attach covers every
 //! process that maps that interpreter, whichever mount namespace it runs in.
-use std::{
-    collections::BTreeSet,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, os::unix::fs::MetadataExt, path::Path};
 
 use aya::{
     programs::{uprobe::UProbeScope, UProbe},
@@ -15,19 +11,13 @@ use exitwatch_common::names;
 use super::{program, ProbeError};
 use crate::procfs::ProcFs;
 
-/// An exit-phase probe and the files it may attach to.
-struct Target {
-    program: &'static str,
-    symbol: &'static str,
-    /// Whether a file of this name may define the symbol; others are not even opened.
-    fits: fn(&str) -> bool,
-}
+/// The interpreter's shutdown entry point, where the exit phase begins.
+const SYMBOL: &str = "Py_FinalizeEx";
 
-const TARGETS: [Target; 1] = [Target {
-    program: names::PROG_PY_FINALIZE,
-    symbol: "Py_FinalizeEx",
-    fits: |name| name.contains("python"),
-}];
+/// Whether a file of this name may define [`SYMBOL`]; others are not even opened.
+fn may_be_interpreter(name: &str) -> bool {
+    name.contains("python")
+}
 
 /// Where interpreters usually live, for discovery before any process uses them.
 const INSTALL_DIRS: [&str; 6] = [
@@ -50,12 +40,10 @@ pub struct Uprobes {
 
 impl Uprobes {
     pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        for target in TARGETS {
-            let uprobe: &mut UProbe = program(ebpf, target.program)?;
-            uprobe
-                .load()
-                .map_err(|e| ProbeError::program(target.program, e))?;
-        }
+        let uprobe: &mut UProbe = program(ebpf, names::PROG_PY_FINALIZE)?;
+        uprobe
+            .load()
+            .map_err(|e| ProbeError::program(names::PROG_PY_FINALIZE, e))?;
         Ok(Self {
             procfs: ProcFs::default(),
             seen: BTreeSet::new(),
@@ -110,11 +98,10 @@ impl Uprobes {
     }
 
     fn consider(&mut self, ebpf: &mut Ebpf, path: &Path) {
-        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-            return;
-        };
-        let wanted: Vec<&Target> = TARGETS.iter().filter(|t| (t.fits)(&name)).collect();
-        if wanted.is_empty() {
+        if !path
+            .file_name()
+            .is_some_and(|name| may_be_interpreter(&name.to_string_lossy()))
+        {
             return;
         }
         // Follows symlinks, so python3 -> python3.11 is one file.
@@ -124,50 +111,36 @@ impl Uprobes {
         if !meta.is_file() || !self.seen.insert((meta.dev(), meta.ino())) {
             return;
         }
-        for Target {
-            program, symbol, ..
-        } in wanted
-        {
-            match attach(ebpf, program, symbol, path) {
-                Ok(()) => {
-                    self.attached += 1;
-                    log::info!("attached {symbol} probe to {}", display(path));
-                }
-                // Most files matching the name pattern are scripts or tools that do not
-                // define the symbol; that is expected, not an error.
-                Err(error) => log::debug!("no {symbol} probe on {}: {error}", display(path)),
+        match attach(ebpf, path) {
+            Ok(()) => {
+                self.attached += 1;
+                log::info!("attached {SYMBOL} probe to {}", display(path));
             }
+            // Most files matching the name pattern are scripts or tools that do not
+            // define the symbol; that is expected, not an error.
+            Err(error) => log::debug!("no {SYMBOL} probe on {}: {error}", display(path)),
         }
     }
 }
 
-fn attach(
-    ebpf: &mut Ebpf,
-    program_name: &'static str,
-    symbol: &str,
-    path: &Path,
-) -> Result<(), ProbeError> {
-    let uprobe: &mut UProbe = program(ebpf, program_name)?;
+fn attach(ebpf: &mut Ebpf, path: &Path) -> Result<(), ProbeError> {
+    let uprobe: &mut UProbe = program(ebpf, names::PROG_PY_FINALIZE)?;
     uprobe
-        .attach(symbol, path, UProbeScope::AllProcesses)
+        .attach(SYMBOL, path, UProbeScope::AllProcesses)
         .map(drop)
-        .map_err(|e| ProbeError::program(program_name, e))
+        .map_err(|e| ProbeError::program(names::PROG_PY_FINALIZE, e))
 }
 
-/// `/proc/PID/root/usr/lib/x.so` reads better as `/usr/lib/x.so (pid PID)`.
+/// `/proc/PID/root/usr/lib/x.so` reads better as `/usr/lib/x.so (via pid PID)`.
 fn display(path: &Path) -> String {
     let mut parts = path.components();
-    let shown: PathBuf = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(_), Some(p), Some(pid), Some(r))
-            if p.as_os_str() == "proc" && r.as_os_str() == "root" =>
-        {
-            return format!(
-                "/{} (via pid {})",
-                parts.as_path().display(),
-                pid.as_os_str().to_string_lossy()
-            );
+    if let (Some(_), Some(proc), Some(pid), Some(root)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        if proc.as_os_str() == "proc" && root.as_os_str() == "root" {
+            let pid = pid.as_os_str().to_string_lossy();
+            return format!("/{} (via pid {pid})", parts.as_path().display());
         }
-        _ => path.to_path_buf(),
-    };
-    shown.display().to_string()
+    }
+    path.display().to_string()
 }
