@@ -135,6 +135,13 @@ pub mod exit_reason {
         (MAIN_THREAD_EXIT, "main_thread_exit"),
         (SIGNAL, "signal"),
     ];
+
+    /// The names of the reasons set in `bits`, in the order of [`ALL`].
+    pub fn names(bits: u32) -> impl Iterator<Item = &'static str> {
+        ALL.iter()
+            .filter(move |(bit, _)| bits & bit != 0)
+            .map(|(_, name)| *name)
+    }
 }
 
 /// A process in its exit phase, keyed by tgid in `PROCS`.

@@ -176,12 +176,7 @@ fn exit_of(snapshot: &Snapshot, finding: &Finding) -> Option<super::model::ExitP
 }
 
 fn reasons(bits: u32) -> String {
-    let names: Vec<&str> = exit_reason::ALL
-        .iter()
-        .filter(|(bit, _)| bits & bit != 0)
-        .map(|(_, name)| *name)
-        .collect();
-    names.join(", ")
+    exit_reason::names(bits).collect::<Vec<_>>().join(", ")
 }
 
 fn signal_name(signal: u32) -> &'static str {

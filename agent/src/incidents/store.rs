@@ -153,11 +153,7 @@ fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> In
 
 fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
     let exiting = process.exit.map_or_else(Vec::new, |exit| {
-        exit_reason::ALL
-            .iter()
-            .filter(|(bit, _)| exit.reasons & bit != 0)
-            .map(|(_, name)| name.to_string())
-            .collect()
+        exit_reason::names(exit.reasons).map(String::from).collect()
     });
     IncidentProcess {
         pid: process.pid,
