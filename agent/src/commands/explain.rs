@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     clock::monotonic_ns,
-    graph::{analyze, Process, Snapshot, Wait},
+    graph::{analyze, Process, Snapshot},
     procfs::ProcFs,
     scan::{blocked_from_proc, collect, ExitStacks, KernelView},
 };
@@ -61,7 +61,7 @@ fn describe(snapshot: &Snapshot, process: &Process) -> String {
         let what = match &thread.wait {
             Some(wait) => {
                 let seconds = snapshot.now_ns.saturating_sub(thread.since_ns) as f64 / 1e9;
-                format!("{} for ~{seconds:.0} s", wait_text(wait))
+                format!("{wait} for ~{seconds:.0} s")
             }
             None => format!("state {}, not in a wait exitwatch models", thread.state),
         };
@@ -73,16 +73,4 @@ fn describe(snapshot: &Snapshot, process: &Process) -> String {
         out.push_str(&format!("  tid {}: {what}{wchan}\n", thread.tid));
     }
     out
-}
-
-fn wait_text(wait: &Wait) -> String {
-    match wait {
-        Wait::PipeWrite { fd, pipe } => format!("writing fd {fd} into pipe {pipe}"),
-        Wait::PipeRead { fd, pipe } => format!("reading fd {fd} from pipe {pipe}"),
-        Wait::PollRead { pipes } => format!("polling for input on pipe(s) {pipes:?}"),
-        Wait::Child { target } => format!("in wait() for {target}"),
-        Wait::Futex { timed: true } => "in a timed futex wait".to_string(),
-        Wait::Futex { timed: false } => "waiting on a lock or a thread join (futex)".to_string(),
-        Wait::Other { syscall } => format!("blocked in {syscall}()"),
-    }
 }

@@ -83,44 +83,26 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
             format!(", blocked for {blocked:.0} s,")
         })
         .unwrap_or_default();
+    let holders_of = |end: &str| {
+        format!(
+            ", whose {end} end only {} {}",
+            holders(snapshot, &link.waits_on),
+            verb(&link.waits_on, "holds", "hold")
+        )
+    };
+    // Summaries name the processes on the other side of the wait, not only their pids.
     let what = match &link.wait {
-        Wait::PipeWrite { fd, pipe } => format!(
-            "is writing fd {fd} into pipe {pipe}, whose read end only {} {}",
-            holders(snapshot, &link.waits_on),
-            verb(&link.waits_on, "holds", "hold")
+        Wait::PipeWrite { .. } => format!("is {}{}", link.wait, holders_of("read")),
+        Wait::PipeRead { .. } => format!("is {}{}", link.wait, holders_of("write")),
+        Wait::PollRead { .. } => format!("is {} only{}", link.wait, holders_of("write")),
+        Wait::Child {
+            target: ChildTarget::Pid(child),
+        } => format!("is in wait() for its child {}", who(snapshot, *child)),
+        Wait::Child { .. } => format!(
+            "is in wait() for its children {}",
+            holders(snapshot, &link.waits_on)
         ),
-        Wait::PipeRead { fd, pipe } => format!(
-            "is reading fd {fd} from pipe {pipe}, whose write end only {} {}",
-            holders(snapshot, &link.waits_on),
-            verb(&link.waits_on, "holds", "hold")
-        ),
-        Wait::PollRead { pipes } => {
-            let pipes: Vec<String> = pipes.iter().map(u64::to_string).collect();
-            format!(
-                "is polling (no timeout) for input on pipe {} only, whose write end only {} {}",
-                pipes.join(", "),
-                holders(snapshot, &link.waits_on),
-                verb(&link.waits_on, "holds", "hold")
-            )
-        }
-        Wait::Child { target } => match target {
-            ChildTarget::Pid(child) => {
-                format!("is in wait() for its child {}", who(snapshot, *child))
-            }
-            ChildTarget::AnyChild | ChildTarget::Group(_) => {
-                format!(
-                    "is in wait() for its children {}",
-                    holders(snapshot, &link.waits_on)
-                )
-            }
-        },
-        Wait::Futex { timed: false } => {
-            "is waiting on a lock or joining a thread (futex)".to_string()
-        }
-        Wait::Futex { timed: true } => {
-            "is in a timed wait (futex with timeout, as in a Timer or Event.wait(t))".to_string()
-        }
-        Wait::Other { syscall } => format!("is blocked in {syscall}()"),
+        Wait::Futex { .. } | Wait::Other { .. } => format!("is {}", link.wait),
     };
     format!("{thread}{blocked} {what}")
 }

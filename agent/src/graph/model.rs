@@ -53,6 +53,33 @@ impl Wait {
     }
 }
 
+/// What the thread is doing, as a verb phrase ("writing fd 1 into pipe 42").
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PipeWrite { fd, pipe } => write!(f, "writing fd {fd} into pipe {pipe}"),
+            Self::PipeRead { fd, pipe } => write!(f, "reading fd {fd} from pipe {pipe}"),
+            Self::PollRead { pipes } => {
+                let pipes: Vec<String> = pipes.iter().map(u64::to_string).collect();
+                write!(
+                    f,
+                    "polling (no timeout) for input on pipe {}",
+                    pipes.join(", ")
+                )
+            }
+            Self::Child { target } => write!(f, "in wait() for {target}"),
+            Self::Futex { timed: false } => {
+                write!(f, "waiting on a lock or joining a thread (futex)")
+            }
+            Self::Futex { timed: true } => write!(
+                f,
+                "in a timed wait (futex with timeout, as in a Timer or Event.wait(t))"
+            ),
+            Self::Other { syscall } => write!(f, "blocked in {syscall}()"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum ChildTarget {
