@@ -37,6 +37,8 @@ struct Verified {
     stuck: bool,
     /// Stack pointer in the syscall, for the exit-phase search.
     sp: u64,
+    /// `/proc` state letter, `S` or `D`.
+    state: char,
 }
 
 /// `describe` names processes to include (with every thread's wait) even if nothing in
@@ -63,17 +65,9 @@ pub fn collect(
         if !old_enough(entry.last_ns) && !exit_is_old {
             continue;
         }
-        match verify(procfs, pid, tid, entry) {
-            Ok(Some((wait, sp))) => {
-                verified.insert(
-                    (pid, tid),
-                    Verified {
-                        wait,
-                        since_ns: entry.last_ns,
-                        stuck: old_enough(entry.last_ns),
-                        sp,
-                    },
-                );
+        match verify(procfs, pid, tid, entry, old_enough(entry.last_ns)) {
+            Ok(Some(thread)) => {
+                verified.insert((pid, tid), thread);
             }
             Ok(None) => {}
             Err(error) if error.is_gone() => gone_tids.push(tid as u32),
@@ -150,7 +144,8 @@ fn verify(
     pid: i32,
     tid: i32,
     entry: &BlockedWait,
-) -> Result<Option<(Wait, u64)>, crate::procfs::Error> {
+    stuck: bool,
+) -> Result<Option<Verified>, crate::procfs::Error> {
     let Syscall::In { nr, args, sp } = procfs.syscall(pid, tid)? else {
         return Ok(None);
     };
@@ -161,7 +156,15 @@ fn verify(
     if !matches!(stat.state, 'S' | 'D') {
         return Ok(None);
     }
-    Ok(decode(procfs, pid, stat.pgrp, entry.syscall, entry.args).map(|wait| (wait, sp)))
+    Ok(
+        decode(procfs, pid, stat.pgrp, entry.syscall, entry.args).map(|wait| Verified {
+            wait,
+            since_ns: entry.last_ns,
+            stuck,
+            sp,
+            state: stat.state,
+        }),
+    )
 }
 
 struct Builder<'a> {
@@ -228,17 +231,24 @@ impl Builder<'_> {
         pgrp: i32,
         describe: bool,
     ) -> Result<Thread, crate::procfs::Error> {
+        // A verified thread's state was read moments ago; the others need theirs now.
+        if let Some(verified) = self.verified.get(&(pid, tid)) {
+            return Ok(Thread {
+                tid,
+                wait: Some(verified.wait.clone()),
+                since_ns: verified.since_ns,
+                stuck: verified.stuck,
+                state: verified.state,
+                wchan: self.procfs.wchan(pid, tid).unwrap_or_default(),
+            });
+        }
         let stat = self.procfs.stat(pid, tid)?;
         let mut thread = Thread {
             tid,
             state: stat.state,
             ..Thread::default()
         };
-        if let Some(verified) = self.verified.get(&(pid, tid)) {
-            thread.wait = Some(verified.wait.clone());
-            thread.since_ns = verified.since_ns;
-            thread.stuck = verified.stuck;
-        } else if matches!(stat.state, 'S' | 'D') {
+        if matches!(stat.state, 'S' | 'D') {
             if let Syscall::In { nr, args, .. } = self.procfs.syscall(pid, tid)? {
                 let nr = u32::try_from(nr).unwrap_or(u32::MAX);
                 let poll = decode_poll(self.procfs, pid, nr, args);
