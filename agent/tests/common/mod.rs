@@ -155,18 +155,11 @@ impl Agent {
     /// SIGTERM, and the exit status once the agent has detached its probes.
     pub fn stop(mut self) -> ExitStatus {
         signal(self.child.id() as i32, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("polling the agent") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not stop within 15 s of SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = &self.log;
+        wait_for_exit(&mut self.child, Duration::from_secs(15), || {
+            let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+            format!("the agent did not stop within 15 s of SIGTERM:\n{log}")
+        })
     }
 }
 
@@ -256,18 +249,10 @@ impl Subject {
 
     /// Waits for the program to end by itself.
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("polling the subject") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not finish within {within:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let name = &self.name;
+        wait_for_exit(&mut self.child, within, || {
+            format!("{name} did not finish within {within:?}")
+        })
     }
 
     pub fn kill(&mut self) {
@@ -282,6 +267,18 @@ impl Subject {
 impl Drop for Subject {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The child's exit status, or a panic with `failure()` once `within` has passed.
+fn wait_for_exit(child: &mut Child, within: Duration, failure: impl Fn() -> String) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("polling a child process") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{}", failure());
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
