@@ -28,6 +28,14 @@ static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
 static SIGNAL_SIG_OFFSET: Global<u32> = Global::new(8);
 
+/// Drops a process's exit state. Nearly every process has none: the lock-free lookup
+/// spares them the locked hash delete on every fork, exec and exit.
+fn forget_process(tgid: u32) {
+    if PROCS.get_ptr(tgid).is_some() {
+        let _ = PROCS.remove(tgid);
+    }
+}
+
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
     let _ = try_task_newtask(&ctx);
@@ -48,7 +56,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         // A new process may reuse the pid of one whose exit we never saw.
         let pid: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET.load() as usize)? };
-        let _ = PROCS.remove(pid as u32);
+        forget_process(pid as u32);
     }
     Ok(())
 }
@@ -57,7 +65,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
     // A new image starts with a clean slate: exit markers of the old one no longer hold.
-    let _ = PROCS.remove(tgid);
+    forget_process(tgid);
     emit(event_kind::EXEC, tgid, tid, 0, now_ns());
     0
 }
@@ -81,7 +89,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         unsafe { ctx.read_at::<u8>(offset as usize) }.unwrap_or(0) != 0
     };
     if group_dead {
-        let _ = PROCS.remove(tgid);
+        forget_process(tgid);
         emit(event_kind::EXIT, tgid, tid, 0, now_ns());
     } else if tid == tgid {
         mark_exiting(exit_reason::MAIN_THREAD_EXIT, 0);
