@@ -29,7 +29,14 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
         &mut ExitStacks::default(),
     );
     let Some(process) = scan.snapshot.processes.get(&pid) else {
-        bail!("pid {pid} exited while being inspected");
+        match scan.unreadable.get(&pid) {
+            Some(error) if error.is_permission() => bail!(
+                "cannot inspect pid {pid}: {error} (reading another user's threads needs root \
+                 or CAP_SYS_PTRACE)"
+            ),
+            Some(error) if !error.is_gone() => bail!("cannot inspect pid {pid}: {error}"),
+            _ => bail!("pid {pid} exited while being inspected"),
+        }
     };
     print!("{}", describe(&scan.snapshot, process));
     let findings: Vec<_> = analyze(&scan.snapshot)

@@ -31,6 +31,7 @@ fn scan_once(shared: &Shared) {
         &mut shared.exit_stacks(),
     );
     shared.probes().forget(&scan.gone_tids, &scan.gone_pids);
+    shared.metrics.scan_errors(&scan.errors);
     for pid in &scan.exits_found {
         shared.metrics.exit_phase_entered("libc_exit");
         log::debug!("pid {pid} is blocked inside exit() (found on its stack)");

@@ -3,6 +3,8 @@
 mod process;
 mod wait_durations;
 
+use std::collections::BTreeMap;
+
 use process::ProcessMetrics;
 use prometheus::{
     core::{Atomic, Collector, GenericCounter},
@@ -27,6 +29,17 @@ pub const WAIT_LABELS: [&str; 6] = [
     "other",
 ];
 
+/// Reasons of `exitwatch_scan_errors_total`: those of `procfs::Error::reason`, and whole
+/// scans that failed.
+const SCAN_ERROR_REASONS: [&str; 6] = [
+    "gone",
+    "permission",
+    "parse",
+    "timeout",
+    "io",
+    "scan_failed",
+];
+
 /// The active-incident info series carries pids, so its cardinality is capped.
 const MAX_INFO_SERIES: usize = 50;
 
@@ -45,7 +58,7 @@ pub struct Metrics {
     bpf_run_time: CounterVec,
     bpf_runs: IntCounterVec,
     scan_duration: Histogram,
-    scan_errors: IntCounter,
+    scan_errors: IntCounterVec,
     uprobe_targets: IntGauge,
     last_scan: Gauge,
     wait_durations: WaitDurations,
@@ -139,9 +152,13 @@ impl Metrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 ]),
             )?,
-            scan_errors: IntCounter::new(
-                "exitwatch_scan_errors_total",
-                "Scans that failed (the next scan retries).",
+            scan_errors: IntCounterVec::new(
+                Opts::new(
+                    "exitwatch_scan_errors_total",
+                    "Reads of /proc that failed during scans, by reason (gone: the process \
+                     exited while being read, which is normal), and whole scans that failed.",
+                ),
+                &["reason"],
             )?,
             uprobe_targets: IntGauge::new(
                 "exitwatch_uprobe_targets",
@@ -162,6 +179,9 @@ impl Metrics {
         }
         for wait in WAIT_LABELS {
             metrics.blocked_threads.with_label_values(&[wait]);
+        }
+        for reason in SCAN_ERROR_REASONS {
+            metrics.scan_errors.with_label_values(&[reason]);
         }
         for (_, reason) in exitwatch_common::exit_reason::ALL {
             metrics.exit_phase_entries.with_label_values(&[reason]);
@@ -226,7 +246,13 @@ impl Metrics {
     }
 
     pub fn scan_failed(&self) {
-        self.scan_errors.inc();
+        self.scan_errors.with_label_values(&["scan_failed"]).inc();
+    }
+
+    pub fn scan_errors(&self, errors: &BTreeMap<&'static str, u64>) {
+        for (reason, count) in errors {
+            self.scan_errors.with_label_values(&[reason]).inc_by(*count);
+        }
     }
 
     /// Gauges that describe the latest scan.

@@ -29,6 +29,36 @@ impl Error {
     pub fn is_gone(&self) -> bool {
         matches!(self, Error::Gone { .. })
     }
+
+    /// A low-cardinality name for metrics: `gone`, `permission`, `parse` or `io`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Gone { .. } => "gone",
+            Error::Io { source, .. } if is_permission(source) => "permission",
+            Error::Io { .. } => "io",
+            Error::Parse { .. } => "parse",
+        }
+    }
+
+    pub fn is_permission(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if is_permission(source))
+    }
+}
+
+fn is_permission(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::PermissionDenied || error.raw_os_error() == Some(libc::EPERM)
+}
+
+/// How much of a command line is read: enough to recognise a program, bounded whatever
+/// the process put in its arguments (they can be megabytes).
+pub const CMDLINE_MAX_BYTES: usize = 4096;
+
+/// A process's arguments, possibly cut at [`CMDLINE_MAX_BYTES`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cmdline {
+    pub args: Vec<String>,
+    /// More arguments (or more of the last one) followed.
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,17 +173,24 @@ impl ProcFs {
         }
     }
 
-    /// Empty for kernel threads and zombies, which have no user memory to read it from.
-    pub fn cmdline(&self, pid: i32) -> Result<Vec<String>, Error> {
-        let bytes = self.read(pid, &self.pid_dir(pid).join("cmdline"))?;
+    /// At most [`CMDLINE_MAX_BYTES`] of the arguments. Empty for kernel threads and
+    /// zombies, which have no user memory to read it from.
+    pub fn cmdline(&self, pid: i32) -> Result<Cmdline, Error> {
+        let path = self.pid_dir(pid).join("cmdline");
+        let mut bytes = self.read_at_most(pid, &path, CMDLINE_MAX_BYTES + 1)?;
+        let truncated = bytes.len() > CMDLINE_MAX_BYTES;
+        bytes.truncate(CMDLINE_MAX_BYTES);
         let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
         if bytes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Cmdline::default());
         }
-        Ok(bytes
-            .split(|&b| b == 0)
-            .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect())
+        Ok(Cmdline {
+            args: bytes
+                .split(|&b| b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect(),
+            truncated,
+        })
     }
 
     /// All open fds, sorted; fds closed while we look are left out.
@@ -241,6 +278,16 @@ impl ProcFs {
 
     fn read(&self, pid: i32, path: &Path) -> Result<Vec<u8>, Error> {
         fs::read(path).map_err(|e| gone_or_io(pid, path, e))
+    }
+
+    fn read_at_most(&self, pid: i32, path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
+        use std::io::Read;
+        let file = fs::File::open(path).map_err(|e| gone_or_io(pid, path, e))?;
+        let mut bytes = Vec::new();
+        file.take(limit as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| gone_or_io(pid, path, e))?;
+        Ok(bytes)
     }
 
     fn read_text(&self, pid: i32, path: &Path) -> Result<String, Error> {
@@ -356,9 +403,10 @@ mod tests {
     #[test]
     fn cmdline_keeps_empty_args() {
         let proc = fixture();
-        let args = proc.cmdline(100).unwrap();
-        assert_eq!(args, ["app", "", "--flag=", "value with space"]);
-        assert!(proc.cmdline(200).unwrap().is_empty());
+        let cmdline = proc.cmdline(100).unwrap();
+        assert_eq!(cmdline.args, ["app", "", "--flag=", "value with space"]);
+        assert!(!cmdline.truncated);
+        assert!(proc.cmdline(200).unwrap().args.is_empty());
     }
 
     #[test]
@@ -380,6 +428,37 @@ mod tests {
             matches!(&closed, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
         );
         assert!(proc.fd(300, 0).unwrap_err().is_gone());
+    }
+
+    #[test]
+    fn long_cmdlines_are_cut() {
+        let long = "x".repeat(2 * CMDLINE_MAX_BYTES);
+        // `; :` keeps sh from exec'ing sleep, which would replace the command line.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 100; :", "name", &long])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let proc = ProcFs::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let cmdline = loop {
+            let cmdline = proc.cmdline(pid);
+            let exec_done = cmdline
+                .as_ref()
+                .is_ok_and(|c| c.args.first().is_some_and(|a| a == "sh"));
+            if exec_done || Instant::now() > deadline {
+                break cmdline;
+            }
+            sleep(Duration::from_millis(10));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let cmdline = cmdline.unwrap();
+        assert!(cmdline.truncated);
+        assert_eq!(cmdline.args[..3], ["sh", "-c", "sleep 100; :"]);
+        let kept: usize = cmdline.args.iter().map(|a| a.len() + 1).sum();
+        assert!(kept <= CMDLINE_MAX_BYTES + 1, "{kept}");
     }
 
     #[test]
@@ -415,7 +494,7 @@ mod tests {
         let stat = proc.stat(pid, pid).unwrap();
         assert!(!stat.comm.is_empty());
         assert!(stat.num_threads >= 1 && stat.ppid > 0);
-        assert!(!proc.cmdline(pid).unwrap().is_empty());
+        assert!(!proc.cmdline(pid).unwrap().args.is_empty());
         let fds: Vec<i32> = proc.fds(pid).unwrap().iter().map(|fd| fd.fd).collect();
         assert!(fds.starts_with(&[0, 1, 2]), "{fds:?}");
         assert!(!proc.mapped_files(pid).unwrap().is_empty());
@@ -454,7 +533,7 @@ mod tests {
         child.wait().unwrap();
         let syscall = syscall.unwrap();
         assert!(in_sleep(&syscall), "{syscall:?}");
-        assert_eq!(cmdline.unwrap(), ["sleep", "100"]);
+        assert_eq!(cmdline.unwrap().args, ["sleep", "100"]);
         assert!(!wchan.unwrap().is_empty());
         assert!(proc.stat(pid, pid).unwrap_err().is_gone());
         assert!(proc.fds(pid).unwrap_err().is_gone());

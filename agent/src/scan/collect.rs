@@ -28,6 +28,10 @@ pub struct Scan {
     pub gone_pids: Vec<u32>,
     /// Processes newly found inside libc's `exit` by their stacks.
     pub exits_found: Vec<i32>,
+    /// Failed `/proc` reads, by [`crate::procfs::Error::reason`].
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Processes that were wanted but could not be read, with why.
+    pub unreadable: BTreeMap<i32, crate::procfs::Error>,
 }
 
 /// A thread verified to be in the wait its map entry describes.
@@ -58,6 +62,7 @@ pub fn collect(
         .map(|(pid, state)| (*pid as i32, *state))
         .collect();
     let mut gone_tids = Vec::new();
+    let mut errors = BTreeMap::new();
     let mut verified: BTreeMap<(i32, i32), Verified> = BTreeMap::new();
     for (tid, entry) in &kernel.blocked {
         let (pid, tid) = (entry.tgid as i32, *tid as i32);
@@ -70,8 +75,12 @@ pub fn collect(
                 verified.insert((pid, tid), thread);
             }
             Ok(None) => {}
-            Err(error) if error.is_gone() => gone_tids.push(tid as u32),
-            Err(_) => {}
+            Err(error) => {
+                count(&mut errors, &error);
+                if error.is_gone() {
+                    gone_tids.push(tid as u32);
+                }
+            }
         }
     }
 
@@ -108,6 +117,8 @@ pub fn collect(
         describe,
         processes: BTreeMap::new(),
         gone_pids: Vec::new(),
+        errors,
+        unreadable: BTreeMap::new(),
     };
     let seeds: BTreeSet<i32> = verified
         .keys()
@@ -134,7 +145,13 @@ pub fn collect(
         gone_tids,
         gone_pids: builder.gone_pids,
         exits_found,
+        errors: builder.errors,
+        unreadable: builder.unreadable,
     }
+}
+
+fn count(errors: &mut BTreeMap<&'static str, u64>, error: &crate::procfs::Error) {
+    *errors.entry(error.reason()).or_default() += 1;
 }
 
 /// Confirms that the thread still sleeps in the recorded syscall with the recorded
@@ -176,6 +193,8 @@ struct Builder<'a> {
     describe: &'a [i32],
     processes: BTreeMap<i32, Process>,
     gone_pids: Vec<u32>,
+    errors: BTreeMap<&'static str, u64>,
+    unreadable: BTreeMap<i32, crate::procfs::Error>,
 }
 
 impl Builder<'_> {
@@ -187,8 +206,15 @@ impl Builder<'_> {
             Ok(process) => {
                 self.processes.insert(pid, process);
             }
-            Err(error) if error.is_gone() => self.gone_pids.push(pid as u32),
-            Err(error) => log::debug!("skipping pid {pid}: {error}"),
+            Err(error) => {
+                count(&mut self.errors, &error);
+                if error.is_gone() {
+                    self.gone_pids.push(pid as u32);
+                } else {
+                    log::debug!("skipping pid {pid}: {error}");
+                }
+                self.unreadable.insert(pid, error);
+            }
         }
     }
 
@@ -216,7 +242,7 @@ impl Builder<'_> {
             pgrp: stat.pgrp,
             start_ticks: stat.start_ticks,
             comm: stat.comm,
-            cmdline: self.procfs.cmdline(pid).unwrap_or_default(),
+            cmdline: self.procfs.cmdline(pid).map(|c| c.args).unwrap_or_default(),
             threads,
             exit,
         })
@@ -330,7 +356,11 @@ impl Builder<'_> {
                 if wanted_pipes.is_empty() {
                     continue;
                 }
-                for fd in self.procfs.fds(pid).unwrap_or_default() {
+                let fds = self.procfs.fds(pid).unwrap_or_else(|error| {
+                    count(&mut self.errors, &error);
+                    Vec::new()
+                });
+                for fd in fds {
                     let FdTarget::Pipe(inode) = fd.target else {
                         continue;
                     };
