@@ -2,7 +2,10 @@
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::incidents::{Incident, State};
+use crate::{
+    incidents::{Incident, State},
+    text::printable,
+};
 
 #[derive(Deserialize)]
 struct Response {
@@ -50,7 +53,7 @@ fn table(incidents: &[Incident]) -> String {
                 state,
                 pids.join(","),
                 i.started_at.clone(),
-                i.summary.clone(),
+                printable(&i.summary).into_owned(),
             ]
         })
         .collect();
