@@ -86,6 +86,7 @@ impl Shared {
 }
 
 pub fn run(config: Config) -> Result<()> {
+    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -146,6 +147,19 @@ async fn serve(config: Config) -> Result<()> {
     // Dropping the last reference detaches every program and frees the maps.
     drop(shared);
     served
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core), and scans run
+/// on whichever blocking-pool thread is free: every arena then keeps the high-water mark
+/// of a big scan (a knot of 500 processes took the agent from 29 to 69 MiB). One arena
+/// for the whole agent keeps peak memory at what one scan needs (its few threads
+/// allocate little outside scans).
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+        log::debug!("could not limit malloc arenas");
+    }
 }
 
 /// The agent's start time in milliseconds: later starts number their incidents above
