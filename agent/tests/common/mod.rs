@@ -87,6 +87,10 @@ impl Agent {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     pub fn get(&self, path: &str) -> Option<String> {
         ureq::get(&format!("{}{path}", self.url))
             .timeout(Duration::from_secs(5))
