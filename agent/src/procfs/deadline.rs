@@ -100,7 +100,8 @@ impl Deadline {
         }
     }
 
-    /// Reads given up so far.
+    /// Reads given up so far: past the deadline, or refused because too many workers are
+    /// stuck (not those of processes already known to be slow).
     pub fn timeouts(&self) -> u64 {
         self.timeouts.load(Ordering::Relaxed)
     }
@@ -108,6 +109,7 @@ impl Deadline {
     fn worker<'a>(&self, state: &'a mut State) -> Result<&'a Worker, TimedOut> {
         if state.worker.is_none() {
             if self.stuck.load(Ordering::SeqCst) >= MAX_ABANDONED {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
                 return Err(TimedOut);
             }
             let (jobs, queue) = mpsc::channel::<Job>();
@@ -187,6 +189,7 @@ mod tests {
         let started = Instant::now();
         assert!(deadline.run(1000, || None, || 1).is_err());
         assert!(started.elapsed() < DEADLINE);
+        assert_eq!(deadline.timeouts(), MAX_ABANDONED as u64 + 1);
         drop(releases);
         let until = Instant::now() + Duration::from_secs(10);
         loop {
