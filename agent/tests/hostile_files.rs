@@ -6,7 +6,7 @@ mod common;
 use std::{
     os::unix::fs::{chown, PermissionsExt},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -107,6 +107,19 @@ fn disguised_fifo_and_sparse_libc_neither_stall_nor_inflate_the_agent() {
         let pid = attacker.pid("pid");
         agent.wait_for(HANG_AFTER + SLACK, "for the attacker", |i| involves(i, pid));
     }
+    // `explain` searches the same stacks, without an agent.
+    for attacker in &attackers {
+        let pid = attacker.pid("pid").to_string();
+        let explain = Command::new(env!("CARGO_BIN_EXE_exitwatch"))
+            .args(["explain", &pid, "--hang-after", "1s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting exitwatch explain");
+        let output = finish(explain, &format!("exitwatch explain {pid}"));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(&pid), "explain {pid} said:\n{text}");
+    }
     let (before, after) = scans_keep_completing(&agent, Duration::from_secs(4));
     eprintln!("scans during the attack: {before} -> {after}");
     assert_eq!(
@@ -165,19 +178,24 @@ fn fake_interpreter(dir: &Path) -> PathBuf {
     binary
 }
 
-fn run_to_end(mut child: Child, what: &str) {
+/// The child's output once it has ended by itself, within 30 s.
+fn finish(mut child: Child, what: &str) -> Output {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().expect("polling a child") {
-            assert!(status.success(), "{what} failed: {status}");
-            return;
-        }
+    while child.try_wait().expect("polling a child").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
             panic!("{what} did not finish within 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+        .wait_with_output()
+        .expect("collecting a child's output")
+}
+
+fn run_to_end(child: Child, what: &str) {
+    let status = finish(child, what).status;
+    assert!(status.success(), "{what} failed: {status}");
 }
 
 fn poll_metric(agent: &Agent, series: &str, within: Duration, done: impl Fn(f64) -> bool) -> f64 {
