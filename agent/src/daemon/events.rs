@@ -20,15 +20,18 @@ const DRAIN_BUSY: Duration = Duration::from_millis(20);
 const DRAIN_IDLE: Duration = Duration::from_millis(100);
 
 /// When to look at a freshly exec'd process: right away for the executable, and again
-/// once the dynamic loader has surely mapped its libraries.
-const DISCOVERY_DELAYS: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(280)];
+/// once the dynamic loader has surely mapped its libraries (settled).
+const DISCOVERY_DELAYS: [(Duration, bool); 2] = [
+    (Duration::from_millis(20), false),
+    (Duration::from_millis(280), true),
+];
 /// Pids waiting for uprobe discovery; beyond this, exec events are dropped (and counted)
 /// rather than queued without bound.
 const DISCOVERY_QUEUE: usize = 1024;
 
 /// Where exec'd pids go for uprobe discovery, which runs on its own thread.
 struct Discovery {
-    pids: SyncSender<i32>,
+    pids: SyncSender<(i32, bool)>,
     stats: Arc<UprobeStats>,
 }
 
@@ -106,9 +109,9 @@ fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
             let pid = event.pid as i32;
             let discovery = discovery.clone();
             tokio::spawn(async move {
-                for delay in DISCOVERY_DELAYS {
+                for (delay, settled) in DISCOVERY_DELAYS {
                     tokio::time::sleep(delay).await;
-                    match discovery.pids.try_send(pid) {
+                    match discovery.pids.try_send((pid, settled)) {
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => discovery.stats.drop_one(),
                         Err(TrySendError::Disconnected(_)) => return,

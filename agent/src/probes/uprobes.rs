@@ -69,6 +69,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const MAX_USERS: usize = 4096;
 /// Files known not to qualify, remembered so that every exec does not reopen them.
 const MAX_REFUSED: usize = 4096;
+/// Executables whose interpreter-like mappings are remembered.
+const MAX_PROGRAMS: usize = 4096;
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 /// Reasons of `exitwatch_uprobe_refusals_total`.
@@ -133,6 +135,10 @@ pub struct Uprobes {
     limit: usize,
     targets: BTreeMap<FileId, Target>,
     refused: BTreeSet<FileId>,
+    /// Interpreter-like files each executable mapped once its loader was done: the
+    /// next exec of the same program records its users without reading its maps
+    /// (exec-heavy hosts run the same few programs).
+    programs: BTreeMap<FileId, Vec<FileId>>,
     stats: Arc<UprobeStats>,
 }
 
@@ -149,6 +155,7 @@ impl Uprobes {
             limit: usize::MAX,
             targets: BTreeMap::new(),
             refused: BTreeSet::new(),
+            programs: BTreeMap::new(),
             stats: Arc::default(),
         })
     }
@@ -199,17 +206,18 @@ impl Uprobes {
     /// Looks at every running process, as exec events would have.
     pub fn discover_running(&mut self) {
         for pid in self.procfs.pids().unwrap_or_default() {
-            self.discover(pid);
+            self.discover(pid, true);
         }
     }
 
-    /// Serves discovery requests (pids that just exec'd) until the sender goes away,
-    /// detaching targets that no process maps any more.
-    pub fn run(mut self, pids: Receiver<i32>) {
+    /// Serves discovery requests (pids that just exec'd, and whether their dynamic
+    /// loader is surely done) until the sender goes away, detaching targets that no
+    /// process maps any more.
+    pub fn run(mut self, pids: Receiver<(i32, bool)>) {
         let mut swept = Instant::now();
         loop {
             match pids.recv_timeout(SWEEP_EVERY) {
-                Ok(pid) => self.discover(pid),
+                Ok((pid, settled)) => self.discover(pid, settled),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -221,11 +229,24 @@ impl Uprobes {
     }
 
     /// Looks at the interpreter-like files `pid` maps: new trusted ones get the probe,
-    /// attached ones record `pid` as a user.
-    pub fn discover(&mut self, pid: i32) {
+    /// attached ones record `pid` as a user. `settled`: its dynamic loader is done, so
+    /// what it maps now can be remembered for its program.
+    pub fn discover(&mut self, pid: i32, settled: bool) {
         let Ok(start) = self.procfs.stat(pid, pid).map(|s| s.start_ticks) else {
             return;
         };
+        let program = exe_id(pid);
+        if let Some(files) = program.and_then(|p| self.programs.get(&p)) {
+            if files
+                .iter()
+                .all(|f| self.refused.contains(f) || self.targets.contains_key(f))
+            {
+                for file in files.clone() {
+                    self.add_user(file, (pid, start));
+                }
+                return;
+            }
+        }
         let maps = match self.procfs.mappings(pid) {
             Ok(maps) => maps,
             Err(ProcError::Timeout { .. }) => return self.stats.refuse("timeout"),
@@ -243,17 +264,31 @@ impl Uprobes {
             {
                 continue;
             }
-            if let Some(target) = self.targets.get_mut(&key) {
-                if let Some(users) = &mut target.users {
-                    users.insert((pid, start));
-                    if users.len() > MAX_USERS {
-                        target.users = None;
-                    }
-                }
+            if self.targets.contains_key(&key) {
+                self.add_user(key, (pid, start));
                 continue;
             }
             let name = format!("{} (via pid {pid})", name.display());
             self.consider_mapped(pid, mapping, key, name, (pid, start));
+        }
+        if let (Some(program), true) = (program, settled) {
+            if self.programs.len() >= MAX_PROGRAMS {
+                self.programs.clear();
+            }
+            self.programs
+                .insert(program, looked_at.into_iter().collect());
+        }
+    }
+
+    fn add_user(&mut self, file: FileId, user: (i32, u64)) {
+        let Some(target) = self.targets.get_mut(&file) else {
+            return;
+        };
+        if let Some(users) = &mut target.users {
+            users.insert(user);
+            if users.len() > MAX_USERS {
+                target.users = None;
+            }
         }
     }
 
@@ -448,6 +483,24 @@ fn inspect(file: File) -> Result<(File, u64), Refused> {
         .ok_or(Refused::Never("not_elf"))?;
     drop(elf);
     Ok((file, offset))
+}
+
+/// The identity of `pid`'s executable, as `maps` would give it. `AT_STATX_DONT_SYNC`
+/// keeps a network or FUSE file system out of it: device and inode are in memory.
+fn exe_id(pid: i32) -> Option<FileId> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/exe")).ok()?;
+    // SAFETY: a NUL-terminated path and a zeroed struct that statx fills.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    (rc == 0).then_some(((stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino))
 }
 
 fn on_fuse(file: &File) -> bool {

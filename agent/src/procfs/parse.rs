@@ -136,7 +136,7 @@ pub(super) fn fd_target(link: &Path) -> FdTarget {
 }
 
 /// One `maps` line: `start-end perms offset major:minor inode [name]`. Bytes rather than
-/// `str`: names need not be UTF-8, and the kernel escapes only the newline (as `\\012`),
+/// `str`: names need not be UTF-8, and the kernel escapes only the newline (as `\012`),
 /// so a name says nothing reliable about where the file is. It is kept for display and
 /// for recognising libraries by name, never for opening.
 pub(super) fn mapping(line: &[u8]) -> Option<Mapping> {
