@@ -107,33 +107,12 @@ fn disguised_fifo_and_sparse_libc_neither_stall_nor_inflate_the_agent() {
         let pid = attacker.pid("pid");
         agent.wait_for(HANG_AFTER + SLACK, "for the attacker", |i| involves(i, pid));
     }
-    // `explain` searches the same stacks, without an agent.
     for attacker in &attackers {
-        let pid = attacker.pid("pid").to_string();
-        let explain = Command::new(env!("CARGO_BIN_EXE_exitwatch"))
-            .args(["explain", &pid, "--hang-after", "1s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting exitwatch explain");
-        let output = finish(explain, &format!("exitwatch explain {pid}"));
-        let text = String::from_utf8_lossy(&output.stdout);
-        assert!(text.contains(&pid), "explain {pid} said:\n{text}");
+        explain_finishes(attacker.pid("pid"));
     }
     let (before, after) = scans_keep_completing(&agent, Duration::from_secs(4));
     eprintln!("scans during the attack: {before} -> {after}");
-    assert_eq!(
-        agent.get("/healthz").as_deref().map(str::trim),
-        Some("ok"),
-        "/healthz during the attack"
-    );
-
-    // Detection still works while the attackers are there.
-    let seed = Subject::python("seed_pipe_deadlock.py", &[]);
-    let (parent, child) = (seed.pid("parent"), seed.pid("child"));
-    agent.wait_for(HANG_AFTER + SLACK, "pipe deadlock after the attack", |i| {
-        i["kind"] == "pipe_deadlock" && involves(i, parent) && involves(i, child)
-    });
+    detection_still_works(&agent);
 
     let peak = status_field(agent.pid(), "VmHWM:");
     eprintln!("agent peak RSS during the attack: {peak} KiB");
@@ -163,6 +142,57 @@ fn a_mapping_named_in_non_utf8_does_not_hide_an_exit_hang() {
         "exit hang despite an odd mapping",
         |i| i["kind"] == "exit_blocked_on_threads" && involves(i, pid),
     );
+}
+
+#[test]
+fn a_file_system_that_stops_answering_does_not_stall_scans() {
+    let agent = Agent::start();
+    let mountpoint = tempfile::tempdir().expect("creating a mount point");
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private"])
+        .arg(common::python())
+        .arg(programs_dir().join("fuse_stall.py"))
+        .arg(mountpoint.path());
+    let attacker = Subject::spawn("fuse_stall.py", command);
+    let pid = attacker.pid("pid");
+    // Once its write is stuck, its stack search opens the file that its FUSE server no
+    // longer answers for: that open is given up, and counted.
+    let timeouts = poll_metric(&agent, SLOW_READS, HANG_AFTER + SLACK, |v| v >= 1.0);
+    explain_finishes(pid);
+    let (before, after) = scans_keep_completing(&agent, Duration::from_secs(4));
+    eprintln!("FUSE stall: {timeouts} slow read(s) given up, scans {before} -> {after}");
+    detection_still_works(&agent);
+}
+
+const SLOW_READS: &str = "exitwatch_scan_errors_total{reason=\"timeout\"}";
+
+/// `exitwatch explain` searches the same stacks as the agent, without one.
+fn explain_finishes(pid: i32) {
+    let pid = pid.to_string();
+    let explain = Command::new(env!("CARGO_BIN_EXE_exitwatch"))
+        .args(["explain", &pid, "--hang-after", "1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting exitwatch explain");
+    let output = finish(explain, &format!("exitwatch explain {pid}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains(&pid), "explain {pid} said:\n{text}");
+}
+
+/// A new seed deadlock is found, and `/healthz` answers, while the attack goes on.
+fn detection_still_works(agent: &Agent) {
+    assert_eq!(
+        agent.get("/healthz").as_deref().map(str::trim),
+        Some("ok"),
+        "/healthz during the attack"
+    );
+    let seed = Subject::python("seed_pipe_deadlock.py", &[]);
+    let (parent, child) = (seed.pid("parent"), seed.pid("child"));
+    agent.wait_for(HANG_AFTER + SLACK, "pipe deadlock during the attack", |i| {
+        i["kind"] == "pipe_deadlock" && involves(i, parent) && involves(i, child)
+    });
 }
 
 /// The fake interpreter, built once per test into `dir`.
