@@ -2,6 +2,7 @@
 mod clock;
 mod commands;
 mod daemon;
+mod elf;
 mod graph;
 mod http;
 mod incidents;

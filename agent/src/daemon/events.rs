@@ -1,12 +1,18 @@
 //! Lifecycle events from the ring buffer: uprobe discovery on exec, exit-phase counts.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        mpsc::{sync_channel, SyncSender, TrySendError},
+        Arc,
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use exitwatch_common::{event_kind, exit_reason, Event};
 use tokio::io::unix::AsyncFd;
 
 use super::Shared;
-use crate::probes::Streams;
+use crate::probes::{Streams, UprobeStats};
 
 /// How often the ring buffer is drained when the probes do not wake the agent: often
 /// while events flow (an exec wants its uprobe discovery soon), rarely on a quiet host.
@@ -17,12 +23,38 @@ const DRAIN_IDLE: Duration = Duration::from_millis(100);
 /// once the dynamic loader has surely mapped its libraries (settled).
 const DISCOVERY_DELAYS: [(Duration, bool); 2] = [
     (Duration::from_millis(20), false),
-    (Duration::from_millis(300), true),
+    (Duration::from_millis(280), true),
 ];
+/// Pids waiting for uprobe discovery; beyond this, exec events are dropped (and counted)
+/// rather than queued without bound.
+const DISCOVERY_QUEUE: usize = 1024;
+
+/// Where exec'd pids go for uprobe discovery, which runs on its own thread.
+struct Discovery {
+    pids: SyncSender<(i32, bool)>,
+    stats: Arc<UprobeStats>,
+}
 
 pub async fn run(shared: Arc<Shared>, streams: Streams) {
-    let Streams { events, logger } = streams;
+    let Streams {
+        events,
+        logger,
+        uprobes,
+    } = streams;
     tokio::spawn(forward_probe_logs(logger));
+    let (pids, queue) = sync_channel(DISCOVERY_QUEUE);
+    let discovery = Arc::new(Discovery {
+        pids,
+        stats: uprobes.stats(),
+    });
+    let started = std::thread::Builder::new()
+        .name("exitwatch-uprobes".into())
+        .spawn(move || uprobes.run(queue));
+    if let Err(error) = started {
+        log::error!(
+            "cannot start uprobe discovery: {error}; only installed interpreters are probed"
+        );
+    }
     // SAFETY: the ring buffer owns its fd and keeps it open until it is dropped, which
     // happens only with this AsyncFd.
     let mut events = match unsafe { AsyncFd::register(events) } {
@@ -39,7 +71,7 @@ pub async fn run(shared: Arc<Shared>, streams: Streams) {
         tokio::select! {
             ready = events.readable_mut() => match ready {
                 Ok(mut ready) => {
-                    drain(&shared, ready.get_inner_mut());
+                    drain(&shared, &discovery, ready.get_inner_mut());
                     ready.clear_ready();
                     pause = DRAIN_BUSY;
                 }
@@ -49,7 +81,7 @@ pub async fn run(shared: Arc<Shared>, streams: Streams) {
                 }
             },
             _ = tokio::time::sleep(pause) => {
-                let drained = drain(&shared, events.get_mut());
+                let drained = drain(&shared, &discovery, events.get_mut());
                 pause = if drained > 0 { DRAIN_BUSY } else { DRAIN_IDLE };
             }
         }
@@ -57,7 +89,7 @@ pub async fn run(shared: Arc<Shared>, streams: Streams) {
 }
 
 /// Handles every queued event; returns how many there were.
-fn drain(shared: &Arc<Shared>, ring: &mut RingBuf<MapData>) -> usize {
+fn drain(shared: &Arc<Shared>, discovery: &Arc<Discovery>, ring: &mut RingBuf<MapData>) -> usize {
     let mut drained = 0;
     while let Some(item) = ring.next() {
         drained += 1;
@@ -66,22 +98,24 @@ fn drain(shared: &Arc<Shared>, ring: &mut RingBuf<MapData>) -> usize {
         }
         // SAFETY: the kernel wrote a whole `Event`; the read tolerates misalignment.
         let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        handle(shared, &event);
+        handle(shared, discovery, &event);
     }
     drained
 }
 
-fn handle(shared: &Arc<Shared>, event: &Event) {
+fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
     match event.kind {
         event_kind::EXEC => {
             let pid = event.pid as i32;
-            let shared = shared.clone();
+            let discovery = discovery.clone();
             tokio::spawn(async move {
                 for (delay, settled) in DISCOVERY_DELAYS {
                     tokio::time::sleep(delay).await;
-                    let shared = shared.clone();
-                    let discover = move || shared.probes().discover(pid, settled);
-                    let _ = tokio::task::spawn_blocking(discover).await;
+                    match discovery.pids.try_send((pid, settled)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => discovery.stats.drop_one(),
+                        Err(TrySendError::Disconnected(_)) => return,
+                    }
                 }
             });
         }

@@ -43,6 +43,10 @@ pub struct Config {
     /// secret-looking values redacted, cut at 4 KiB).
     #[arg(long)]
     pub no_cmdlines: bool,
+    /// Most interpreter files (python executables, libpython) given the exit-phase
+    /// uprobe; each costs a probe in every process that maps it.
+    #[arg(long, default_value_t = 32)]
+    pub max_uprobe_targets: usize,
 }
 
 /// Scans walk `/proc`; shorter intervals than this buy no earlier detection worth a core.
@@ -98,7 +102,7 @@ async fn serve(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let (mut probes, streams) = Probes::load().context("cannot start the kernel probes")?;
+    let (mut probes, mut streams) = Probes::load().context("cannot start the kernel probes")?;
     // Keeps the kernel counting run time per BPF program while the agent runs.
     let _bpf_stats = config
         .bpf_stats
@@ -110,10 +114,9 @@ async fn serve(config: Config) -> Result<()> {
         });
 
     let procfs = ProcFs::default();
-    probes.discover_installed();
-    for pid in procfs.pids().unwrap_or_default() {
-        probes.discover(pid, true);
-    }
+    streams.uprobes.set_limit(config.max_uprobe_targets);
+    streams.uprobes.discover_installed();
+    streams.uprobes.discover_running();
     let seeded = probes.seed(&blocked_from_proc(&procfs, monotonic_ns()));
     log::info!(
         "exitwatch {} watching: hang-after {}, scan every {}, {} uprobe target(s), \
@@ -121,7 +124,7 @@ async fn serve(config: Config) -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         humantime::format_duration(config.hang_after),
         humantime::format_duration(config.scan_interval),
-        probes.uprobe_targets(),
+        streams.uprobes.attached(),
         config.listen,
     );
 

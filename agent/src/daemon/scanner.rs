@@ -28,6 +28,7 @@ fn scan_once(shared: &Shared) {
         hang_after_ns: shared.config.hang_after.as_nanos() as u64,
         cmdlines: !shared.config.no_cmdlines,
     };
+    let timeouts = shared.procfs.timeouts();
     let view = shared.probes().kernel_view();
     let scan = collect(
         &shared.procfs,
@@ -39,6 +40,11 @@ fn scan_once(shared: &Shared) {
     );
     shared.probes().forget(&scan.gone_tids, &scan.gone_pids);
     shared.metrics.scan_errors(&scan.errors);
+    // Slow reads (memory, files) are given up inside helpers that report no error.
+    let timed_out = shared.procfs.timeouts() - timeouts;
+    if timed_out > 0 {
+        shared.metrics.scan_errors(&[("timeout", timed_out)].into());
+    }
     for pid in &scan.exits_found {
         shared.metrics.exit_phase_entered("libc_exit");
         log::debug!("pid {pid} is blocked inside exit() (found on its stack)");

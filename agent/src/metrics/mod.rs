@@ -61,6 +61,8 @@ pub struct Metrics {
     scan_duration: Histogram,
     scan_errors: IntCounterVec,
     uprobe_targets: IntGauge,
+    uprobe_refusals: IntCounterVec,
+    discovery_dropped: IntCounter,
     last_scan: Gauge,
     wait_durations: WaitDurations,
     process: ProcessMetrics,
@@ -165,6 +167,17 @@ impl Metrics {
                 "exitwatch_uprobe_targets",
                 "Interpreter files (python, libpython) the Py_FinalizeEx uprobe is attached to.",
             )?,
+            uprobe_refusals: IntCounterVec::new(
+                Opts::new(
+                    "exitwatch_uprobe_refusals_total",
+                    "Interpreter-like files not given the Py_FinalizeEx uprobe, by reason.",
+                ),
+                &["reason"],
+            )?,
+            discovery_dropped: IntCounter::new(
+                "exitwatch_uprobe_discovery_dropped_total",
+                "Exec events not looked at for uprobes because discovery was behind.",
+            )?,
             last_scan: Gauge::new(
                 "exitwatch_last_scan_timestamp_seconds",
                 "Unix time of the last completed scan.",
@@ -183,6 +196,9 @@ impl Metrics {
         }
         for reason in SCAN_ERROR_REASONS {
             metrics.scan_errors.with_label_values(&[reason]);
+        }
+        for reason in crate::probes::REFUSAL_REASONS {
+            metrics.uprobe_refusals.with_label_values(&[reason]);
         }
         for (_, reason) in exitwatch_common::exit_reason::ALL {
             metrics.exit_phase_entries.with_label_values(&[reason]);
@@ -220,6 +236,8 @@ impl Metrics {
             Box::new(metrics.scan_duration.clone()),
             Box::new(metrics.scan_errors.clone()),
             Box::new(metrics.uprobe_targets.clone()),
+            Box::new(metrics.uprobe_refusals.clone()),
+            Box::new(metrics.discovery_dropped.clone()),
             Box::new(metrics.last_scan.clone()),
             Box::new(metrics.wait_durations.clone()),
         ];
@@ -331,6 +349,13 @@ impl Metrics {
                 .with_label_values(&[exitwatch_common::names::MAP_PROCS]),
             counters.procs_full,
         );
+        for (reason, count) in crate::probes::REFUSAL_REASONS
+            .iter()
+            .zip(counters.uprobe_refusals)
+        {
+            raise_to(&self.uprobe_refusals.with_label_values(&[reason]), count);
+        }
+        raise_to(&self.discovery_dropped, counters.discovery_dropped);
         for program in programs {
             raise_to(
                 &self.bpf_run_time.with_label_values(&[program.name]),

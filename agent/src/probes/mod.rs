@@ -3,7 +3,7 @@ mod error;
 mod tracefs;
 mod uprobes;
 
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, path::Path, sync::Arc};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -14,7 +14,7 @@ use aya_log::EbpfLogger;
 use exitwatch_common::{counter, names, wait_histogram, BlockedWait, ExitState};
 
 pub use error::ProbeError;
-use uprobes::Uprobes;
+pub use uprobes::{UprobeStats, Uprobes, REFUSAL_REASONS};
 
 use crate::scan::KernelView;
 
@@ -68,6 +68,10 @@ pub struct Counters {
     pub events_dropped: u64,
     pub blocked_full: u64,
     pub procs_full: u64,
+    /// Files refused a uprobe, in the order of [`REFUSAL_REASONS`].
+    pub uprobe_refusals: [u64; REFUSAL_REASONS.len()],
+    /// Exec events that uprobe discovery had no room for.
+    pub discovery_dropped: u64,
 }
 
 /// Completed tracked waits of one class, summed over CPUs.
@@ -84,19 +88,25 @@ pub struct ProgramStats {
     pub run_count: u64,
 }
 
+/// What scans and scrapes read: the maps and counters, nothing that can be slow. The
+/// programs themselves (and their links) belong to [`Uprobes`], which attaches and
+/// detaches on its own thread.
 pub struct Probes {
-    ebpf: Ebpf,
     blocked: HashMap<MapData, u32, BlockedWait>,
     procs: HashMap<MapData, u32, ExitState>,
     counters: PerCpuArray<MapData, u64>,
     wait_histogram: PerCpuArray<MapData, u64>,
-    uprobes: Uprobes,
+    /// Kernel ids of the loaded programs, for their run-time statistics.
+    program_ids: Vec<(u32, &'static str)>,
+    uprobe_stats: Arc<UprobeStats>,
 }
 
-/// Parts that are polled on their own: lifecycle events and the probes' log records.
+/// Parts that run on their own: lifecycle events, the probes' log records, and uprobe
+/// discovery (which owns the programs: dropping it detaches every probe).
 pub struct Streams {
     pub events: RingBuf<MapData>,
     pub logger: EbpfLogger<&'static dyn log::Log>,
+    pub uprobes: Uprobes,
 }
 
 impl Probes {
@@ -153,8 +163,6 @@ impl Probes {
             tp.attach(category, tracepoint)
                 .map_err(|e| ProbeError::program(name, e))?;
         }
-        let uprobes = Uprobes::load(&mut ebpf)?;
-
         let events = RingBuf::try_from(take_map(&mut ebpf, names::MAP_EVENTS)?)
             .map_err(|e| ProbeError::map(names::MAP_EVENTS, e))?;
         let blocked = HashMap::try_from(take_map(&mut ebpf, names::MAP_BLOCKED)?)
@@ -165,31 +173,26 @@ impl Probes {
             .map_err(|e| ProbeError::map(names::MAP_COUNTERS, e))?;
         let wait_histogram = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_WAIT_HISTOGRAM)?)
             .map_err(|e| ProbeError::map(names::MAP_WAIT_HISTOGRAM, e))?;
+        let uprobes = Uprobes::load(ebpf)?;
+        let program_ids = uprobes.program_ids();
         let probes = Self {
-            ebpf,
             blocked,
             procs,
             counters,
             wait_histogram,
+            program_ids,
+            uprobe_stats: uprobes.stats(),
+        };
+        let streams = Streams {
+            events,
+            logger,
             uprobes,
         };
-        Ok((probes, Streams { events, logger }))
-    }
-
-    /// Attaches the exit-phase uprobes to files mapped by `pid` that define them;
-    /// `settled` once its dynamic loader is surely done.
-    pub fn discover(&mut self, pid: i32, settled: bool) {
-        self.uprobes.discover(&mut self.ebpf, pid, settled);
-    }
-
-    /// Attaches to interpreters and libcs on `$PATH` and in the library directories, so a
-    /// short-lived program started later is covered before its first exec event.
-    pub fn discover_installed(&mut self) {
-        self.uprobes.discover_installed(&mut self.ebpf);
+        Ok((probes, streams))
     }
 
     pub fn uprobe_targets(&self) -> usize {
-        self.uprobes.attached()
+        self.uprobe_stats.targets()
     }
 
     pub fn kernel_view(&self) -> KernelView {
@@ -238,6 +241,8 @@ impl Probes {
             events_dropped: sum(counter::EVENTS_DROPPED),
             blocked_full: sum(counter::BLOCKED_FULL),
             procs_full: sum(counter::PROCS_FULL),
+            uprobe_refusals: self.uprobe_stats.refusals(),
+            discovery_dropped: self.uprobe_stats.dropped(),
         }
     }
 
@@ -258,11 +263,10 @@ impl Probes {
 
     /// Run time and count per program, as kept by the kernel while BPF stats are enabled.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, program)| {
-                let info = program.info().ok()?;
-                let name = names::PROGRAMS.iter().find(|known| **known == name)?;
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter_map(|info| {
+                let &(_, name) = self.program_ids.iter().find(|(id, _)| *id == info.id())?;
                 Some(ProgramStats {
                     name,
                     run_time_ns: info.run_time().as_nanos() as u64,

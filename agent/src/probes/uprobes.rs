@@ -1,25 +1,59 @@
 //! Exit-phase uprobes. A uprobe attaches to a file (inode), so one attach covers every
 //! process that maps that interpreter, whichever mount namespace it runs in.
-use std::{collections::BTreeSet, os::unix::fs::MetadataExt, path::Path};
+//!
+//! Any user can exec a file named like an interpreter, so a file gets a probe only if an
+//! unprivileged user cannot have written it: owned by root, not writable by group or
+//! others, not on FUSE (whose owner and contents are whatever its server says). The
+//! directories above it do not matter: the probe goes on the inode that was opened and
+//! checked (through `/proc/self/fd/N`), and a rename cannot change that inode's contents.
+//! Files are reached through `/proc/PID/map_files`, never by the name `maps` prints, and
+//! only their headers and symbol tables are read ([`crate::elf`]).
+//!
+//! All of this (opening, parsing, attaching, detaching) runs on the discovery thread,
+//! which owns the programs; the maps that scans and scrapes read are elsewhere
+//! ([`super::Probes`]), so nothing slow here holds them up.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::{File, OpenOptions},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc::{Receiver, RecvTimeoutError},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use aya::{
-    programs::{uprobe::UProbeScope, UProbe},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        UProbe,
+    },
     Ebpf,
 };
 use exitwatch_common::names;
 
 use super::{program, ProbeError};
-use crate::procfs::ProcFs;
+use crate::{
+    elf::{Elf, ElfError},
+    procfs::{open_mapping, Error as ProcError, FileId, Mapping, ProcFs, Refusal},
+};
 
 /// The interpreter's shutdown entry point, where the exit phase begins.
 const SYMBOL: &str = "Py_FinalizeEx";
 
-/// Whether a file of this name may define [`SYMBOL`]; others are not even opened.
-fn may_be_interpreter(name: &str) -> bool {
-    name.contains("python")
+/// Whether a file of this name may define [`SYMBOL`]; others are not even opened. The
+/// name only saves work: whether a file is trusted comes from the opened file.
+fn may_be_interpreter(name: &[u8]) -> bool {
+    name.windows(6).any(|w| w == b"python")
 }
 
-/// Where interpreters usually live, for discovery before any process uses them.
+/// Where interpreters usually live, for discovery before any process uses them. Targets
+/// found here stay attached for the agent's lifetime.
 const INSTALL_DIRS: [&str; 6] = [
     "/usr/bin",
     "/usr/local/bin",
@@ -29,118 +63,455 @@ const INSTALL_DIRS: [&str; 6] = [
     "/lib/x86_64-linux-gnu",
 ];
 
+/// How often targets are checked for processes still using them.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Users tracked per target; a target with more is kept attached for good.
+const MAX_USERS: usize = 4096;
+/// Files known not to qualify, remembered so that every exec does not reopen them.
+const MAX_REFUSED: usize = 4096;
+/// Executables whose interpreter-like mappings are remembered.
+const MAX_PROGRAMS: usize = 4096;
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Reasons of `exitwatch_uprobe_refusals_total`.
+pub const REFUSAL_REASONS: [&str; 9] = [
+    "untrusted_owner",
+    "writable",
+    "untrusted_fs",
+    "too_big",
+    "not_elf",
+    "no_symbol",
+    "limit",
+    "timeout",
+    "unreadable",
+];
+
+/// What discovery reports, read by `/metrics` without waiting for discovery.
+#[derive(Default)]
+pub struct UprobeStats {
+    targets: AtomicUsize,
+    refusals: [AtomicU64; REFUSAL_REASONS.len()],
+    dropped: AtomicU64,
+}
+
+impl UprobeStats {
+    pub fn targets(&self) -> usize {
+        self.targets.load(Ordering::Relaxed)
+    }
+
+    /// Refusals so far, in the order of [`REFUSAL_REASONS`].
+    pub fn refusals(&self) -> [u64; REFUSAL_REASONS.len()] {
+        std::array::from_fn(|i| self.refusals[i].load(Ordering::Relaxed))
+    }
+
+    /// Exec events not looked at because discovery was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refuse(&self, reason: &'static str) {
+        if let Some(index) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.refusals[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Target {
+    link: UProbeLinkId,
+    name: String,
+    /// Processes (pid, start time) that mapped it when looked at; `None` for targets
+    /// that stay (install directories, or too many users to track).
+    users: Option<BTreeSet<(i32, u64)>>,
+}
+
 pub struct Uprobes {
+    /// Owns every program and link: dropping it detaches them all.
+    ebpf: Ebpf,
     procfs: ProcFs,
-    /// Files already looked at, by (device, inode): attached or known not to qualify.
-    seen: BTreeSet<(u64, u64)>,
-    /// Executables whose mapped files were all looked at, by (device, inode).
-    programs_seen: BTreeSet<(u64, u64)>,
-    attached: usize,
+    limit: usize,
+    targets: BTreeMap<FileId, Target>,
+    refused: BTreeSet<FileId>,
+    /// Interpreter-like files each executable mapped once its loader was done: the
+    /// next exec of the same program records its users without reading its maps
+    /// (exec-heavy hosts run the same few programs).
+    programs: BTreeMap<FileId, Vec<FileId>>,
+    stats: Arc<UprobeStats>,
 }
 
 impl Uprobes {
-    pub fn load(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        let uprobe: &mut UProbe = program(ebpf, names::PROG_PY_FINALIZE)?;
+    pub fn load(mut ebpf: Ebpf) -> Result<Self, ProbeError> {
+        let uprobe: &mut UProbe = program(&mut ebpf, names::PROG_PY_FINALIZE)?;
         uprobe
             .load()
             .map_err(|e| ProbeError::program(names::PROG_PY_FINALIZE, e))?;
         Ok(Self {
+            ebpf,
+            // Its own reader: a slow process here must not delay the scanner's reads.
             procfs: ProcFs::default(),
-            seen: BTreeSet::new(),
-            programs_seen: BTreeSet::new(),
-            attached: 0,
+            limit: usize::MAX,
+            targets: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            programs: BTreeMap::new(),
+            stats: Arc::default(),
         })
     }
 
+    /// Kernel ids of the exitwatch programs, by name.
+    pub fn program_ids(&self) -> Vec<(u32, &'static str)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let name = names::PROGRAMS.iter().find(|known| **known == name)?;
+                Some((program.info().ok()?.id(), *name))
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> Arc<UprobeStats> {
+        self.stats.clone()
+    }
+
+    /// At most `limit` files get the probe; more are refused (reason `limit`).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     pub fn attached(&self) -> usize {
-        self.attached
+        self.targets.len()
     }
 
-    /// Looks at the files `pid` maps. A program whose libraries were already seen once
-    /// (by executable file) costs a `stat`: exec-heavy hosts run the same few binaries.
-    /// `settled` says the dynamic loader has had time to map every library, so the
-    /// program need not be looked at again.
-    pub fn discover(&mut self, ebpf: &mut Ebpf, pid: i32, settled: bool) {
-        let dir = self.procfs.root().join(pid.to_string());
-        let Ok(exe) = std::fs::metadata(dir.join("exe")) else {
-            return;
-        };
-        let program = (exe.dev(), exe.ino());
-        if self.programs_seen.contains(&program) {
-            return;
-        }
-        let Ok(mut files) = self.procfs.mapped_files(pid) else {
-            return;
-        };
-        if let Ok(exe) = std::fs::read_link(dir.join("exe")) {
-            files.push(exe);
-        }
-        if settled {
-            self.programs_seen.insert(program);
-        }
-        let root = dir.join("root");
-        for file in files {
-            // Open through the process's own root: it may live in another mount namespace.
-            let path = root.join(file.strip_prefix("/").unwrap_or(&file));
-            self.consider(ebpf, &path);
-        }
-    }
-
-    pub fn discover_installed(&mut self, ebpf: &mut Ebpf) {
+    /// Attaches to interpreters in the install directories, so a short-lived program
+    /// started later is covered before its first exec event.
+    pub fn discover_installed(&mut self) {
         for dir in INSTALL_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
             };
             for entry in entries.flatten() {
-                self.consider(ebpf, &entry.path());
+                let path = entry.path();
+                if path
+                    .file_name()
+                    .is_some_and(|n| may_be_interpreter(n.as_encoded_bytes()))
+                {
+                    self.consider_installed(&path);
+                }
             }
         }
     }
 
-    fn consider(&mut self, ebpf: &mut Ebpf, path: &Path) {
-        if !path
-            .file_name()
-            .is_some_and(|name| may_be_interpreter(&name.to_string_lossy()))
-        {
-            return;
+    /// Looks at every running process, as exec events would have.
+    pub fn discover_running(&mut self) {
+        for pid in self.procfs.pids().unwrap_or_default() {
+            self.discover(pid, true);
         }
-        // Follows symlinks, so python3 -> python3.11 is one file.
-        let Ok(meta) = std::fs::metadata(path) else {
+    }
+
+    /// Serves discovery requests (pids that just exec'd, and whether their dynamic
+    /// loader is surely done) until the sender goes away, detaching targets that no
+    /// process maps any more.
+    pub fn run(mut self, pids: Receiver<(i32, bool)>) {
+        let mut swept = Instant::now();
+        loop {
+            match pids.recv_timeout(SWEEP_EVERY) {
+                Ok((pid, settled)) => self.discover(pid, settled),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if swept.elapsed() >= SWEEP_EVERY {
+                self.sweep();
+                swept = Instant::now();
+            }
+        }
+    }
+
+    /// Looks at the interpreter-like files `pid` maps: new trusted ones get the probe,
+    /// attached ones record `pid` as a user. `settled`: its dynamic loader is done, so
+    /// what it maps now can be remembered for its program.
+    pub fn discover(&mut self, pid: i32, settled: bool) {
+        let Ok(start) = self.procfs.stat(pid, pid).map(|s| s.start_ticks) else {
             return;
         };
-        if !meta.is_file() || !self.seen.insert((meta.dev(), meta.ino())) {
+        let program = exe_id(pid);
+        if let Some(files) = program.and_then(|p| self.programs.get(&p)) {
+            if files
+                .iter()
+                .all(|f| self.refused.contains(f) || self.targets.contains_key(f))
+            {
+                for file in files.clone() {
+                    self.add_user(file, (pid, start));
+                }
+                return;
+            }
+        }
+        let maps = match self.procfs.mappings(pid) {
+            Ok(maps) => maps,
+            Err(ProcError::Timeout { .. }) => return self.stats.refuse("timeout"),
+            Err(_) => return,
+        };
+        let mut looked_at = BTreeSet::new();
+        for mapping in &maps {
+            let Some(name) = mapping.path.as_deref() else {
+                continue;
+            };
+            let key = mapping.file_id();
+            if !may_be_interpreter(name.as_os_str().as_encoded_bytes())
+                || !looked_at.insert(key)
+                || self.refused.contains(&key)
+            {
+                continue;
+            }
+            if self.targets.contains_key(&key) {
+                self.add_user(key, (pid, start));
+                continue;
+            }
+            let name = format!("{} (via pid {pid})", name.display());
+            self.consider_mapped(pid, mapping, key, name, (pid, start));
+        }
+        if let (Some(program), true) = (program, settled) {
+            if self.programs.len() >= MAX_PROGRAMS {
+                self.programs.clear();
+            }
+            self.programs
+                .insert(program, looked_at.into_iter().collect());
+        }
+    }
+
+    fn add_user(&mut self, file: FileId, user: (i32, u64)) {
+        let Some(target) = self.targets.get_mut(&file) else {
+            return;
+        };
+        if let Some(users) = &mut target.users {
+            users.insert(user);
+            if users.len() > MAX_USERS {
+                target.users = None;
+            }
+        }
+    }
+
+    fn consider_mapped(
+        &mut self,
+        pid: i32,
+        mapping: &Mapping,
+        key: FileId,
+        name: String,
+        user: (i32, u64),
+    ) {
+        if self.targets.len() >= self.limit {
+            return self.stats.refuse("limit");
+        }
+        let mapping = mapping.clone();
+        let checked = self.procfs.bounded(pid, move |root| {
+            let (file, _) = open_mapping(root, pid, &mapping)?;
+            Ok(inspect(file))
+        });
+        let inspected = match checked {
+            Ok(inspected) => inspected,
+            Err(ProcError::Timeout { .. }) => Err(Refused::Retry("timeout")),
+            Err(ProcError::Refused { why, .. }) => Err(Refused::Never(match why {
+                Refusal::TooBig => "too_big",
+                Refusal::NotRegular | Refusal::Changed => "unreadable",
+            })),
+            // Gone, or permission to map_files missing: nothing to remember.
+            Err(error) => {
+                log::debug!("cannot open {name}: {error}");
+                return;
+            }
+        };
+        let users = Some(BTreeSet::from([user]));
+        self.settle(key, name, inspected, users);
+    }
+
+    fn consider_installed(&mut self, path: &Path) {
+        // A fixed root-owned directory, not a name a process printed; symlinks are
+        // followed (python3 -> python3.11) and the checks apply to the file reached.
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path);
+        let Ok(file) = opened else {
+            return;
+        };
+        let Ok(meta) = file.metadata() else {
+            return;
+        };
+        let key = (
+            (libc::major(meta.dev()), libc::minor(meta.dev())),
+            meta.ino(),
+        );
+        if !meta.is_file() || self.targets.contains_key(&key) || self.refused.contains(&key) {
             return;
         }
-        match attach(ebpf, path) {
-            Ok(()) => {
-                self.attached += 1;
-                log::info!("attached {SYMBOL} probe to {}", display(path));
+        if self.targets.len() >= self.limit {
+            return self.stats.refuse("limit");
+        }
+        let inspected = if meta.len() > crate::procfs::MAX_FILE_BYTES {
+            Err(Refused::Never("too_big"))
+        } else {
+            inspect(file)
+        };
+        self.settle(key, path.display().to_string(), inspected, None);
+    }
+
+    fn settle(
+        &mut self,
+        key: FileId,
+        name: String,
+        inspected: Result<(File, u64), Refused>,
+        users: Option<BTreeSet<(i32, u64)>>,
+    ) {
+        let refusal = match inspected {
+            Ok((file, offset)) => match self.attach(&file, offset) {
+                Ok(link) => {
+                    log::info!("attached {SYMBOL} probe to {}", printable(&name));
+                    self.targets.insert(key, Target { link, name, users });
+                    self.stats
+                        .targets
+                        .store(self.targets.len(), Ordering::Relaxed);
+                    return;
+                }
+                Err(error) => {
+                    log::debug!("cannot attach to {}: {error}", printable(&name));
+                    Refused::Never("unreadable")
+                }
+            },
+            Err(refusal) => refusal,
+        };
+        let (reason, remember) = match refusal {
+            Refused::Never(reason) => (reason, true),
+            Refused::Retry(reason) => (reason, false),
+        };
+        log::debug!("no {SYMBOL} probe on {}: {reason}", printable(&name));
+        self.stats.refuse(reason);
+        if remember {
+            if self.refused.len() >= MAX_REFUSED {
+                self.refused.clear();
             }
-            // Most files matching the name pattern are scripts or tools that do not
-            // define the symbol; that is expected, not an error.
-            Err(error) => log::debug!("no {SYMBOL} probe on {}: {error}", display(path)),
+            self.refused.insert(key);
         }
+    }
+
+    /// The kernel resolves `/proc/self/fd/N` to the very inode that was checked.
+    fn attach(&mut self, file: &File, offset: u64) -> Result<UProbeLinkId, ProbeError> {
+        let uprobe: &mut UProbe = program(&mut self.ebpf, names::PROG_PY_FINALIZE)?;
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        uprobe
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                path,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| ProbeError::program(names::PROG_PY_FINALIZE, e))
+    }
+
+    /// Detaches targets whose recorded users have all exited.
+    fn sweep(&mut self) {
+        let procfs = &self.procfs;
+        let alive = |&(pid, start): &(i32, u64)| {
+            procfs
+                .stat(pid, pid)
+                .is_ok_and(|s| s.start_ticks == start && s.state != 'Z')
+        };
+        let unused: Vec<FileId> = self
+            .targets
+            .iter_mut()
+            .filter_map(|(key, target)| {
+                let users = target.users.as_mut()?;
+                users.retain(alive);
+                users.is_empty().then_some(*key)
+            })
+            .collect();
+        for key in unused {
+            let Some(target) = self.targets.remove(&key) else {
+                continue;
+            };
+            let detached =
+                program::<UProbe>(&mut self.ebpf, names::PROG_PY_FINALIZE).and_then(|uprobe| {
+                    uprobe
+                        .detach(target.link)
+                        .map_err(|e| ProbeError::program(names::PROG_PY_FINALIZE, e))
+                });
+            match detached {
+                Ok(()) => log::info!(
+                    "detached {SYMBOL} probe from {}: no process maps it any more",
+                    printable(&target.name)
+                ),
+                Err(error) => log::warn!("detaching from {}: {error}", printable(&target.name)),
+            }
+        }
+        self.stats
+            .targets
+            .store(self.targets.len(), Ordering::Relaxed);
     }
 }
 
-fn attach(ebpf: &mut Ebpf, path: &Path) -> Result<(), ProbeError> {
-    let uprobe: &mut UProbe = program(ebpf, names::PROG_PY_FINALIZE)?;
-    uprobe
-        .attach(SYMBOL, path, UProbeScope::AllProcesses)
-        .map(drop)
-        .map_err(|e| ProbeError::program(names::PROG_PY_FINALIZE, e))
+enum Refused {
+    /// The file will not qualify later either: remembered.
+    Never(&'static str),
+    /// It may later (a slow read): not remembered.
+    Retry(&'static str),
 }
 
-/// `/proc/PID/root/usr/lib/x.so` reads better as `/usr/lib/x.so (via pid PID)`.
-fn display(path: &Path) -> String {
-    let mut parts = path.components();
-    if let (Some(_), Some(proc), Some(pid), Some(root)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    {
-        if proc.as_os_str() == "proc" && root.as_os_str() == "root" {
-            let pid = pid.as_os_str().to_string_lossy();
-            return format!("/{} (via pid {pid})", parts.as_path().display());
-        }
+/// Whether an opened file may get the probe, and where: the file offset of [`SYMBOL`].
+fn inspect(file: File) -> Result<(File, u64), Refused> {
+    let meta = file.metadata().map_err(|_| Refused::Retry("unreadable"))?;
+    if meta.uid() != 0 {
+        return Err(Refused::Never("untrusted_owner"));
     }
-    path.display().to_string()
+    if meta.mode() & 0o022 != 0 {
+        return Err(Refused::Never("writable"));
+    }
+    if on_fuse(&file) {
+        return Err(Refused::Never("untrusted_fs"));
+    }
+    let elf = Elf::parse(&file).map_err(|error| match error {
+        ElfError::TooBig(_) => Refused::Never("too_big"),
+        ElfError::Io(_) => Refused::Retry("unreadable"),
+        ElfError::NotElf | ElfError::Malformed(_) => Refused::Never("not_elf"),
+    })?;
+    let symbol = match elf.function(SYMBOL) {
+        Ok(Some(symbol)) => symbol,
+        Ok(None) => return Err(Refused::Never("no_symbol")),
+        Err(ElfError::TooBig(_)) => return Err(Refused::Never("too_big")),
+        Err(_) => return Err(Refused::Never("not_elf")),
+    };
+    let offset = elf
+        .file_offset(symbol.address)
+        .ok_or(Refused::Never("not_elf"))?;
+    drop(elf);
+    Ok((file, offset))
+}
+
+/// The identity of `pid`'s executable, as `maps` would give it. `AT_STATX_DONT_SYNC`
+/// keeps a network or FUSE file system out of it: device and inode are in memory.
+fn exe_id(pid: i32) -> Option<FileId> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/exe")).ok()?;
+    // SAFETY: a NUL-terminated path and a zeroed struct that statx fills.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    (rc == 0).then_some(((stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino))
+}
+
+fn on_fuse(file: &File) -> bool {
+    // SAFETY: fstatfs fills the zeroed struct it is given, for a valid open fd.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) };
+    // Unknown is not trusted.
+    rc != 0 || fs.f_type as i64 == FUSE_SUPER_MAGIC
+}
+
+/// Names come from `maps` and file names: whatever a process chose.
+fn printable(name: &str) -> String {
+    name.escape_debug().to_string()
 }

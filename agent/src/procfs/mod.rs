@@ -2,15 +2,20 @@
 //!
 //! Everything here races with the tasks being inspected, which may exit at any
 //! moment; such races surface as [`Error::Gone`] so callers can treat them as normal.
+//! What a process controls (its memory, its arguments, its mappings and the files behind
+//! them) is read bounded in size and, through [`deadline`], in time.
 
+mod deadline;
+mod mapped;
 mod parse;
 
-use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deadline::Deadline;
+pub use mapped::{open_mapping, Refusal, MAX_FILE_BYTES};
 
 /// std has no `ErrorKind` for ESRCH; its value is 3 on every Linux architecture.
 const ESRCH: i32 = 3;
@@ -23,6 +28,13 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
     #[error("cannot parse {path}: {what}")]
     Parse { path: PathBuf, what: String },
+    #[error(
+        "reading the memory or files of process {pid} took longer than {:?}",
+        deadline::DEADLINE
+    )]
+    Timeout { pid: i32 },
+    #[error("refusing {path}: {why}")]
+    Refused { path: PathBuf, why: Refusal },
 }
 
 impl Error {
@@ -30,13 +42,15 @@ impl Error {
         matches!(self, Error::Gone { .. })
     }
 
-    /// A low-cardinality name for metrics: `gone`, `permission`, `parse` or `io`.
+    /// A low-cardinality name for metrics: `gone`, `permission`, `parse`, `timeout` or
+    /// `io`.
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Gone { .. } => "gone",
             Error::Io { source, .. } if is_permission(source) => "permission",
-            Error::Io { .. } => "io",
+            Error::Io { .. } | Error::Refused { .. } => "io",
             Error::Parse { .. } => "parse",
+            Error::Timeout { .. } => "timeout",
         }
     }
 
@@ -52,6 +66,10 @@ fn is_permission(error: &io::Error) -> bool {
 /// How much of a command line is read: enough to recognise a program, bounded whatever
 /// the process put in its arguments (they can be megabytes).
 pub const CMDLINE_MAX_BYTES: usize = 4096;
+
+/// How much of `maps` is read: thousands of mappings, far more than real programs have,
+/// bounded whatever names a process gives its files (each can be 4 KiB long).
+pub const MAPS_MAX_BYTES: usize = 2 << 20;
 
 /// A process's arguments, possibly cut at [`CMDLINE_MAX_BYTES`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,14 +96,29 @@ pub enum Syscall {
     In { nr: i64, args: [u64; 6], sp: u64 },
 }
 
-/// One line of `/proc/PID/maps` that maps a file.
+/// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
     pub end: u64,
+    pub perms: [u8; 4],
     pub offset: u64,
-    /// `None` for anonymous memory, the stack, the heap.
+    /// (major, minor) of the mapped file's device; with `inode`, the file's identity.
+    pub dev: (u32, u32),
+    /// 0 for anonymous memory, the stack, the heap.
+    pub inode: u64,
+    /// The file's name as printed (newlines escaped, " (deleted)" removed): for display
+    /// and for recognising a library by name, never for opening.
     pub path: Option<PathBuf>,
+}
+
+/// A file's identity as `maps` gives it: ((major, minor) device, inode).
+pub type FileId = ((u32, u32), u64);
+
+impl Mapping {
+    pub fn file_id(&self) -> FileId {
+        (self.dev, self.inode)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,9 +149,12 @@ pub enum Access {
     ReadWrite,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Clones share one reader thread for slow reads (see [`deadline`]); independent
+/// users (the scanner, uprobe discovery) should each have their own `ProcFs`.
+#[derive(Debug, Clone)]
 pub struct ProcFs {
     root: PathBuf,
+    deadline: Arc<Deadline>,
 }
 
 impl Default for ProcFs {
@@ -129,11 +165,10 @@ impl Default for ProcFs {
 
 impl ProcFs {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
+        Self {
+            root: root.into(),
+            deadline: Arc::default(),
+        }
     }
 
     pub fn pids(&self) -> Result<Vec<i32>, Error> {
@@ -185,7 +220,9 @@ impl ProcFs {
     /// zombies, which have no user memory to read it from.
     pub fn cmdline(&self, pid: i32) -> Result<Cmdline, Error> {
         let path = self.pid_dir(pid).join("cmdline");
-        let mut bytes = self.read_at_most(pid, &path, CMDLINE_MAX_BYTES + 1)?;
+        let mut bytes = self.bounded(pid, move |_| {
+            read_at_most(pid, &path, CMDLINE_MAX_BYTES + 1)
+        })?;
         let truncated = bytes.len() > CMDLINE_MAX_BYTES;
         bytes.truncate(CMDLINE_MAX_BYTES);
         let bytes = bytes.strip_suffix(b"\0").unwrap_or(&bytes);
@@ -255,11 +292,13 @@ impl ProcFs {
     pub fn memory(&self, pid: i32, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
         use std::os::unix::fs::FileExt;
         let path = self.pid_dir(pid).join("mem");
-        let file = fs::File::open(&path).map_err(|e| gone_or_io(pid, &path, e))?;
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, addr)
-            .map_err(|e| gone_or_io(pid, &path, e))?;
-        Ok(buf)
+        self.bounded(pid, move |_| {
+            let file = fs::File::open(&path).map_err(|e| gone_or_io(pid, &path, e))?;
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, addr)
+                .map_err(|e| gone_or_io(pid, &path, e))?;
+            Ok(buf)
+        })
     }
 
     /// The fds an epoll instance watches, with their event masks.
@@ -268,31 +307,37 @@ impl ProcFs {
         self.parse_file(pid, path, parse::epoll_targets)
     }
 
-    /// Every mapping of the process, in address order.
+    /// The process's mappings in address order, at most [`MAPS_MAX_BYTES`] of them;
+    /// lines that do not parse are left out.
     pub fn mappings(&self, pid: i32) -> Result<Vec<Mapping>, Error> {
         let path = self.pid_dir(pid).join("maps");
-        let maps = self.read(pid, &path)?;
-        maps.split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| {
-                parse::mapping(line).ok_or_else(|| Error::Parse {
-                    path: path.clone(),
-                    what: format!("bad line {:?}", String::from_utf8_lossy(line)),
-                })
-            })
-            .collect()
+        let mut maps = self.bounded(pid, move |_| read_at_most(pid, &path, MAPS_MAX_BYTES))?;
+        if maps.len() == MAPS_MAX_BYTES {
+            // Cut: the last line may be partial.
+            let whole = maps.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+            maps.truncate(whole);
+        }
+        Ok(parse::mappings(&maps))
     }
 
-    /// Files still on disk that the process maps, in first-seen order.
-    pub fn mapped_files(&self, pid: i32) -> Result<Vec<PathBuf>, Error> {
-        let maps = self.read(pid, &self.pid_dir(pid).join("maps"))?;
-        let mut seen = HashSet::new();
-        Ok(maps
-            .split(|&b| b == b'\n')
-            .filter_map(parse::map_path)
-            .map(|path| PathBuf::from(OsStr::from_bytes(path)))
-            .filter(|path| seen.insert(path.clone()))
-            .collect())
+    /// Runs `read` (given the `/proc` root) on a worker thread, and gives up on it after a
+    /// short deadline: for reads that take another process's locks or touch files it
+    /// chose. A process that was slow once has such reads refused for a while.
+    pub fn bounded<T: Send + 'static>(
+        &self,
+        pid: i32,
+        read: impl FnOnce(&Path) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let root = self.root.clone();
+        let start = || self.stat(pid, pid).ok().map(|stat| stat.start_ticks);
+        self.deadline
+            .run(pid, start, move || read(&root))
+            .map_err(|_| Error::Timeout { pid })?
+    }
+
+    /// Bounded reads given up so far (see [`ProcFs::bounded`]).
+    pub fn timeouts(&self) -> u64 {
+        self.deadline.timeouts()
     }
 
     fn pid_dir(&self, pid: i32) -> PathBuf {
@@ -306,16 +351,6 @@ impl ProcFs {
 
     fn read(&self, pid: i32, path: &Path) -> Result<Vec<u8>, Error> {
         fs::read(path).map_err(|e| gone_or_io(pid, path, e))
-    }
-
-    fn read_at_most(&self, pid: i32, path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
-        use std::io::Read;
-        let file = fs::File::open(path).map_err(|e| gone_or_io(pid, path, e))?;
-        let mut bytes = Vec::new();
-        file.take(limit as u64)
-            .read_to_end(&mut bytes)
-            .map_err(|e| gone_or_io(pid, path, e))?;
-        Ok(bytes)
     }
 
     fn read_text(&self, pid: i32, path: &Path) -> Result<String, Error> {
@@ -354,6 +389,16 @@ fn gone_or_io(pid: i32, path: &Path, source: io::Error) -> Error {
             source,
         }
     }
+}
+
+fn read_at_most(pid: i32, path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let file = fs::File::open(path).map_err(|e| gone_or_io(pid, path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| gone_or_io(pid, path, e))?;
+    Ok(bytes)
 }
 
 fn numeric_entries(dir: &Path) -> io::Result<Vec<i32>> {
@@ -492,14 +537,24 @@ mod tests {
     }
 
     #[test]
-    fn mapped_files_are_unique_and_exist() {
-        let files = fixture().mapped_files(100).unwrap();
+    fn mappings_name_files_by_device_and_inode() {
+        let maps = fixture().mappings(100).unwrap();
+        assert_eq!(maps.len(), 11);
+        let files: Vec<(u64, &str)> = maps
+            .iter()
+            .filter_map(|m| Some((m.inode, m.path.as_deref()?.to_str()?)))
+            .collect();
         let expected = [
-            "/usr/bin/app",
-            "/usr/lib/libc.so.6",
-            "/opt/my app/plugin.so",
+            (247030, "/usr/bin/app"),
+            (247030, "/usr/bin/app"),
+            (326279, "/usr/lib/libc.so.6"),
+            (326279, "/usr/lib/libc.so.6"),
+            (1234, "/memfd:shm"),
+            (555, "/opt/my app/plugin.so"),
+            (247030, "/usr/bin/app"),
         ];
-        assert_eq!(files, expected.map(PathBuf::from));
+        assert_eq!(files, expected);
+        assert_eq!(maps[0].dev, (0xfe, 0));
     }
 
     #[test]
@@ -512,7 +567,7 @@ mod tests {
         assert!(proc.wchan(300, 300).unwrap_err().is_gone());
         assert!(proc.cmdline(300).unwrap_err().is_gone());
         assert!(proc.pipe_fds(300).unwrap_err().is_gone());
-        assert!(proc.mapped_files(300).unwrap_err().is_gone());
+        assert!(proc.mappings(300).unwrap_err().is_gone());
     }
 
     fn nix_pipe() -> (i32, i32) {
@@ -550,7 +605,7 @@ mod tests {
             libc::close(read);
             libc::close(write);
         }
-        assert!(!proc.mapped_files(pid).unwrap().is_empty());
+        assert!(proc.mappings(pid).unwrap().iter().any(|m| m.path.is_some()));
     }
 
     #[cfg(target_arch = "x86_64")]

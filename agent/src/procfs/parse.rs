@@ -135,33 +135,59 @@ pub(super) fn fd_target(link: &Path) -> FdTarget {
         .map_or_else(|| FdTarget::Other(text.into_owned()), FdTarget::Pipe)
 }
 
-/// The file path of one `maps` line, if the mapping is backed by a file that
-/// still exists. Bytes rather than `str` because paths need not be UTF-8.
-/// `start-end perms offset dev inode [path]`.
+/// One `maps` line: `start-end perms offset major:minor inode [name]`. Bytes rather than
+/// `str`: names need not be UTF-8, and the kernel escapes only the newline (as `\012`),
+/// so a name says nothing reliable about where the file is. It is kept for display and
+/// for recognising libraries by name, never for opening.
 pub(super) fn mapping(line: &[u8]) -> Option<Mapping> {
-    let text = std::str::from_utf8(line).ok()?;
-    let mut fields = text.split_ascii_whitespace();
-    let (start, end) = fields.next()?.split_once('-')?;
-    let offset = fields.nth(1)?;
+    let mut rest = line;
+    let mut field = || {
+        let end = rest.iter().position(|&b| b == b' ')?;
+        let (word, tail) = rest.split_at(end);
+        rest = &tail[1..];
+        Some(word)
+    };
+    let (start, end) = split_once(field()?, b'-')?;
+    let perms: [u8; 4] = field()?.try_into().ok()?;
+    let offset = hex_bytes(field()?)?;
+    let (major, minor) = split_once(field()?, b':')?;
+    let inode = std::str::from_utf8(field()?).ok()?.parse().ok()?;
+    let (start, end) = (hex_bytes(start)?, hex_bytes(end)?);
+    if start >= end {
+        return None;
+    }
+    let name = rest.trim_ascii_start();
+    let name = name.strip_suffix(b" (deleted)").unwrap_or(name);
     Some(Mapping {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        offset: u64::from_str_radix(offset, 16).ok()?,
-        path: map_path(line).map(|p| PathBuf::from(OsStr::from_bytes(p))),
+        start,
+        end,
+        perms,
+        offset,
+        dev: (
+            u32::try_from(hex_bytes(major)?).ok()?,
+            u32::try_from(hex_bytes(minor)?).ok()?,
+        ),
+        inode,
+        path: (inode != 0 && name.starts_with(b"/"))
+            .then(|| PathBuf::from(OsStr::from_bytes(name))),
     })
 }
 
-pub(super) fn map_path(line: &[u8]) -> Option<&[u8]> {
-    // address, perms, offset, dev, inode; the path is the rest after padding
-    // and may contain spaces.
-    let mut rest = line;
-    for _ in 0..5 {
-        rest = rest.trim_ascii_start();
-        let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
-        rest = &rest[end..];
+/// Every well-formed line of a `maps` file; a malformed one is skipped, not fatal.
+pub(super) fn mappings(maps: &[u8]) -> Vec<Mapping> {
+    maps.split(|&b| b == b'\n').filter_map(mapping).collect()
+}
+
+fn split_once(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
+    let at = bytes.iter().position(|&b| b == separator)?;
+    Some((&bytes[..at], &bytes[at + 1..]))
+}
+
+fn hex_bytes(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
     }
-    let path = rest.trim_ascii_start();
-    (path.starts_with(b"/") && !path.ends_with(b" (deleted)")).then_some(path)
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 #[cfg(test)]
@@ -169,20 +195,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mappings_keep_addresses_offsets_and_paths() {
-        let line = b"7f8595a8f000-7f8595be5000 r-xp 00026000 fe:00 326279    /usr/lib/libc.so.6";
+    fn mappings_keep_addresses_offsets_devices_and_names() {
+        let line = b"7f8595a8f000-7f8595be5000 r-xp 00026000 fe:01 326279    /usr/lib/libc.so.6";
         assert_eq!(
             mapping(line),
             Some(Mapping {
                 start: 0x7f85_95a8_f000,
                 end: 0x7f85_95be_5000,
+                perms: *b"r-xp",
                 offset: 0x26000,
+                dev: (0xfe, 1),
+                inode: 326_279,
                 path: Some(PathBuf::from("/usr/lib/libc.so.6")),
             })
         );
         let stack = b"7ffd0000-7ffd2000 rw-p 00000000 00:00 0                  [stack]";
         assert_eq!(mapping(stack).map(|m| m.path), Some(None));
-        assert_eq!(mapping(b"zz-1 r-xp 0 0:0 0"), None);
+        let anonymous = b"7f42b4ca6000-7f42b4cc8000 rw-p 00000000 00:00 0 ";
+        assert_eq!(mapping(anonymous).map(|m| m.inode), Some(0));
+    }
+
+    #[test]
+    fn mapping_names_are_bytes_and_never_unescaped() {
+        let odd = b"1000-2000 r--p 00000000 08:02 77   /tmp/x/\xff\xfe libc.so.6 (deleted)";
+        let parsed = mapping(odd).expect("a non-UTF-8 name is still a mapping");
+        let name = parsed.path.expect("a file mapping");
+        assert_eq!(name.as_os_str().as_bytes(), b"/tmp/x/\xff\xfe libc.so.6");
+        // A newline in a name is printed as \012: the name keeps the escape as printed,
+        // which is why no name from here is ever opened.
+        let escaped = b"1000-2000 r--p 00000000 08:02 78   /tmp/x/libc.so.6\\012X";
+        let name = mapping(escaped)
+            .and_then(|m| m.path)
+            .expect("a file mapping");
+        assert_eq!(name.as_os_str().as_bytes(), b"/tmp/x/libc.so.6\\012X");
+    }
+
+    #[test]
+    fn bad_maps_lines_are_skipped_not_fatal() {
+        let maps = b"1000-2000 r--p 00000000 08:02 77   /usr/lib/libc.so.6\n\
+            zz-1 r-xp 0 0:0 0\n\
+            3000-2000 r--p 00000000 08:02 77   /backwards\n\
+            4000-5000 r--p 00000000 08:02\n\
+            4000-5000 r--p 00000000 0802 5 /no-minor\n\
+            \xff\xff garbage\n\
+            \n\
+            6000-7000 r-xp 00001000 08:02 79   /usr/bin/\xffpython\n";
+        let starts: Vec<u64> = mappings(maps).iter().map(|m| m.start).collect();
+        assert_eq!(starts, [0x1000, 0x6000]);
     }
 
     #[test]

@@ -2,26 +2,24 @@
 //! that blocks inside `exit()` (in an `atexit` handler or a static destructor) has a
 //! return address into libc's `exit` on its stack. Only threads already stuck past the
 //! threshold are looked at, and each wait only once.
-use std::{
-    collections::BTreeMap,
-    ops::Range,
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+use std::{collections::BTreeMap, ops::Range, path::Path};
+
+use crate::{
+    elf::Elf,
+    procfs::{open_mapping, FileId, Mapping, ProcFs},
 };
-
-use object::{Object, ObjectSegment, ObjectSymbol};
-
-use crate::procfs::{Mapping, ProcFs};
 
 /// How much of a stack above its pointer is searched: exit handlers sit near the top of
 /// a short call chain.
 const STACK_WINDOW: u64 = 64 * 1024;
+/// Distinct libc files remembered; any process can make more (a file named libc.so.6).
+const MAX_LIBCS: usize = 256;
 
 #[derive(Default)]
 pub struct ExitStacks {
-    /// `exit`'s address range relative to the library's load base, per libc file
-    /// (device, inode); `None` where the file has no such symbol.
-    exit_ranges: BTreeMap<(u64, u64), Option<Range<u64>>>,
+    /// `exit`'s address range relative to the library's load base, per libc file;
+    /// `None` where the file has no such symbol or cannot be read.
+    exit_ranges: BTreeMap<FileId, Option<Range<u64>>>,
     /// Verdicts per waiting thread, valid while the same wait (same start) lasts.
     verdicts: BTreeMap<(i32, i32), (u64, bool)>,
 }
@@ -57,14 +55,7 @@ impl ExitStacks {
         let maps = procfs.mappings(pid).ok()?;
         let libc = maps.iter().find(|m| m.offset == 0 && is_libc(m))?;
         let stack = maps.iter().find(|m| m.start <= sp && sp < m.end)?;
-        // The library is opened through the process's root: it may be a container's.
-        let file = in_root(procfs, pid, libc.path.as_deref()?);
-        let meta = std::fs::metadata(&file).ok()?;
-        let range = self
-            .exit_ranges
-            .entry((meta.dev(), meta.ino()))
-            .or_insert_with(|| exit_range(&file))
-            .clone()?;
+        let range = self.exit_range(procfs, pid, libc)?;
         let (low, high) = (libc.start + range.start, libc.start + range.end);
         let length = (stack.end - sp).min(STACK_WINDOW) as usize;
         let words = procfs.memory(pid, sp, length).ok()?;
@@ -77,6 +68,27 @@ impl ExitStacks {
             (low..=high).contains(&value)
         }))
     }
+
+    /// From the cache, else from the file behind the mapping (a timeout or a mapping
+    /// that changed is not remembered: the next wait tries again).
+    fn exit_range(&mut self, procfs: &ProcFs, pid: i32, libc: &Mapping) -> Option<Range<u64>> {
+        let key = libc.file_id();
+        if let Some(range) = self.exit_ranges.get(&key) {
+            return range.clone();
+        }
+        let mapping = libc.clone();
+        let range = procfs
+            .bounded(pid, move |root| {
+                let (file, _) = open_mapping(root, pid, &mapping)?;
+                Ok(exit_range(&file))
+            })
+            .ok()?;
+        if self.exit_ranges.len() >= MAX_LIBCS {
+            self.exit_ranges.clear();
+        }
+        self.exit_ranges.insert(key, range.clone());
+        range
+    }
 }
 
 fn is_libc(mapping: &Mapping) -> bool {
@@ -88,23 +100,15 @@ fn is_libc(mapping: &Mapping) -> bool {
         .is_some_and(|name| name.starts_with("libc.so") || name.starts_with("libc-"))
 }
 
-fn in_root(procfs: &ProcFs, pid: i32, path: &Path) -> PathBuf {
-    procfs
-        .root()
-        .join(pid.to_string())
-        .join("root")
-        .join(path.strip_prefix("/").unwrap_or(path))
-}
-
-/// `exit`'s range from the dynamic symbol table, relative to the lowest loaded address
-/// (where the mapping at file offset 0 starts).
-fn exit_range(file: &Path) -> Option<Range<u64>> {
-    let data = std::fs::read(file).ok()?;
-    let elf = object::File::parse(&*data).ok()?;
-    let base = elf.segments().map(|s| s.address()).min()? & !0xfff;
-    let exit = elf
-        .dynamic_symbols()
-        .find(|symbol| symbol.name() == Ok("exit") && symbol.size() > 0)?;
-    let start = exit.address().checked_sub(base)?;
-    Some(start..start + exit.size())
+/// `exit`'s range from the symbol tables, relative to the lowest loaded address (where
+/// the mapping at file offset 0 starts).
+fn exit_range(file: &std::fs::File) -> Option<Range<u64>> {
+    let elf = Elf::parse(file).ok()?;
+    let base = elf.load_base()?;
+    let exit = elf.function("exit").ok()??;
+    if exit.size == 0 {
+        return None;
+    }
+    let start = exit.address.checked_sub(base)?;
+    Some(start..start.checked_add(exit.size)?)
 }

@@ -17,6 +17,8 @@ use serde_json::Value;
 
 pub const HANG_AFTER: Duration = Duration::from_secs(2);
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+/// The agent's memory bound under attack (the DaemonSet's request).
+pub const MAX_PEAK_RSS: u64 = 64 * 1024 * 1024;
 
 /// Privileged tests never skip: without root they fail and say why.
 pub fn require_root() {
@@ -87,16 +89,25 @@ impl Agent {
         self.child.id() as i32
     }
 
-    /// The agent's peak resident memory so far (`VmHWM`).
-    pub fn peak_rss_bytes(&self) -> u64 {
+    /// Panics unless the agent's peak resident memory so far (`VmHWM`) is within
+    /// [`MAX_PEAK_RSS`]; prints it for the record.
+    pub fn assert_peak_rss_bounded(&self) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .unwrap_or_else(|e| panic!("reading the agent's status: {e}\n{}", self.log()));
-        status
+        let peak = status
             .lines()
             .find_map(|line| line.strip_prefix("VmHWM:"))
             .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kib| kib * 1024)
-            .unwrap_or_else(|| panic!("no VmHWM in the agent's status:\n{status}"))
+            .unwrap_or_else(|| panic!("no VmHWM in the agent's status:\n{status}"));
+        eprintln!("agent peak RSS: {:.1} MiB", peak as f64 / 1048576.0);
+        assert!(
+            peak <= MAX_PEAK_RSS,
+            "agent peak RSS {} MiB > {} MiB\n{}",
+            peak >> 20,
+            MAX_PEAK_RSS >> 20,
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -322,7 +333,8 @@ pub fn python() -> PathBuf {
     }
 }
 
-fn compile_c(source: &str) -> PathBuf {
+/// `source` (in the programs directory) built once per test binary; the binary's path.
+pub fn compile_c(source: &str) -> PathBuf {
     let out_dir = std::env::temp_dir().join(format!("exitwatch-tests-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).expect("creating the C build directory");
     let binary = out_dir.join(source.trim_end_matches(".c"));
