@@ -2,12 +2,11 @@
 //! before the agent, `explain` without an agent, and `incidents` against a live one.
 mod common;
 
-use std::{
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{path::Path, process::Output, time::Duration};
 
-use common::{exitwatch, involves, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
+use common::{
+    as_nobody, exitwatch, involves, pipe_inode, require_root, Agent, Subject, HANG_AFTER,
+};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -41,14 +40,7 @@ fn bad_flags_are_named() {
 #[test]
 fn without_privileges_the_agent_says_which_are_missing() {
     require_root();
-    let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(env!("CARGO_BIN_EXE_exitwatch"))
+    let output = as_nobody(Path::new(env!("CARGO_BIN_EXE_exitwatch")))
         .args(["run", "--listen", "127.0.0.1:0"])
         .output()
         .expect("running setpriv (util-linux)");
@@ -108,9 +100,7 @@ fn explain_needs_no_agent() {
 #[test]
 fn explain_names_a_permission_error_as_such() {
     require_root();
-    let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_exitwatch"))
+    let output = as_nobody(Path::new(env!("CARGO_BIN_EXE_exitwatch")))
         .args(["explain", "1"])
         .output()
         .expect("running setpriv (util-linux)");

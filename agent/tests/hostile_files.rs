@@ -10,19 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{compile_c, involves, programs_dir, Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
+use common::{
+    as_nobody, compile_c, involves, programs_dir, Agent, Subject, HANG_AFTER, SCAN_INTERVAL,
+};
 
 const NOBODY: u32 = 65534;
 const SLACK: Duration = Duration::from_secs(3);
-
-/// `command` run as nobody, with no supplementary groups.
-fn as_nobody(program: &Path) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(program);
-    command
-}
 
 /// A directory the attacker may write in (the test's own temporary directory is
 /// root's and private).

@@ -197,6 +197,21 @@ impl Drop for Agent {
     }
 }
 
+/// `program` to be run as `nobody`, with no supplementary groups and no capabilities.
+pub fn as_nobody(program: &Path) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(program);
+    command
+}
+
 /// Runs the exitwatch binary with `args` (no agent) and collects its output.
 pub fn exitwatch(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_exitwatch"))
