@@ -61,6 +61,7 @@ pub struct Metrics {
     scan_errors: IntCounterVec,
     uprobe_targets: IntGauge,
     last_scan: Gauge,
+    http_rejected: IntCounter,
     wait_durations: WaitDurations,
     process: ProcessMetrics,
 }
@@ -168,6 +169,10 @@ impl Metrics {
                 "exitwatch_last_scan_timestamp_seconds",
                 "Unix time of the last completed scan.",
             )?,
+            http_rejected: IntCounter::new(
+                "exitwatch_http_connections_rejected_total",
+                "HTTP connections closed at once because --web-max-connections were open.",
+            )?,
             wait_durations: WaitDurations::new()?,
             process: ProcessMetrics::new()?,
             registry,
@@ -220,6 +225,7 @@ impl Metrics {
             Box::new(metrics.scan_errors.clone()),
             Box::new(metrics.uprobe_targets.clone()),
             Box::new(metrics.last_scan.clone()),
+            Box::new(metrics.http_rejected.clone()),
             Box::new(metrics.wait_durations.clone()),
         ];
         for collector in collectors {
@@ -243,6 +249,10 @@ impl Metrics {
 
     pub fn exit_phase_entered(&self, reason: &str) {
         self.exit_phase_entries.with_label_values(&[reason]).inc();
+    }
+
+    pub fn http_connection_rejected(&self) {
+        self.http_rejected.inc();
     }
 
     pub fn scan_failed(&self) {
