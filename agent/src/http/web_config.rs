@@ -255,6 +255,23 @@ mod tests {
     }
 
     #[test]
+    fn the_deploy_example_is_a_valid_config() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/web-config.yml");
+        let text = std::fs::read_to_string(&example).expect("reading deploy/web-config.yml");
+        let parsed: File = serde_saphyr::from_str(&text).expect("the example parses");
+        let hash = &parsed.basic_auth_users["prometheus"];
+        assert_eq!(bcrypt::verify("change-me", hash).ok(), Some(true));
+        // Only the certificate it names is missing here.
+        let error = WebConfig::load(&example).err().map(|e| e.to_string());
+        assert!(
+            error
+                .as_ref()
+                .is_some_and(|e| e.contains("`cert_file`") && e.contains("exitwatch.crt")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
     fn tls_versions() {
         assert_eq!(protocol_versions(None, None).expect("default").len(), 2);
         assert_eq!(

@@ -1,0 +1,418 @@
+//! The HTTP port as an attacker meets it: slow and idle clients against a small
+//! open-file limit, SIGTERM with a request half sent, TLS and basic auth, and bad web
+//! config files. Real agent, real probes, real deadlocks; needs root, never skips.
+mod common;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::TcpStream,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{involves, Agent, Setup, Subject, TlsFixture, HANG_AFTER};
+
+/// The agent's header-read timeout, and how late a disconnect may come after it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const SLACK: Duration = Duration::from_secs(3);
+
+fn address(agent: &Agent) -> String {
+    let (_, address) = agent
+        .url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("agent URL {} has no scheme", agent.url));
+    address.to_string()
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"))
+}
+
+/// Whether the peer closed the connection (EOF or reset, after any last words).
+fn closed_by_peer(mut stream: &TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("setting a read timeout");
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Largest descriptor count of `pid` seen until `stop` is set.
+fn watch_fds(pid: i32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(Ordering::Relaxed) {
+            peak = peak.max(open_fds(pid));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    })
+}
+
+#[test]
+fn slow_and_idle_clients_neither_stall_the_agent_nor_exhaust_its_descriptors() {
+    // The limit of the field report: 110 held connections stalled a 128-fd agent.
+    const OPEN_FILES: u64 = 128;
+    let agent = Agent::start_setup(Setup {
+        open_files: Some(OPEN_FILES),
+        ..Setup::default()
+    });
+    let pid = agent.pid();
+    assert!(
+        agent
+            .log()
+            .contains("--web-max-connections 256 lowered to 32"),
+        "the agent did not fit its connection cap to 128 descriptors:\n{}",
+        agent.log()
+    );
+    let idle_fds = open_fds(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let fds = watch_fds(pid, stop.clone());
+
+    // 60 slow clients trickle a request line; 300 more connect and send nothing.
+    let target = address(&agent);
+    let attack_started = Instant::now();
+    let slow: Vec<TcpStream> = (0..60)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&target).expect("connecting a slow client");
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+            stream
+        })
+        .collect();
+    let held: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&target).expect("connecting an idle client"))
+        .collect();
+    let trickling = Arc::new(AtomicBool::new(true));
+    let trickled = Arc::new(AtomicUsize::new(0));
+    let trickle = {
+        let streams: Vec<TcpStream> = slow
+            .iter()
+            .map(|s| s.try_clone().expect("cloning a slow client"))
+            .collect();
+        let (trickling, trickled) = (trickling.clone(), trickled.clone());
+        std::thread::spawn(move || {
+            while trickling.load(Ordering::Relaxed) {
+                for mut stream in &streams {
+                    if stream.write_all(b"a").is_ok() {
+                        trickled.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+
+    // A new deadlock while the port is under attack.
+    let subject = Subject::python("seed_pipe_deadlock.py", &[]);
+    let parent = subject.pid("parent");
+    let hang_started = Instant::now();
+
+    // A scraper with a fresh connection gets through once the held slots time out.
+    let metrics = loop {
+        if let Some(text) = agent.get("/metrics") {
+            break text;
+        }
+        assert!(
+            attack_started.elapsed() < HEADER_READ_TIMEOUT + SLACK,
+            "/metrics did not answer within {:?} of the attack:\n{}",
+            HEADER_READ_TIMEOUT + SLACK,
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let answered_after = attack_started.elapsed();
+    let rejected: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("exitwatch_http_connections_rejected_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rejected-connection counter in /metrics:\n{metrics}"));
+    assert!(
+        rejected >= 300.0,
+        "360 connections against 32 slots, {rejected} rejected"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("all 32 slots are taken (--web-max-connections)"),
+        "no warning about refused connections:\n{}",
+        agent.log()
+    );
+
+    // The scanner was never starved of descriptors: the deadlock is found in time.
+    let found_within = HANG_AFTER + SLACK;
+    let incident = loop {
+        let found = agent.get("/api/v1/incidents").and_then(|body| {
+            let parsed: serde_json::Value = serde_json::from_str(&body).ok()?;
+            parsed["incidents"]
+                .as_array()?
+                .iter()
+                .find(|i| i["kind"] == "pipe_deadlock" && involves(i, parent))
+                .cloned()
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            hang_started.elapsed() < HEADER_READ_TIMEOUT + found_within,
+            "the pipe deadlock of pid {parent} was not found during the attack:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // Every slow client is cut off after the header timeout, trickle or not.
+    let cut_off_by = HEADER_READ_TIMEOUT + SLACK;
+    std::thread::sleep(cut_off_by.saturating_sub(attack_started.elapsed()));
+    trickling.store(false, Ordering::Relaxed);
+    trickle.join().expect("the trickling thread");
+    let still_open = slow.iter().filter(|stream| !closed_by_peer(stream)).count();
+    assert_eq!(
+        still_open, 0,
+        "{still_open} of 60 slow clients still connected {cut_off_by:?} after they began"
+    );
+    assert!(
+        trickled.load(Ordering::Relaxed) > 60,
+        "the slow clients never trickled"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let peak_fds = fds.join().expect("the descriptor watcher");
+    let peak_rss = peak_rss_kib(pid);
+    eprintln!(
+        "slow-client attack: /metrics answered after {:.1} s; deadlock {} detected; \
+         {rejected} connections rejected; descriptors {idle_fds} idle, {peak_fds} at peak \
+         (limit {OPEN_FILES}); peak RSS {peak_rss} KiB",
+        answered_after.as_secs_f64(),
+        incident["detected_at"],
+    );
+    assert!(
+        (peak_fds as u64) < OPEN_FILES - 16,
+        "the agent's descriptors reached {peak_fds} of {OPEN_FILES}"
+    );
+    assert!(
+        peak_rss <= 64 * 1024,
+        "peak RSS {peak_rss} KiB during the attack"
+    );
+    drop(held);
+}
+
+#[test]
+fn sigterm_with_a_half_sent_request_exits_within_five_seconds() {
+    let agent = Agent::start();
+    let pid = agent.pid();
+    let mut half = TcpStream::connect(address(&agent)).expect("connecting");
+    half.write_all(b"GET /metr")
+        .expect("sending half a request");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let (status, log) = agent.terminate();
+    let took = started.elapsed();
+    eprintln!(
+        "shutdown with a half-sent request took {:.2} s",
+        took.as_secs_f64()
+    );
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} to exit:\n{log}"
+    );
+    assert!(
+        log.contains("cutting 1 HTTP connection(s)"),
+        "the cut connection is not logged:\n{log}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} is still there"
+    );
+    // Its probes went with it: a new agent loads its own and finds a deadlock.
+    let next = Agent::start();
+    let subject = Subject::python("seed_pipe_deadlock.py", &[]);
+    let parent = subject.pid("parent");
+    next.wait_for(HANG_AFTER + SLACK, "for the new deadlock", |i| {
+        involves(i, parent)
+    });
+}
+
+#[test]
+fn port_zero_logs_and_serves_the_bound_port() {
+    let agent = Agent::start();
+    let port: u16 = address(&agent)
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {}", agent.url));
+    assert_ne!(port, 0, "{}", agent.log());
+    let page = agent.get("/").expect("the status page on the logged port");
+    assert!(page.contains("exitwatch"), "{page}");
+    assert_eq!(agent.get("/healthz").as_deref(), Some("ok\n"));
+}
+
+#[test]
+fn requests_with_bodies_or_other_methods_are_refused() {
+    let agent = Agent::start();
+    let ask = |request: &[u8]| {
+        let mut stream = TcpStream::connect(address(&agent)).expect("connecting");
+        stream.write_all(request).expect("sending");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    let post = ask(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    let body = ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+    assert!(body.starts_with("HTTP/1.1 413"), "{body}");
+    let huge_header = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let huge = ask(huge_header.as_bytes());
+    assert!(
+        huge.is_empty() || huge.starts_with("HTTP/1.1 431"),
+        "a 64 KiB header was served: {}",
+        &huge[..huge.len().min(200)]
+    );
+}
+
+#[test]
+fn tls_and_basic_auth_from_an_exporter_toolkit_web_config() {
+    let tls = TlsFixture::new();
+    let agent = tls.agent();
+    assert!(agent.url.starts_with("https://"), "{}", agent.url);
+
+    let plain = ureq::get(&format!("http://{}/healthz", address(&agent)))
+        .timeout(Duration::from_secs(5))
+        .call();
+    assert!(
+        plain.is_err(),
+        "plain HTTP was answered on the TLS port: {plain:?}"
+    );
+
+    let status = |credentials: Option<(&str, &str)>| {
+        agent
+            .request("/metrics", credentials)
+            .unwrap_or_else(|e| panic!("https request failed: {e}\n{}", agent.log()))
+    };
+    let anonymous = status(None);
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous
+            .header("WWW-Authenticate")
+            .is_some_and(|h| h.starts_with("Basic")),
+        "401 without a Basic challenge"
+    );
+    assert_eq!(status(Some((&tls.user, "wrong"))).status(), 401);
+    assert_eq!(status(Some(("intruder", &tls.password))).status(), 401);
+    for _ in 0..2 {
+        let allowed = status(Some((&tls.user, &tls.password)));
+        assert_eq!(allowed.status(), 200);
+        let text = allowed.into_string().expect("the metrics text");
+        assert!(text.contains("exitwatch_build_info"), "{text}");
+    }
+    let health = agent.request("/healthz", None).expect("GET /healthz");
+    assert_eq!(health.status(), 200, "liveness probes need /healthz bare");
+    assert_eq!(
+        agent
+            .request("/api/v1/incidents", None)
+            .expect("GET /api/v1/incidents")
+            .status(),
+        401
+    );
+
+    let cli = |password: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_exitwatch"));
+        command
+            .args(["incidents", "--agent", &agent.url, "--ca-file"])
+            .arg(tls.ca_file())
+            .args(["--user", &tls.user]);
+        match password {
+            Some(password) => command.env("EXITWATCH_AGENT_PASSWORD", password),
+            None => command.env_remove("EXITWATCH_AGENT_PASSWORD"),
+        };
+        command.output().expect("running exitwatch incidents")
+    };
+    let table = cli(Some(&tls.password));
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("no incidents"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    let refused = cli(Some("wrong"));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let no_password = cli(None);
+    assert!(
+        String::from_utf8_lossy(&no_password.stderr).contains("EXITWATCH_AGENT_PASSWORD"),
+        "{}",
+        String::from_utf8_lossy(&no_password.stderr)
+    );
+}
+
+#[test]
+fn a_bad_web_config_file_stops_start_up_and_names_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        ("unknown-key.yml", "tls_server_config:\n  cert: x\n", "cert"),
+        ("not-yaml.yml", "basic_auth_users: [\n", "not-yaml.yml"),
+        (
+            "no-cert.yml",
+            "tls_server_config:\n  cert_file: missing.pem\n  key_file: missing.key\n",
+            "cert_file",
+        ),
+        (
+            "plain-password.yml",
+            "basic_auth_users:\n  alice: hunter2\n",
+            "not a bcrypt hash",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("writing the config");
+        let output = Command::new(env!("CARGO_BIN_EXE_exitwatch"))
+            .args(["run", "--listen", "127.0.0.1:0", "--web-config-file"])
+            .arg(&file)
+            .output()
+            .expect("running exitwatch");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+}
