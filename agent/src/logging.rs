@@ -4,6 +4,8 @@ use std::io::Write;
 use clap::ValueEnum;
 use log::{LevelFilter, Log, Metadata, Record};
 
+use crate::text::printable;
+
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Format {
     #[default]
@@ -41,7 +43,12 @@ impl Log for Logger {
         }
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         let line = match self.format {
-            Format::Text => format!("{ts} {:<5} {}\n", record.level(), record.args()),
+            // Messages quote comms and command lines, which other users choose.
+            Format::Text => format!(
+                "{ts} {:<5} {}\n",
+                record.level(),
+                printable(&record.args().to_string())
+            ),
             Format::Json => format!(
                 "{}\n",
                 serde_json::json!({

@@ -10,6 +10,7 @@ mod metrics;
 mod probes;
 mod procfs;
 mod scan;
+mod text;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 

@@ -7,7 +7,8 @@ use crate::{
     clock::monotonic_ns,
     graph::{analyze, Process, Snapshot},
     procfs::ProcFs,
-    scan::{blocked_from_proc, collect, ExitStacks, KernelView},
+    scan::{blocked_from_proc, collect, ExitStacks, KernelView, Options},
+    text::printable,
 };
 
 pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
@@ -24,7 +25,10 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
         &procfs,
         &kernel,
         now,
-        hang_after.as_nanos() as u64,
+        Options {
+            hang_after_ns: hang_after.as_nanos() as u64,
+            cmdlines: true,
+        },
         &[pid],
         &mut ExitStacks::default(),
     );
@@ -51,7 +55,11 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
         );
     }
     for finding in findings {
-        println!("\n{}: {}", finding.kind.as_str(), finding.summary);
+        println!(
+            "\n{}: {}",
+            finding.kind.as_str(),
+            printable(&finding.summary)
+        );
     }
     Ok(())
 }
@@ -59,7 +67,7 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
 fn describe(snapshot: &Snapshot, process: &Process) -> String {
     let mut out = format!(
         "{} (pid {}, parent {}): {} thread(s)\n",
-        process.comm,
+        printable(&process.comm),
         process.pid,
         process.ppid,
         process.threads.len()

@@ -12,7 +12,10 @@ use clap::Args;
 use rustls::{pki_types::pem::PemObject, pki_types::CertificateDer, RootCertStore};
 use serde::Deserialize;
 
-use crate::incidents::{Incident, State};
+use crate::{
+    incidents::{Incident, State},
+    text::printable,
+};
 
 /// The basic auth password comes from here, never from the command line (which every
 /// local user can read in /proc).
@@ -130,7 +133,7 @@ fn table(incidents: &[Incident]) -> String {
                 state,
                 pids.join(","),
                 i.started_at.clone(),
-                i.summary.clone(),
+                printable(&i.summary).into_owned(),
             ]
         })
         .collect();

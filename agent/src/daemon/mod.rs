@@ -31,8 +31,8 @@ pub struct Config {
     /// A wait counts as hung once it lasts this long without progress.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub hang_after: Duration,
-    /// How often blocked threads are verified and incidents updated.
-    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    /// How often blocked threads are verified and incidents updated (at least 100ms).
+    #[arg(long, default_value = "1s", value_parser = parse_scan_interval)]
     pub scan_interval: Duration,
     #[arg(long, value_enum, default_value_t = logging::Format::Text)]
     pub log_format: logging::Format,
@@ -41,6 +41,10 @@ pub struct Config {
     /// BPF program on the host pay two clock reads per run.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Leave command lines out of incidents entirely (by default they are kept with
+    /// secret-looking values redacted, cut at 4 KiB).
+    #[arg(long)]
+    pub no_cmdlines: bool,
     /// TLS and basic auth, in the Prometheus exporter-toolkit format (the file
     /// node_exporter's --web.config.file reads).
     #[arg(long, value_name = "PATH")]
@@ -49,6 +53,20 @@ pub struct Config {
     /// when the open-file limit cannot hold them next to the agent's own descriptors.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub web_max_connections: u32,
+}
+
+/// Scans walk `/proc`; shorter intervals than this buy no earlier detection worth a core.
+const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+fn parse_scan_interval(text: &str) -> Result<Duration, String> {
+    let interval = crate::parse_duration(text)?;
+    if interval < MIN_SCAN_INTERVAL {
+        return Err(format!(
+            "must be at least {} (each scan reads /proc)",
+            humantime::format_duration(MIN_SCAN_INTERVAL)
+        ));
+    }
+    Ok(interval)
 }
 
 /// State shared by the scanner, the event loop and the HTTP handlers.
@@ -129,7 +147,7 @@ async fn serve(config: Config) -> Result<()> {
         config: config.clone(),
         procfs,
         probes: Mutex::new(probes),
-        store: Mutex::new(Store::default()),
+        store: Mutex::new(Store::starting_at(first_incident_id())),
         exit_stacks: Mutex::new(ExitStacks::default()),
         metrics: Metrics::new().context("registering metrics")?,
         health: Health::new(config.scan_interval),
@@ -151,6 +169,14 @@ async fn serve(config: Config) -> Result<()> {
     // still running holds one; then the process exit closes them).
     drop(shared);
     Ok(())
+}
+
+/// The agent's start time in milliseconds: later starts number their incidents above
+/// everything an earlier run could have opened.
+fn first_incident_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_millis() as u64)
 }
 
 async fn shutdown_signal() {

@@ -2,7 +2,11 @@
 use std::{sync::Arc, time::Instant};
 
 use super::Shared;
-use crate::{clock::Clock, graph::analyze, scan::collect};
+use crate::{
+    clock::Clock,
+    graph::analyze,
+    scan::{collect, Options},
+};
 
 pub async fn run(shared: Arc<Shared>) {
     let mut ticks = tokio::time::interval(shared.config.scan_interval);
@@ -20,13 +24,16 @@ pub async fn run(shared: Arc<Shared>) {
 fn scan_once(shared: &Shared) {
     let started = Instant::now();
     let clock = Clock::now();
-    let hang_after_ns = shared.config.hang_after.as_nanos() as u64;
+    let options = Options {
+        hang_after_ns: shared.config.hang_after.as_nanos() as u64,
+        cmdlines: !shared.config.no_cmdlines,
+    };
     let view = shared.probes().kernel_view();
     let scan = collect(
         &shared.procfs,
         &view,
         clock.monotonic_ns,
-        hang_after_ns,
+        options,
         &[],
         &mut shared.exit_stacks(),
     );
@@ -39,11 +46,12 @@ fn scan_once(shared: &Shared) {
     let findings = analyze(&scan.snapshot);
 
     let mut store = shared.store();
+    // A zombie has exited: whatever waited on it is released, and it will not run again.
     let changes = store.update(&scan.snapshot, &findings, &clock, |pid, start| {
         shared
             .procfs
             .stat(pid, pid)
-            .is_ok_and(|stat| stat.start_ticks == start)
+            .is_ok_and(|stat| stat.start_ticks == start && !matches!(stat.state, 'Z' | 'X'))
     });
     for incident in &changes.opened {
         shared.metrics.incident_opened(incident);

@@ -99,7 +99,7 @@ fn releasers(snapshot: &Snapshot, process: &Process, thread: &Thread) -> Option<
         // An untimed futex is a lock, condition or join that only another thread of the
         // same process can release.
         Wait::Futex { timed: false } => vec![process.pid],
-        Wait::Futex { .. } | Wait::Other { .. } => return None,
+        Wait::Futex { timed: true } | Wait::Other { .. } => return None,
     };
     (!pids.is_empty()).then_some(pids)
 }

@@ -6,18 +6,32 @@ use super::{
     model::{ChildTarget, Pid, Snapshot, Wait},
 };
 
+/// A sentence stays readable, and its size linear in the processes involved, however
+/// big the knot: this many clauses, and this many processes named in a list.
+const MAX_CLAUSES: usize = 8;
+const MAX_NAMED: usize = 4;
+
 pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
-    let clauses: Vec<String> = finding
+    let mut clauses: Vec<String> = finding
         .chain
         .iter()
+        .take(MAX_CLAUSES)
         .map(|link| clause(snapshot, link))
         .collect();
+    let more = finding.chain.len().saturating_sub(MAX_CLAUSES);
+    if more > 0 {
+        clauses.push(format!(
+            "{more} more thread{} {} blocked the same way",
+            pick(more, "", "s"),
+            pick(more, "is", "are")
+        ));
+    }
     let mut clauses = clauses.join("; ");
     if !finding.behind.is_empty() {
         clauses.push_str(&format!(
             "; {} {} on them too",
             holders(snapshot, &finding.behind),
-            verb(&finding.behind, "waits", "wait")
+            pick(finding.behind.len(), "waits", "wait")
         ));
     }
     match finding.kind {
@@ -51,7 +65,7 @@ fn exit_blocked_on_threads(snapshot: &Snapshot, finding: &Finding, clauses: &str
             " {} new thread{} started during exit, the mark of a threading.Timer (or worker) \
              that re-arms itself.",
             exit.thread_spawns,
-            if exit.thread_spawns == 1 { "" } else { "s" }
+            pick(exit.thread_spawns as usize, "", "s")
         )
     } else {
         String::new()
@@ -87,7 +101,7 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         format!(
             ", whose {end} end only {} {}",
             holders(snapshot, &link.waits_on),
-            verb(&link.waits_on, "holds", "hold")
+            pick(link.waits_on.len(), "holds", "hold")
         )
     };
     // Summaries name the processes on the other side of the wait, not only their pids.
@@ -134,12 +148,21 @@ fn who(snapshot: &Snapshot, pid: Pid) -> String {
 }
 
 fn holders(snapshot: &Snapshot, pids: &[Pid]) -> String {
-    let names: Vec<String> = pids.iter().map(|&pid| who(snapshot, pid)).collect();
+    let mut names: Vec<String> = pids
+        .iter()
+        .take(MAX_NAMED)
+        .map(|&pid| who(snapshot, pid))
+        .collect();
+    let more = pids.len().saturating_sub(MAX_NAMED);
+    if more > 0 {
+        names.push(format!("{more} other process{}", pick(more, "", "es")));
+    }
     names.join(", ")
 }
 
-fn verb<'a>(subjects: &[Pid], one: &'a str, many: &'a str) -> &'a str {
-    if subjects.len() == 1 {
+/// The word for `count` things: `one` or `many`.
+fn pick<'a>(count: usize, one: &'a str, many: &'a str) -> &'a str {
+    if count == 1 {
         one
     } else {
         many

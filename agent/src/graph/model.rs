@@ -36,6 +36,11 @@ impl Wait {
         }
     }
 
+    /// Waits with a timeout: they end without anyone's help.
+    pub fn ends_by_itself(&self) -> bool {
+        matches!(self, Self::Futex { timed: true })
+    }
+
     /// The pipe of a read or write.
     pub fn pipe(&self) -> Option<u64> {
         match self {
@@ -131,7 +136,8 @@ pub struct Process {
     pub pgrp: Pid,
     pub start_ticks: u64,
     pub comm: String,
-    pub cmdline: Vec<String>,
+    /// As shown: redacted, cut (see `scan::cmdline`); empty when not collected.
+    pub cmdline: String,
     pub threads: Vec<Thread>,
     pub exit: Option<ExitPhase>,
 }

@@ -42,7 +42,7 @@ fn process(pid: i32, ppid: i32, threads: Vec<Thread>) -> Process {
         pgrp: ppid,
         start_ticks: 1,
         comm: format!("prog{pid}"),
-        cmdline: vec![format!("prog{pid}")],
+        cmdline: format!("prog{pid}"),
         threads,
         exit: None,
     }
@@ -336,4 +336,45 @@ fn exiting_writer_whose_reader_is_stopped_is_blocked_on_the_pipe() {
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0].kind, Kind::ExitBlockedOnPipe);
     assert_eq!(findings[0].pids, vec![60, 61]);
+}
+
+/// Every process writes its own pipe, and every process holds the read end of every pipe
+/// (inherited fds): a knot in which naming every holder would grow quadratically.
+fn knot_of_inherited_pipes(size: i32) -> Snapshot {
+    let pids: Vec<i32> = (100..100 + size).collect();
+    let processes = pids
+        .iter()
+        .map(|&pid| {
+            let wait = Wait::PipeWrite {
+                fd: 1,
+                pipe: pid as u64,
+            };
+            process(pid, 1, vec![stuck(pid, wait)])
+        })
+        .collect();
+    let pipes = pids
+        .iter()
+        .map(|&pid| (pid as u64, pids.clone(), vec![pid]))
+        .collect();
+    snapshot(processes, pipes)
+}
+
+#[test]
+fn summaries_stay_short_however_big_the_knot() {
+    let small = analyze(&knot_of_inherited_pipes(5));
+    let big = analyze(&knot_of_inherited_pipes(500));
+    assert_eq!((small.len(), big.len()), (1, 1), "{small:?}");
+    assert_eq!(big[0].pids.len(), 500);
+    let summary = &big[0].summary;
+    assert!(summary.len() < 2048, "{} bytes: {summary}", summary.len());
+    assert!(
+        summary.contains("492 more threads are blocked"),
+        "{summary}"
+    );
+    assert!(summary.contains("496 other processes"), "{summary}");
+    assert!(
+        !small[0].summary.contains("more threads"),
+        "{}",
+        small[0].summary
+    );
 }

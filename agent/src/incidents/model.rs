@@ -10,7 +10,10 @@ pub struct Incident {
     /// Processes that wait on this incident's processes and so are stuck too (a `tee`
     /// reading a deadlocked program's output), without being part of its cause.
     pub blocked_behind: Vec<i32>,
+    /// At most 32 processes are described; this many more are in `pids` only.
     pub processes: Vec<IncidentProcess>,
+    #[serde(default)]
+    pub processes_omitted: usize,
     /// Inodes of the pipes between the processes, as `/proc/PID/fd` shows `pipe:[inode]`.
     pub pipes: Vec<u64>,
     /// Threads created while the process was exiting (exit kinds only).
@@ -48,7 +51,10 @@ pub struct IncidentProcess {
     /// Exit markers seen (`py_finalize`, `libc_exit` (found on the stack),
     /// `main_thread_exit`, `signal`).
     pub exiting: Vec<String>,
+    /// Stuck threads first, then threads in a wait; at most 64.
     pub threads: Vec<IncidentThread>,
+    #[serde(default)]
+    pub threads_omitted: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -5,21 +5,29 @@ use exitwatch_common::exit_reason;
 use super::model::{Ending, Incident, IncidentProcess, IncidentThread, State};
 use crate::{
     clock::Clock,
-    graph::{ChildTarget, Finding, Kind, Process, Snapshot, Wait},
+    graph::{ChildTarget, Finding, Kind, Process, Snapshot, Thread, Wait},
 };
 
-/// How many resolved incidents the API keeps showing.
+/// How many resolved incidents the API keeps showing, and how much memory they may take
+/// (as serialized JSON): each is bounded, but a host can resolve many big ones.
 const RECENT: usize = 200;
+const RECENT_BYTES: usize = 1024 * 1024;
+/// Processes described in one incident (all of them stay in `pids`), and threads
+/// described per process: knots of hundreds of processes and exits of processes with
+/// thousands of threads happen, and each description is rebuilt every scan.
+const MAX_PROCESSES: usize = 32;
+const MAX_THREADS: usize = 64;
 
 /// An incident's identity across scans: its kind and its processes, with their start
 /// times so a reused pid is a new incident.
 type Key = (Kind, Vec<(i32, u64)>);
 
-#[derive(Default)]
 pub struct Store {
     next_id: u64,
     active: BTreeMap<Key, Incident>,
-    resolved: VecDeque<Incident>,
+    /// Newest first, with each one's serialized size.
+    resolved: VecDeque<(Incident, usize)>,
+    resolved_bytes: usize,
 }
 
 #[derive(Default)]
@@ -29,6 +37,18 @@ pub struct Changes {
 }
 
 impl Store {
+    /// Incident ids continue from `first_id`; the agent starts them at its start time in
+    /// milliseconds, so ids stay unique across restarts (alerts and Prometheus history
+    /// key on them) without any state on disk.
+    pub fn starting_at(first_id: u64) -> Self {
+        Self {
+            next_id: first_id,
+            active: BTreeMap::new(),
+            resolved: VecDeque::new(),
+            resolved_bytes: 0,
+        }
+    }
+
     /// Folds one scan's findings in. `alive(pid, start_ticks)` tells whether a process of
     /// an incident that is no longer found still exists.
     pub fn update(
@@ -45,8 +65,8 @@ impl Store {
             let incident = match self.active.remove(&key) {
                 Some(existing) => refresh(existing, snapshot, finding),
                 None => {
-                    self.next_id += 1;
                     let incident = open(self.next_id, snapshot, finding, clock);
+                    self.next_id += 1;
                     changes.opened.push(incident.clone());
                     incident
                 }
@@ -65,17 +85,28 @@ impl Store {
             incident.resolved_at = Some(clock.now_rfc3339());
             let duration = clock.seconds_since_rfc3339(&incident.started_at);
             changes.resolved.push((incident.clone(), duration));
-            self.resolved.push_front(incident);
+            self.remember(incident);
         }
-        self.resolved.truncate(RECENT);
         changes
+    }
+
+    fn remember(&mut self, incident: Incident) {
+        let bytes = serde_json::to_vec(&incident).map_or(0, |json| json.len());
+        self.resolved_bytes += bytes;
+        self.resolved.push_front((incident, bytes));
+        while self.resolved.len() > RECENT || self.resolved_bytes > RECENT_BYTES {
+            let Some((_, bytes)) = self.resolved.pop_back() else {
+                break;
+            };
+            self.resolved_bytes -= bytes;
+        }
     }
 
     /// Active incidents first, then resolved ones, newest first within each.
     pub fn list(&self) -> Vec<Incident> {
         let mut active: Vec<Incident> = self.active.values().cloned().collect();
         active.sort_by_key(|incident| std::cmp::Reverse(incident.id));
-        active.extend(self.resolved.iter().cloned());
+        active.extend(self.resolved.iter().map(|(incident, _)| incident.clone()));
         active
     }
 
@@ -106,6 +137,7 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
         pids: finding.pids.clone(),
         blocked_behind: Vec::new(),
         processes: Vec::new(),
+        processes_omitted: 0,
         pipes: Vec::new(),
         thread_spawns: None,
         thread_spawns_per_second: None,
@@ -127,8 +159,10 @@ fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> In
         .pids
         .iter()
         .filter_map(|pid| snapshot.processes.get(pid))
+        .take(MAX_PROCESSES)
         .map(|process| describe(snapshot, process))
         .collect();
+    incident.processes_omitted = finding.pids.len() - incident.processes.len();
     let mut pipes: Vec<u64> = finding.chain.iter().flat_map(|l| l.wait.pipes()).collect();
     pipes.sort_unstable();
     pipes.dedup();
@@ -155,15 +189,19 @@ fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
     let exiting = process.exit.map_or_else(Vec::new, |exit| {
         exit_reason::names(exit.reasons).map(String::from).collect()
     });
+    // The threads that explain the incident first: stuck, then in any wait.
+    let mut threads: Vec<&Thread> = process.threads.iter().collect();
+    threads.sort_by_key(|thread| (!thread.stuck, thread.wait.is_none(), thread.tid));
     IncidentProcess {
         pid: process.pid,
         ppid: process.ppid,
         comm: process.comm.clone(),
-        cmdline: process.cmdline.join(" "),
+        cmdline: process.cmdline.clone(),
         exiting,
-        threads: process
-            .threads
-            .iter()
+        threads_omitted: threads.len().saturating_sub(MAX_THREADS),
+        threads: threads
+            .into_iter()
+            .take(MAX_THREADS)
             .map(|thread| {
                 let wait = thread.wait.as_ref();
                 IncidentThread {
@@ -194,5 +232,110 @@ fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Snapshot, Thread};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    /// A pipe deadlock of `size` processes, each with `threads` threads and a long
+    /// command line.
+    fn deadlock(first_pid: i32, size: i32, threads: i32) -> (Snapshot, Finding) {
+        let pids: Vec<i32> = (first_pid..first_pid + size).collect();
+        let processes = pids
+            .iter()
+            .map(|&pid| {
+                let threads = (0..threads)
+                    .map(|n| Thread {
+                        tid: pid * 1000 + n,
+                        wait: Some(Wait::PipeWrite {
+                            fd: 1,
+                            pipe: pid as u64,
+                        }),
+                        since_ns: 1,
+                        stuck: n % 2 == 1,
+                        state: 'S',
+                        wchan: String::new(),
+                    })
+                    .collect();
+                let process = Process {
+                    pid,
+                    ppid: 1,
+                    pgrp: 1,
+                    start_ticks: 1,
+                    comm: "writer".into(),
+                    cmdline: "x".repeat(4096),
+                    threads,
+                    exit: None,
+                };
+                (pid, process)
+            })
+            .collect();
+        let snapshot = Snapshot {
+            now_ns: 100 * SECOND,
+            hang_after_ns: SECOND,
+            processes,
+            pipes: BTreeMap::new(),
+        };
+        let finding = Finding {
+            kind: Kind::PipeDeadlock,
+            pids,
+            chain: Vec::new(),
+            behind: Vec::new(),
+            started_ns: 1,
+            summary: "Pipe deadlock".into(),
+        };
+        (snapshot, finding)
+    }
+
+    fn clock() -> Clock {
+        Clock::now()
+    }
+
+    #[test]
+    fn ids_continue_from_the_first_and_never_repeat() {
+        let mut store = Store::starting_at(1_700_000_000_000);
+        let (snapshot, finding) = deadlock(10, 2, 1);
+        let (other_snapshot, other) = deadlock(20, 2, 1);
+        let opened = store.update(&snapshot, &[finding], &clock(), |_, _| true);
+        assert_eq!(opened.opened[0].id, 1_700_000_000_000);
+        let opened = store.update(&other_snapshot, &[other], &clock(), |_, _| true);
+        assert_eq!(opened.opened[0].id, 1_700_000_000_001);
+    }
+
+    #[test]
+    fn big_incidents_are_described_in_part() {
+        let mut store = Store::starting_at(1);
+        let (snapshot, finding) = deadlock(10, 100, 200);
+        let changes = store.update(&snapshot, &[finding], &clock(), |_, _| true);
+        let incident = &changes.opened[0];
+        assert_eq!(incident.pids.len(), 100);
+        assert_eq!(incident.processes.len(), MAX_PROCESSES);
+        assert_eq!(incident.processes_omitted, 100 - MAX_PROCESSES);
+        let process = &incident.processes[0];
+        assert_eq!(process.threads.len(), MAX_THREADS);
+        assert_eq!(process.threads_omitted, 200 - MAX_THREADS);
+        assert!(
+            process.threads.iter().all(|t| t.stuck),
+            "stuck threads first"
+        );
+    }
+
+    #[test]
+    fn resolved_history_is_bounded_in_bytes() {
+        let mut store = Store::starting_at(1);
+        for n in 0..100 {
+            let (snapshot, finding) = deadlock(1000 * (n + 1), 32, 1);
+            store.update(&snapshot, &[finding], &clock(), |_, _| true);
+            store.update(&snapshot, &[], &clock(), |_, _| false);
+        }
+        let json = serde_json::to_vec(&store.list()).map_or(0, |json| json.len());
+        assert!(json <= RECENT_BYTES, "{json} bytes");
+        assert!(store.list().len() < 100, "oldest resolved ones dropped");
+        assert_eq!(store.list()[0].ended, Some(Ending::Exited));
     }
 }

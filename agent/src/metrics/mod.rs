@@ -17,6 +17,7 @@ use crate::{
     graph::{Kind, Snapshot},
     incidents::Incident,
     probes::{Counters, ProgramStats, WaitHistogram},
+    text::printable,
 };
 
 /// Waits that `exitwatch_blocked_threads` counts.
@@ -307,8 +308,9 @@ impl Metrics {
             for process in &incident.processes {
                 if series < MAX_INFO_SERIES {
                     let (id, pid) = (incident.id.to_string(), process.pid.to_string());
+                    let comm = printable(&process.comm).into_owned();
                     self.incident_info
-                        .with_label_values(&[&id, &incident.kind, &pid, &process.comm])
+                        .with_label_values(&[&id, &incident.kind, &pid, &comm])
                         .set(1);
                     series += 1;
                 }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use exitwatch_common::{exit_reason, BlockedWait, ExitState};
 
 use super::{
+    cmdline::shown,
     exit_stack::ExitStacks,
     wait::{decode, decode_poll},
 };
@@ -45,16 +46,28 @@ struct Verified {
     state: char,
 }
 
+/// What a scan looks for and keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub hang_after_ns: u64,
+    /// Read command lines (redacted) for the processes involved.
+    pub cmdlines: bool,
+}
+
 /// `describe` names processes to include (with every thread's wait) even if nothing in
 /// them is a candidate.
 pub fn collect(
     procfs: &ProcFs,
     kernel: &KernelView,
     now_ns: u64,
-    hang_after_ns: u64,
+    options: Options,
     describe: &[i32],
     exit_stacks: &mut ExitStacks,
 ) -> Scan {
+    let Options {
+        hang_after_ns,
+        cmdlines,
+    } = options;
     let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
     let mut exiting: BTreeMap<i32, ExitState> = kernel
         .exiting
@@ -112,6 +125,7 @@ pub fn collect(
         procfs,
         now_ns,
         hang_after_ns,
+        cmdlines,
         exiting: &exiting,
         verified: &verified,
         describe,
@@ -175,9 +189,10 @@ fn verify(
     }
     Ok(
         decode(procfs, pid, stat.pgrp, entry.syscall, entry.args).map(|wait| Verified {
+            // A wait with a timeout ends by itself: however long, it is no hang.
+            stuck: stuck && !wait.ends_by_itself(),
             wait,
             since_ns: entry.last_ns,
-            stuck,
             sp,
             state: stat.state,
         }),
@@ -188,6 +203,7 @@ struct Builder<'a> {
     procfs: &'a ProcFs,
     now_ns: u64,
     hang_after_ns: u64,
+    cmdlines: bool,
     exiting: &'a BTreeMap<i32, ExitState>,
     verified: &'a BTreeMap<(i32, i32), Verified>,
     describe: &'a [i32],
@@ -242,7 +258,14 @@ impl Builder<'_> {
             pgrp: stat.pgrp,
             start_ticks: stat.start_ticks,
             comm: stat.comm,
-            cmdline: self.procfs.cmdline(pid).map(|c| c.args).unwrap_or_default(),
+            cmdline: if self.cmdlines {
+                self.procfs
+                    .cmdline(pid)
+                    .map(|cmdline| shown(&cmdline))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
             threads,
             exit,
         })
