@@ -113,7 +113,8 @@ impl Agent {
             }
             if agent.url.is_empty() {
                 agent.url = bound_url(&agent.log()).unwrap_or_default();
-            } else if agent.get("/healthz").is_some() {
+            } else if agent.request("/healthz", None).is_ok() {
+                // Serving; a 503 (first scans slower than three intervals) still counts.
                 return agent;
             }
             std::thread::sleep(Duration::from_millis(100));
