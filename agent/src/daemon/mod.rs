@@ -49,8 +49,9 @@ pub struct Config {
     /// node_exporter's --web.config.file reads).
     #[arg(long, value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
-    /// HTTP connections served at once; more are closed at once (and counted). Lowered
-    /// when the open-file limit cannot hold them next to the agent's own descriptors.
+    /// HTTP connections open at once; a new one replaces the oldest idle one, or is
+    /// closed at once when all are serving requests. Lowered when the open-file limit
+    /// cannot hold them next to the agent's own descriptors.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub web_max_connections: u32,
 }

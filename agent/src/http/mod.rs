@@ -7,6 +7,7 @@ mod gate;
 mod health;
 mod page;
 mod server;
+mod slots;
 mod web_config;
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! The accept loop: a capped number of connections, each under deadlines, so that no
-//! client can hold the agent's descriptors, its event loop, or its shutdown.
+//! The accept loop: a capped number of connections (`slots`), each under deadlines, so
+//! that no client can hold the agent's descriptors, its event loop, or its shutdown.
 use std::{
     convert::Infallible,
     future::Future,
@@ -14,11 +14,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    sync::watch,
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::{auth::BasicAuth, fd_budget, gate::Gate, web_config::WebConfig};
+use super::{
+    auth::BasicAuth,
+    fd_budget,
+    gate::Gate,
+    slots::{Admission, Slot, Slots},
+    web_config::WebConfig,
+};
 use crate::daemon::Shared;
 
 /// A request's head must arrive within this, and an idle keep-alive connection closes
@@ -74,53 +80,70 @@ impl Listener {
     /// Serves until `shutdown` completes, then gives open requests a short grace.
     pub async fn serve(self, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
         let gate = Arc::new(Gate::new(super::router(shared.clone()), self.auth));
-        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let slots = Slots::new(self.max_connections);
         let (stop, stopped) = watch::channel(false);
-        let mut refusals = RateLimited::default();
+        let (mut refusals, mut evictions) = (RateLimited::default(), RateLimited::default());
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => accepted,
             };
-            match accepted {
-                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        let connection =
-                            Connection::new(gate.clone(), self.tls.clone(), stopped.clone(), slot);
-                        tokio::spawn(connection.run(stream));
-                    }
-                    Err(_) => {
-                        // Closed at once: a refused client holds neither a slot nor a descriptor.
-                        drop(stream);
-                        shared.metrics.http_connection_rejected();
-                        refusals.warn(|n| {
-                            format!(
-                                "HTTP: refused {n} connection(s): all {} slots are taken \
-                                 (--web-max-connections)",
-                                self.max_connections
-                            )
-                        });
-                    }
-                },
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
                 Err(error) => {
                     // EMFILE and the like: back off instead of spinning on the backlog.
                     refusals.warn(|n| format!("HTTP: accept failed {n} time(s): {error}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            }
+            };
+            let slot = match slots.admit() {
+                Admission::Admitted(slot) => slot,
+                Admission::Evicted(slot) => {
+                    shared.metrics.http_connection_evicted();
+                    evictions.warn(|n| {
+                        format!(
+                            "HTTP: closed {n} idle connection(s) to make room: all {} slots \
+                             are taken (--web-max-connections)",
+                            self.max_connections
+                        )
+                    });
+                    slot
+                }
+                Admission::Refused => {
+                    // Closed at once: a refused client holds neither a slot nor a descriptor.
+                    drop(stream);
+                    shared.metrics.http_connection_rejected();
+                    refusals.warn(|n| {
+                        format!(
+                            "HTTP: refused {n} connection(s): all {} slots are serving \
+                             requests (--web-max-connections)",
+                            self.max_connections
+                        )
+                    });
+                    continue;
+                }
+            };
+            let connection = Connection {
+                gate: gate.clone(),
+                tls: self.tls.clone(),
+                stopped: stopped.clone(),
+                slot,
+            };
+            tokio::spawn(connection.run(stream));
         }
         shared.health.shutting_down();
         drop(self.listener);
         let _ = stop.send(true);
-        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
-            let open = self.max_connections - slots.available_permits();
+        let grace = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while slots.open() > 0 && tokio::time::Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if slots.open() > 0 {
             log::warn!(
-                "shutdown: cutting {open} HTTP connection(s) still open after {}",
+                "shutdown: cutting {} HTTP connection(s) still open after {}",
+                slots.open(),
                 humantime::format_duration(SHUTDOWN_GRACE)
             );
         }
@@ -131,31 +154,23 @@ struct Connection {
     gate: Arc<Gate>,
     tls: Option<TlsAcceptor>,
     stopped: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
 }
 
 impl Connection {
-    fn new(
-        gate: Arc<Gate>,
-        tls: Option<TlsAcceptor>,
-        stopped: watch::Receiver<bool>,
-        slot: OwnedSemaphorePermit,
-    ) -> Connection {
-        Connection {
-            gate,
-            tls,
-            stopped,
-            _slot: slot,
-        }
-    }
-
     async fn run(self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + CONNECTION_DEADLINE;
         match self.tls.clone() {
             None => self.http(stream, deadline).await,
             Some(acceptor) => {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let shaken = tokio::select! {
+                    shaken = handshake => shaken,
+                    () = self.slot.evicted() => return,
+                };
+                match shaken {
                     Ok(Ok(stream)) => self.http(stream, deadline).await,
                     Ok(Err(error)) => log::debug!("TLS handshake failed: {error}"),
                     Err(_) => log::debug!("TLS handshake timed out"),
@@ -168,10 +183,13 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let gate = self.gate.clone();
+        let (gate, occupant) = (self.gate.clone(), self.slot.occupant());
         let service = service_fn(move |request| {
-            let gate = gate.clone();
-            async move { Ok::<_, Infallible>(gate.handle(request).await) }
+            let (gate, occupant) = (gate.clone(), occupant.clone());
+            async move {
+                let _busy = occupant.busy();
+                Ok::<_, Infallible>(gate.handle(request).await)
+            }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -185,6 +203,7 @@ impl Connection {
         tokio::select! {
             _ = connection.as_mut() => return,
             () = &mut cut => return,
+            () = self.slot.evicted() => return,
             _ = self.stopped.wait_for(|stop| *stop) => connection.as_mut().graceful_shutdown(),
         }
         // Shutting down: the request in flight may finish; the server's grace bounds it.

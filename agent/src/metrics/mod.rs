@@ -63,6 +63,7 @@ pub struct Metrics {
     uprobe_targets: IntGauge,
     last_scan: Gauge,
     http_rejected: IntCounter,
+    http_evicted: IntCounter,
     wait_durations: WaitDurations,
     process: ProcessMetrics,
 }
@@ -172,7 +173,11 @@ impl Metrics {
             )?,
             http_rejected: IntCounter::new(
                 "exitwatch_http_connections_rejected_total",
-                "HTTP connections closed at once because --web-max-connections were open.",
+                "HTTP connections closed at once: all --web-max-connections were serving requests.",
+            )?,
+            http_evicted: IntCounter::new(
+                "exitwatch_http_connections_evicted_total",
+                "Idle HTTP connections closed to make room for new ones (all slots taken).",
             )?,
             wait_durations: WaitDurations::new()?,
             process: ProcessMetrics::new()?,
@@ -227,6 +232,7 @@ impl Metrics {
             Box::new(metrics.uprobe_targets.clone()),
             Box::new(metrics.last_scan.clone()),
             Box::new(metrics.http_rejected.clone()),
+            Box::new(metrics.http_evicted.clone()),
             Box::new(metrics.wait_durations.clone()),
         ];
         for collector in collectors {
@@ -254,6 +260,10 @@ impl Metrics {
 
     pub fn http_connection_rejected(&self) {
         self.http_rejected.inc();
+    }
+
+    pub fn http_connection_evicted(&self) {
+        self.http_evicted.inc();
     }
 
     pub fn scan_failed(&self) {
