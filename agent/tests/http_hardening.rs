@@ -501,3 +501,61 @@ fn a_bad_web_config_file_stops_start_up_and_names_the_file() {
         assert!(stderr.contains(expected), "{name}: {stderr}");
     }
 }
+
+/// `exitwatch incidents` against an answer far over ureq's 10 MB string limit.
+#[test]
+fn the_incidents_command_reads_answers_of_any_size() {
+    const PADDING: usize = 24 * 1024 * 1024;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a fake agent");
+    let url = format!(
+        "http://{}",
+        server.local_addr().expect("the fake agent's address")
+    );
+    let serving = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut stream, _) = server.accept().expect("accepting the CLI");
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let body_start = b"{\"incidents\": [";
+            let body_end = b"]}";
+            let length = body_start.len() + PADDING + body_end.len();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            let padding = vec![b' '; PADDING];
+            for part in [head.as_bytes(), body_start, &padding, body_end] {
+                if stream.write_all(part).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_exitwatch"))
+            .args(["incidents", "--agent", &url])
+            .args(extra)
+            .env_remove("EXITWATCH_AGENT_PASSWORD")
+            .output()
+            .expect("running exitwatch incidents")
+    };
+    let table = run(&[]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&table.stdout), "no incidents\n");
+    let json = run(&["--json"]);
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    assert!(
+        json.stdout.len() > PADDING,
+        "--json printed {} bytes",
+        json.stdout.len()
+    );
+    serving.join().expect("the fake agent");
+}
