@@ -82,7 +82,9 @@ impl Listener {
         let gate = Arc::new(Gate::new(super::router(shared.clone()), self.auth));
         let slots = Slots::new(self.max_connections);
         let (stop, stopped) = watch::channel(false);
-        let (mut refusals, mut evictions) = (RateLimited::default(), RateLimited::default());
+        let mut refusals = RateLimited::default();
+        let mut evictions = RateLimited::default();
+        let mut accept_errors = RateLimited::default();
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -93,7 +95,7 @@ impl Listener {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     // EMFILE and the like: back off instead of spinning on the backlog.
-                    refusals.warn(|n| format!("HTTP: accept failed {n} time(s): {error}"));
+                    accept_errors.warn(|n| format!("HTTP: accept failed {n} time(s): {error}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
