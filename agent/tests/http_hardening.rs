@@ -405,6 +405,11 @@ fn tls_and_basic_auth_from_an_exporter_toolkit_web_config() {
     };
     let anonymous = status(None);
     assert_eq!(anonymous.status(), 401);
+    assert_eq!(
+        anonymous.header("X-Frame-Options"),
+        Some("deny"),
+        "http_server_config.headers are not applied"
+    );
     assert!(
         anonymous
             .header("WWW-Authenticate")

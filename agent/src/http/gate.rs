@@ -2,7 +2,7 @@
 //! when users are configured (except `/healthz`, which liveness probes call bare).
 use axum::{
     body::Body,
-    http::{header, HeaderValue, Method, Request, Response, StatusCode},
+    http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode},
     Router,
 };
 use hyper::body::{Body as _, Incoming};
@@ -13,14 +13,32 @@ use super::auth::BasicAuth;
 pub struct Gate {
     router: Router,
     auth: Option<BasicAuth>,
+    /// The web config's `http_server_config.headers`, on every response.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Gate {
-    pub fn new(router: Router, auth: Option<BasicAuth>) -> Gate {
-        Gate { router, auth }
+    pub fn new(
+        router: Router,
+        auth: Option<BasicAuth>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Gate {
+        Gate {
+            router,
+            auth,
+            headers,
+        }
     }
 
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let mut response = self.respond(request).await;
+        for (name, value) in &self.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+        response
+    }
+
+    async fn respond(&self, request: Request<Incoming>) -> Response<Body> {
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             let mut response = refusal(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             response

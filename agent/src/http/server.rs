@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use axum::http::{HeaderName, HeaderValue};
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -44,6 +45,7 @@ pub struct Listener {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     auth: Option<BasicAuth>,
+    headers: Vec<(HeaderName, HeaderValue)>,
     max_connections: usize,
 }
 
@@ -64,6 +66,7 @@ impl Listener {
             listener,
             tls: web.tls.map(TlsAcceptor::from),
             auth: BasicAuth::new(&web.users),
+            headers: web.headers,
             max_connections: fd_budget::connection_cap(max_connections as usize),
         })
     }
@@ -79,7 +82,8 @@ impl Listener {
 
     /// Serves until `shutdown` completes, then gives open requests a short grace.
     pub async fn serve(self, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-        let gate = Arc::new(Gate::new(super::router(shared.clone()), self.auth));
+        let router = super::router(shared.clone());
+        let gate = Arc::new(Gate::new(router, self.auth, self.headers));
         let slots = Slots::new(self.max_connections);
         let (stop, stopped) = watch::channel(false);
         let mut refusals = RateLimited::default();

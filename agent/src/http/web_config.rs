@@ -7,6 +7,7 @@ use std::{
     sync::Arc,
 };
 
+use axum::http::{HeaderName, HeaderValue};
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     server::WebPkiClientVerifier,
@@ -16,6 +17,15 @@ use serde::Deserialize;
 
 /// A web config file holds a few keys; anything bigger is not one.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The response headers exporter-toolkit lets `http_server_config.headers` set.
+const SETTABLE_HEADERS: [&str; 5] = [
+    "Content-Security-Policy",
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,6 +49,8 @@ pub struct WebConfig {
     pub tls: Option<Arc<ServerConfig>>,
     /// User name → bcrypt hash; empty means no authentication.
     pub users: BTreeMap<String, String>,
+    /// Added to every response.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +59,18 @@ struct File {
     tls_server_config: Option<TlsFile>,
     #[serde(default)]
     basic_auth_users: BTreeMap<String, String>,
+    #[serde(default)]
+    http_server_config: HttpFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    /// Accepted as node_exporter files have it; the agent speaks HTTP/1.1 only.
+    #[serde(rename = "http2")]
+    _http2: Option<bool>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +90,7 @@ impl WebConfig {
         WebConfig {
             tls: None,
             users: BTreeMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -91,6 +116,12 @@ impl WebConfig {
                 )
             })?;
         }
+        let headers = parsed
+            .http_server_config
+            .headers
+            .iter()
+            .map(|(name, value)| header(name, value).map_err(|m| key_error("headers", m)))
+            .collect::<Result<_, _>>()?;
         // Paths are relative to the file, as exporter-toolkit resolves them.
         let base = file.parent().unwrap_or(Path::new("."));
         let tls = parsed
@@ -100,8 +131,25 @@ impl WebConfig {
         Ok(WebConfig {
             tls: tls.map(Arc::new),
             users: parsed.basic_auth_users,
+            headers,
         })
     }
+}
+
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    if !SETTABLE_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+    {
+        return Err(format!(
+            "{name:?} cannot be set (only {})",
+            SETTABLE_HEADERS.join(", ")
+        ));
+    }
+    let value = HeaderValue::from_str(value)
+        .map_err(|_| format!("{name}: {value:?} is not a header value"))?;
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name:?}: {e}"))?;
+    Ok((name, value))
 }
 
 fn read_bounded(file: &Path) -> std::io::Result<String> {
@@ -229,6 +277,17 @@ mod tests {
         let config = load(&format!("basic_auth_users:\n  alice: '{hash}'\n")).expect("valid");
         assert!(config.tls.is_none());
         assert_eq!(config.users.get("alice"), Some(&hash));
+    }
+
+    #[test]
+    fn node_exporter_http_server_config() {
+        let config =
+            load("http_server_config:\n  http2: true\n  headers:\n    X-Frame-Options: deny\n")
+                .expect("valid");
+        assert_eq!(config.headers.len(), 1);
+        assert_eq!(config.headers[0].0, "x-frame-options");
+        assert!(load("http_server_config:\n  headers:\n    Set-Cookie: x\n")
+            .is_err_and(|e| e.to_string().contains("`headers`")));
     }
 
     #[test]

@@ -272,7 +272,8 @@ pub fn basic_authorization(user: &str, password: &str) -> String {
 }
 
 /// A CA, a server certificate for 127.0.0.1 signed by it (made with the `openssl` CLI),
-/// and an exporter-toolkit web config that serves TLS and requires one bcrypt user.
+/// and an exporter-toolkit web config that serves TLS, requires one bcrypt user and sets
+/// `X-Frame-Options: deny`, as node_exporter's files may.
 pub struct TlsFixture {
     dir: tempfile::TempDir,
     pub user: String,
@@ -342,7 +343,8 @@ impl TlsFixture {
             dir.path().join("web-config.yml"),
             format!(
                 "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
-                 basic_auth_users:\n  {user}: '{hash}'\n"
+                 basic_auth_users:\n  {user}: '{hash}'\n\
+                 http_server_config:\n  http2: true\n  headers:\n    X-Frame-Options: deny\n"
             ),
         )
         .expect("writing the web config");
