@@ -7,14 +7,7 @@ use std::{
     time::Duration,
 };
 
-use common::{involves, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
-
-fn exitwatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_exitwatch"))
-        .args(args)
-        .output()
-        .expect("running exitwatch")
-}
+use common::{exitwatch, involves, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -22,9 +15,10 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn bad_flags_are_named() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["run", "--hang-after", "soon"], "--hang-after"),
         (&["run", "--hang-after", "0s"], "greater than zero"),
+        (&["run", "--scan-interval", "1ns"], "at least 100ms"),
         (&["run", "--listen", "localhost"], "ADDRESS:PORT"),
         (&["run", "--log-format", "xml"], "--log-format"),
     ];
@@ -109,6 +103,22 @@ fn explain_needs_no_agent() {
     let gone = exitwatch(&["explain", "999999999"]);
     assert_eq!(gone.status.code(), Some(1));
     assert!(stderr(&gone).contains("is gone"), "{}", stderr(&gone));
+}
+
+#[test]
+fn explain_names_a_permission_error_as_such() {
+    require_root();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_exitwatch"))
+        .args(["explain", "1"])
+        .output()
+        .expect("running setpriv (util-linux)");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("Permission denied"), "{message}");
+    assert!(message.contains("CAP_SYS_PTRACE"), "{message}");
+    assert!(!message.contains("exited"), "{message}");
 }
 
 #[test]

@@ -261,3 +261,22 @@ fn slow_consumer_at_exit_is_progress_not_a_hang() {
         "a slow but moving pipe raised incidents: {noisy:#?}"
     );
 }
+
+#[test]
+fn a_daemon_reloading_on_sighup_sleeps_in_timed_waits_and_stays_silent() {
+    let agent = Agent::start();
+    let subject = Subject::python("sighup_reload.py", &[]);
+    let pid = subject.pid("pid");
+    std::thread::sleep(Duration::from_millis(300));
+    subject.signal("pid", libc::SIGHUP);
+    std::thread::sleep(HANG_AFTER * 2 + SCAN_INTERVAL * 2);
+    assert!(
+        agent.metric(r#"exitwatch_exit_phase_entries_total{reason="signal"}"#) >= 1.0,
+        "the SIGHUP was not seen"
+    );
+    let noisy = agent.incidents_involving(&[pid]);
+    assert!(
+        noisy.is_empty(),
+        "a timed wait after SIGHUP raised incidents: {noisy:#?}"
+    );
+}

@@ -102,6 +102,7 @@ impl Shared {
 const ABANDON_BLOCKING_AFTER: Duration = Duration::from_millis(500);
 
 pub fn run(config: Config) -> Result<()> {
+    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -170,6 +171,19 @@ async fn serve(config: Config) -> Result<()> {
     // still running holds one; then the process exit closes them).
     drop(shared);
     Ok(())
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core), and scans run
+/// on whichever blocking-pool thread is free: every arena then keeps the high-water mark
+/// of a big scan (a knot of 500 processes took the agent from 29 to 69 MiB). One arena
+/// for the whole agent keeps peak memory at what one scan needs (its few threads
+/// allocate little outside scans).
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+        log::debug!("could not limit malloc arenas");
+    }
 }
 
 /// The agent's start time in milliseconds: later starts number their incidents above

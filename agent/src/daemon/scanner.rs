@@ -56,23 +56,23 @@ fn scan_once(shared: &Shared) {
     for incident in &changes.opened {
         shared.metrics.incident_opened(incident);
         log::warn!(
-            "incident {} opened: {} pids {:?}: {}",
+            "incident {} opened: {} pids {}: {}",
             incident.id,
             incident.kind,
-            incident.pids,
+            incident.pids_brief(),
             incident.summary
         );
     }
     for (incident, seconds) in &changes.resolved {
         shared.metrics.incident_resolved(incident, *seconds);
         log::info!(
-            "incident {} resolved ({}) after {seconds:.0} s: {} pids {:?}",
+            "incident {} resolved ({}) after {seconds:.0} s: {} pids {}",
             incident.id,
             incident
                 .ended
                 .map_or("unknown".to_string(), |e| format!("{e:?}").to_lowercase()),
             incident.kind,
-            incident.pids
+            incident.pids_brief()
         );
     }
     let uprobe_targets = shared.probes().uprobe_targets();

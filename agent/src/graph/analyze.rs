@@ -158,48 +158,106 @@ fn knots(snapshot: &Snapshot) -> Vec<Finding> {
 /// program's output) can never run either, but they are victims, not causes; they are
 /// reported with the knot they wait on, not as part of it.
 fn knot_cores(blocked: &BTreeMap<ThreadId, Vec<Pid>>) -> Vec<(BTreeSet<Pid>, Vec<Pid>)> {
-    let dead: BTreeSet<Pid> = blocked.keys().map(|(pid, _)| *pid).collect();
-    let mut edges: BTreeMap<Pid, BTreeSet<Pid>> = BTreeMap::new();
+    let nodes: Vec<Pid> = blocked
+        .keys()
+        .map(|(pid, _)| *pid)
+        .collect::<BTreeSet<Pid>>()
+        .into_iter()
+        .collect();
+    let index: BTreeMap<Pid, usize> = nodes.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    let mut edges: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); nodes.len()];
     for ((pid, _), releasers) in blocked {
-        let targets = edges.entry(*pid).or_default();
-        targets.extend(releasers.iter().filter(|q| dead.contains(q)));
+        let from = index[pid];
+        edges[from].extend(releasers.iter().filter_map(|q| index.get(q).copied()));
     }
-    let reach = |from: Pid| {
-        let mut seen = BTreeSet::from([from]);
-        let mut stack = vec![from];
-        while let Some(pid) = stack.pop() {
-            for next in edges.get(&pid).into_iter().flatten() {
-                if seen.insert(*next) {
-                    stack.push(*next);
+    let edges: Vec<Vec<usize>> = edges.into_iter().map(Vec::from_iter).collect();
+    let component = strongly_connected(&edges);
+    let components = component.iter().max().map_or(0, |max| max + 1);
+    // A knot is a component that no edge leaves.
+    let mut leaves = vec![false; components];
+    for (from, targets) in edges.iter().enumerate() {
+        if targets.iter().any(|&to| component[to] != component[from]) {
+            leaves[component[from]] = true;
+        }
+    }
+    let mut reversed: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (from, targets) in edges.iter().enumerate() {
+        for &to in targets {
+            reversed[to].push(from);
+        }
+    }
+    (0..components)
+        .filter(|&c| !leaves[c])
+        .map(|core| {
+            let members: Vec<usize> = (0..nodes.len()).filter(|&n| component[n] == core).collect();
+            // Everything that reaches the knot and is no knot itself waits behind it.
+            let mut seen: BTreeSet<usize> = members.iter().copied().collect();
+            let mut stack = members.clone();
+            let mut behind = Vec::new();
+            while let Some(node) = stack.pop() {
+                for &from in &reversed[node] {
+                    if seen.insert(from) {
+                        stack.push(from);
+                        if leaves[component[from]] {
+                            behind.push(nodes[from]);
+                        }
+                    }
                 }
             }
-        }
-        seen
-    };
-    let reaches: BTreeMap<Pid, BTreeSet<Pid>> = dead.iter().map(|&p| (p, reach(p))).collect();
-    let mut cores: Vec<BTreeSet<Pid>> = Vec::new();
-    for (&pid, reachable) in &reaches {
-        let mutual: BTreeSet<Pid> = reachable
-            .iter()
-            .copied()
-            .filter(|q| reaches[q].contains(&pid))
-            .collect();
-        if mutual == *reachable && !cores.contains(&mutual) {
-            cores.push(mutual);
-        }
-    }
-    let in_core: BTreeSet<Pid> = cores.iter().flatten().copied().collect();
-    cores
-        .into_iter()
-        .map(|core| {
-            let behind = reaches
-                .iter()
-                .filter(|(pid, reachable)| !in_core.contains(pid) && !reachable.is_disjoint(&core))
-                .map(|(pid, _)| *pid)
-                .collect();
-            (core, behind)
+            behind.sort_unstable();
+            (members.into_iter().map(|n| nodes[n]).collect(), behind)
         })
         .collect()
+}
+
+/// Tarjan's algorithm without recursion (a hostile host can make the graph deep): the
+/// strongly connected component of each node, numbered from 0.
+fn strongly_connected(edges: &[Vec<usize>]) -> Vec<usize> {
+    const UNVISITED: usize = usize::MAX;
+    let count = edges.len();
+    let (mut order, mut low) = (vec![UNVISITED; count], vec![0; count]);
+    let mut component = vec![UNVISITED; count];
+    let (mut next_order, mut components) = (0, 0);
+    let mut stack: Vec<usize> = Vec::new();
+    // (node, index of the next edge to follow)
+    let mut calls: Vec<(usize, usize)> = Vec::new();
+    for root in 0..count {
+        if order[root] != UNVISITED {
+            continue;
+        }
+        calls.push((root, 0));
+        while let Some(&mut (node, ref mut next)) = calls.last_mut() {
+            if *next == 0 {
+                order[node] = next_order;
+                low[node] = next_order;
+                next_order += 1;
+                stack.push(node);
+            }
+            if let Some(&to) = edges[node].get(*next) {
+                *next += 1;
+                if order[to] == UNVISITED {
+                    calls.push((to, 0));
+                } else if component[to] == UNVISITED {
+                    low[node] = low[node].min(order[to]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(parent, _)) = calls.last() {
+                low[parent] = low[parent].min(low[node]);
+            }
+            if low[node] == order[node] {
+                while let Some(member) = stack.pop() {
+                    component[member] = components;
+                    if member == node {
+                        break;
+                    }
+                }
+                components += 1;
+            }
+        }
+    }
+    component
 }
 
 fn knot_finding(

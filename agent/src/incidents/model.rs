@@ -26,6 +26,19 @@ pub struct Incident {
     pub ended: Option<Ending>,
 }
 
+impl Incident {
+    /// The pids for a log line: the first ten, and how many more (a knot can have
+    /// hundreds; `pids` in the JSON has them all).
+    pub fn pids_brief(&self) -> String {
+        const SHOWN: usize = 10;
+        let shown: Vec<String> = self.pids.iter().take(SHOWN).map(i32::to_string).collect();
+        match self.pids.len().saturating_sub(SHOWN) {
+            0 => format!("[{}]", shown.join(", ")),
+            more => format!("[{}, … and {more} more]", shown.join(", ")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum State {

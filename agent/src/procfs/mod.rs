@@ -95,6 +95,14 @@ pub struct Fd {
     pub access: Access,
 }
 
+/// An fd that is one end of a pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeFd {
+    pub fd: i32,
+    pub pipe: u64,
+    pub access: Access,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FdTarget {
     Pipe(u64),
@@ -193,18 +201,38 @@ impl ProcFs {
         })
     }
 
-    /// All open fds, sorted; fds closed while we look are left out.
-    pub fn fds(&self, pid: i32) -> Result<Vec<Fd>, Error> {
+    /// The process's pipe fds, sorted; fds closed while we look are left out. This walks
+    /// every fd of every process that may hold a pipe, so it costs one `readlink` per fd
+    /// and one `lstat` per pipe: `/proc` gives an fd link the permission bits of its open
+    /// mode (read: `S_IRUSR`, write: `S_IWUSR`), which spares reading `fdinfo`.
+    pub fn pipe_fds(&self, pid: i32) -> Result<Vec<PipeFd>, Error> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = self.pid_dir(pid).join("fd");
-        let mut fds = Vec::new();
+        let mut pipes = Vec::new();
         for fd in numeric_entries(&dir).map_err(|e| gone_or_io(pid, &dir, e))? {
-            match self.fd(pid, fd) {
-                Ok(fd) => fds.push(fd),
-                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            let link = dir.join(fd.to_string());
+            let closed = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+            let target = match fs::read_link(&link) {
+                Ok(target) => target,
+                Err(e) if closed(&e) && self.pid_dir(pid).exists() => continue,
+                Err(e) => return Err(gone_or_io(pid, &link, e)),
+            };
+            let FdTarget::Pipe(pipe) = parse::fd_target(&target) else {
+                continue;
+            };
+            let mode = match fs::symlink_metadata(&link) {
+                Ok(meta) => meta.permissions().mode(),
+                Err(e) if closed(&e) && self.pid_dir(pid).exists() => continue,
+                Err(e) => return Err(gone_or_io(pid, &link, e)),
+            };
+            let access = match (mode & 0o400 != 0, mode & 0o200 != 0) {
+                (true, true) => Access::ReadWrite,
+                (false, true) => Access::Write,
+                _ => Access::Read,
+            };
+            pipes.push(PipeFd { fd, pipe, access });
         }
-        Ok(fds)
+        Ok(pipes)
     }
 
     /// One fd; a closed fd of a live process is `Error::Io` with `NotFound`.
@@ -410,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn fds_decode_pipes_and_skip_closed_ones() {
+    fn fds_decode_pipes_and_closed_ones_are_errors() {
         let proc = fixture();
         let fd = |fd, target, access| Fd { fd, target, access };
         let other = |s: &str| FdTarget::Other(s.into());
@@ -421,7 +449,9 @@ mod tests {
             fd(4, other("socket:[9001]"), Access::ReadWrite),
             fd(10, other("/var/log/app.log"), Access::Write),
         ];
-        assert_eq!(proc.fds(100).unwrap(), expected);
+        for expected in expected {
+            assert_eq!(proc.fd(100, expected.fd).unwrap(), expected);
+        }
         // fd 5 has no fdinfo, as if closed between readdir and reading it.
         let closed = proc.fd(100, 5).unwrap_err();
         assert!(
@@ -481,8 +511,15 @@ mod tests {
         assert!(proc.syscall(300, 300).unwrap_err().is_gone());
         assert!(proc.wchan(300, 300).unwrap_err().is_gone());
         assert!(proc.cmdline(300).unwrap_err().is_gone());
-        assert!(proc.fds(300).unwrap_err().is_gone());
+        assert!(proc.pipe_fds(300).unwrap_err().is_gone());
         assert!(proc.mapped_files(300).unwrap_err().is_gone());
+    }
+
+    fn nix_pipe() -> (i32, i32) {
+        let mut fds = [0; 2];
+        // SAFETY: a valid two-int array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        (fds[0], fds[1])
     }
 
     #[test]
@@ -495,8 +532,24 @@ mod tests {
         assert!(!stat.comm.is_empty());
         assert!(stat.num_threads >= 1 && stat.ppid > 0);
         assert!(!proc.cmdline(pid).unwrap().args.is_empty());
-        let fds: Vec<i32> = proc.fds(pid).unwrap().iter().map(|fd| fd.fd).collect();
-        assert!(fds.starts_with(&[0, 1, 2]), "{fds:?}");
+        let (read, write) = nix_pipe();
+        let pipes = proc.pipe_fds(pid).unwrap();
+        let inode = |fd: i32| match proc.fd(pid, fd).unwrap().target {
+            FdTarget::Pipe(inode) => inode,
+            other => panic!("fd {fd} is {other:?}"),
+        };
+        let end = |fd, access| PipeFd {
+            fd,
+            pipe: inode(fd),
+            access,
+        };
+        assert!(pipes.contains(&end(read, Access::Read)), "{pipes:?}");
+        assert!(pipes.contains(&end(write, Access::Write)), "{pipes:?}");
+        // SAFETY: both fds were opened above and are not used again.
+        unsafe {
+            libc::close(read);
+            libc::close(write);
+        }
         assert!(!proc.mapped_files(pid).unwrap().is_empty());
     }
 
@@ -536,7 +589,7 @@ mod tests {
         assert_eq!(cmdline.unwrap().args, ["sleep", "100"]);
         assert!(!wchan.unwrap().is_empty());
         assert!(proc.stat(pid, pid).unwrap_err().is_gone());
-        assert!(proc.fds(pid).unwrap_err().is_gone());
+        assert!(proc.pipe_fds(pid).unwrap_err().is_gone());
         assert!(proc.sched_exec_start_ns(pid, pid).unwrap_err().is_gone());
     }
 }

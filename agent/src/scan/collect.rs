@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
-    procfs::{Access, FdTarget, ProcFs, Syscall},
+    procfs::{Access, ProcFs, Syscall},
 };
 
 /// Chains of pollers through pipes are short; this bounds the passes over `/proc`.
@@ -379,14 +379,12 @@ impl Builder<'_> {
                 if wanted_pipes.is_empty() {
                     continue;
                 }
-                let fds = self.procfs.fds(pid).unwrap_or_else(|error| {
+                let fds = self.procfs.pipe_fds(pid).unwrap_or_else(|error| {
                     count(&mut self.errors, &error);
                     Vec::new()
                 });
                 for fd in fds {
-                    let FdTarget::Pipe(inode) = fd.target else {
-                        continue;
-                    };
+                    let inode = fd.pipe;
                     if !wanted_pipes.contains(&inode) {
                         continue;
                     }

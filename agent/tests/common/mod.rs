@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -127,6 +127,18 @@ impl Agent {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The agent's peak resident memory so far (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("reading the agent's status: {e}\n{}", self.log()));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("no VmHWM in the agent's status:\n{status}"))
     }
 
     pub fn log(&self) -> String {
@@ -382,6 +394,14 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs the exitwatch binary with `args` (no agent) and collects its output.
+pub fn exitwatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_exitwatch"))
+        .args(args)
+        .output()
+        .expect("running exitwatch")
 }
 
 /// Incidents whose pids include `pid`.
