@@ -132,7 +132,17 @@ fn incidents_command_prints_a_table_and_json() {
     let table = exitwatch(&["incidents", "--agent", &agent.url]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(table.status.success(), "{}", stderr(&table));
-    assert!(text.starts_with("ID  KIND"), "{text}");
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["ID", "KIND", "STATE", "PIDS", "STARTED", "SUMMARY"],
+        "{text}"
+    );
     assert!(
         text.contains("pipe_deadlock") && text.contains(&parent.to_string()),
         "{text}"
