@@ -257,25 +257,35 @@ fn held_connections_neither_lock_out_scrapers_nor_exhaust_descriptors() {
     );
 
     // The scanner was never starved of descriptors: the deadlock is found in time.
-    let incident = loop {
-        let found = agent.get("/api/v1/incidents").and_then(|body| {
-            let parsed: serde_json::Value = serde_json::from_str(&body).ok()?;
-            parsed["incidents"]
-                .as_array()?
-                .iter()
-                .find(|i| i["kind"] == "pipe_deadlock" && involves(i, parent))
-                .cloned()
-        });
-        if let Some(found) = found {
-            break found;
-        }
-        assert!(
+    let incident =
+        loop {
+            let found = agent.get("/api/v1/incidents").and_then(|body| {
+                let parsed: serde_json::Value = serde_json::from_str(&body).ok()?;
+                parsed["incidents"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["kind"] == "pipe_deadlock" && involves(i, parent))
+                    .cloned()
+            });
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
             hang_started.elapsed() < HANG_AFTER + SLACK,
-            "the pipe deadlock of pid {parent} was not found during the attack:\n{}",
+            "the pipe deadlock of pid {parent} was not found during the attack; /healthz: {:?}\n\
+             scans: {}\n{}",
+            agent.request("/healthz", None).map(|r| r.into_string().unwrap_or_default()),
+            agent
+                .get("/metrics")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("exitwatch_scan") || l.starts_with("exitwatch_blocked"))
+                .collect::<Vec<_>>()
+                .join("\n"),
             agent.log()
         );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+            std::thread::sleep(Duration::from_millis(200));
+        };
     let found_after = hang_started.elapsed();
 
     flooding.store(false, Ordering::Relaxed);
@@ -296,6 +306,11 @@ fn held_connections_neither_lock_out_scrapers_nor_exhaust_descriptors() {
     assert!(
         (peak_fds as u64) < OPEN_FILES - 16,
         "the agent's descriptors reached {peak_fds} of {OPEN_FILES}"
+    );
+    assert!(
+        !agent.log().contains("Too many open files"),
+        "the agent ran out of descriptors:\n{}",
+        agent.log()
     );
     assert!(
         peak_rss <= 64 * 1024,

@@ -40,6 +40,8 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Refusals (full, accept errors) are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long the accept loop waits for an evicted connection to close its socket.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
 
 pub struct Listener {
     listener: TcpListener,
@@ -104,9 +106,9 @@ impl Listener {
                     continue;
                 }
             };
-            let slot = match slots.admit() {
-                Admission::Admitted(slot) => slot,
-                Admission::Evicted(slot) => {
+            let (slot, evicted) = match slots.admit() {
+                Admission::Admitted(slot) => (slot, None),
+                Admission::Evicted(slot, evicted) => {
                     shared.metrics.http_connection_evicted();
                     evictions.warn(|n| {
                         format!(
@@ -115,7 +117,7 @@ impl Listener {
                             self.max_connections
                         )
                     });
-                    slot
+                    (slot, Some(evicted))
                 }
                 Admission::Refused => {
                     // Closed at once: a refused client holds neither a slot nor a descriptor.
@@ -138,6 +140,10 @@ impl Listener {
                 slot,
             };
             tokio::spawn(connection.run(stream));
+            if let Some(evicted) = evicted {
+                // One descriptor over the cap at most: the next accept waits for the close.
+                let _ = tokio::time::timeout(EVICTION_WAIT, evicted.closed()).await;
+            }
         }
         shared.health.shutting_down();
         drop(self.listener);

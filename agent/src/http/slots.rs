@@ -28,14 +28,18 @@ struct State {
 pub struct Occupant {
     busy: AtomicBool,
     evicted: Notify,
+    closed: Notify,
 }
 
 pub enum Admission {
     Admitted(Slot),
-    /// Admitted in the place of an idle connection, which is being closed.
-    Evicted(Slot),
+    /// Admitted in the place of an idle connection, which is being closed: wait for
+    /// `Evicted::closed` before accepting more, or descriptors outrun the cap.
+    Evicted(Slot, Evicted),
     Refused,
 }
+
+pub struct Evicted(Arc<Occupant>);
 
 /// One open connection's place; freed when dropped.
 pub struct Slot {
@@ -57,7 +61,7 @@ impl Slots {
 
     pub fn admit(self: &Arc<Self>) -> Admission {
         let mut state = self.state();
-        let mut evicted = false;
+        let mut evicted = None;
         if state.open.len() >= self.max {
             let idle = state
                 .open
@@ -69,7 +73,7 @@ impl Slots {
             };
             // Stored as a permit if the connection is not waiting yet.
             occupant.evicted.notify_one();
-            evicted = true;
+            evicted = Some(Evicted(occupant));
         }
         let id = state.next_id;
         state.next_id += 1;
@@ -80,10 +84,9 @@ impl Slots {
             slots: self.clone(),
             occupant,
         };
-        if evicted {
-            Admission::Evicted(slot)
-        } else {
-            Admission::Admitted(slot)
+        match evicted {
+            Some(evicted) => Admission::Evicted(slot, evicted),
+            None => Admission::Admitted(slot),
         }
     }
 
@@ -110,6 +113,14 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.state().open.remove(&self.id);
+        self.occupant.closed.notify_one();
+    }
+}
+
+impl Evicted {
+    /// Completes when the evicted connection has let go of its slot (and its socket).
+    pub async fn closed(self) {
+        self.0.closed.notified().await;
     }
 }
 
@@ -143,15 +154,19 @@ mod tests {
         let first = admitted(slots.admit());
         let second = admitted(slots.admit());
         let _serving = second.occupant().busy();
-        let Admission::Evicted(third) = slots.admit() else {
+        let Admission::Evicted(third, evicted) = slots.admit() else {
             panic!("the idle connection was not evicted");
         };
+        let within = std::time::Duration::from_secs(1);
         // The first connection learns it was evicted even though it was not waiting yet.
-        tokio::time::timeout(std::time::Duration::from_secs(1), first.evicted())
+        tokio::time::timeout(within, first.evicted())
             .await
             .expect("the evicted connection is told");
         assert_eq!(slots.open(), 2);
         drop(first);
+        tokio::time::timeout(within, evicted.closed())
+            .await
+            .expect("the newcomer learns that the evicted connection closed");
         assert_eq!(slots.open(), 2, "an evicted slot is no longer counted");
         let _also_serving = third.occupant().busy();
         assert!(matches!(slots.admit(), Admission::Refused));
@@ -165,6 +180,6 @@ mod tests {
         let slots = Slots::new(1);
         let only = admitted(slots.admit());
         drop(only.occupant().busy());
-        assert!(matches!(slots.admit(), Admission::Evicted(_)));
+        assert!(matches!(slots.admit(), Admission::Evicted(..)));
     }
 }
