@@ -33,14 +33,7 @@ enum Command {
     /// Run the agent: load the probes, scan, serve /metrics and the incident API.
     Run(daemon::Config),
     /// Print the incidents of a running agent.
-    Incidents {
-        /// Base URL of the agent.
-        #[arg(long, default_value = "http://127.0.0.1:9977")]
-        agent: String,
-        /// Print the API's JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Incidents(commands::incidents::Options),
     /// Explain, from /proc alone, why a process does not exit (no agent needed).
     Explain {
         pid: i32,
@@ -71,7 +64,7 @@ fn main() -> ExitCode {
             logging::init(config.log_format);
             daemon::run(config)
         }
-        Command::Incidents { agent, json } => commands::incidents::print(&agent, json),
+        Command::Incidents(options) => commands::incidents::print(&options),
         Command::Explain { pid, hang_after } => commands::explain::print(pid, hang_after),
     };
     match result {

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{involves, Agent, Subject, HANG_AFTER};
+use common::{involves, Agent, Subject, TlsFixture, HANG_AFTER};
 use serde_json::Value;
 
 /// How long every expression gets to return data after Prometheus is ready.
@@ -44,13 +44,18 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Prometheus {
+        Self::start_with(target, "")
+    }
+
+    /// `job` holds more keys of the scrape job, indented for it (scheme, tls_config...).
+    fn start_with(target: &str, job: &str) -> Prometheus {
         let dir = tempfile::tempdir().expect("creating the Prometheus directory");
         let rules = repo_dir().join("dashboards/alerts.yml");
         assert!(rules.exists(), "{} is missing", rules.display());
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules:?}\n\
-             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [{target:?}]\n",
+             scrape_configs:\n  - job_name: {JOB}\n{job}    static_configs:\n      - targets: [{target:?}]\n",
             rules = rules.display().to_string(),
         );
         let config_path = dir.path().join("prometheus.yml");
@@ -319,4 +324,52 @@ fn prometheus_scrapes_the_agent_answers_every_panel_and_fires_the_deadlock_alert
         "ExitwatchDown is pending or firing: {down:?}"
     );
     drop(subject);
+}
+
+/// A node_exporter-style scrape job (`scheme: https`, `tls_config`, `basic_auth`) works
+/// unchanged against an agent with an exporter-toolkit web config.
+#[test]
+fn prometheus_scrapes_an_agent_behind_tls_and_basic_auth() {
+    let tls = TlsFixture::new();
+    let agent = tls.agent();
+    let instance = agent
+        .url
+        .strip_prefix("https://")
+        .expect("agent URL is https://host:port")
+        .to_string();
+    let job: String = [
+        "    scheme: https".to_string(),
+        "    tls_config:".to_string(),
+        format!("      ca_file: {:?}", tls.ca_file().display().to_string()),
+        "    basic_auth:".to_string(),
+        format!("      username: {}", tls.user),
+        format!("      password: {}", tls.password),
+    ]
+    .map(|line| line + "\n")
+    .concat();
+    let prometheus = Prometheus::start_with(&instance, &job);
+    let up = format!("up{{job=\"{JOB}\", instance=\"{instance}\"}} == 1");
+    let build_info = format!("exitwatch_build_info{{job=\"{JOB}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scraped = prometheus.query(&up).is_ok_and(|r| !r.is_empty())
+            && prometheus.query(&build_info).is_ok_and(|r| !r.is_empty());
+        if scraped {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape the TLS agent within 30 s: up = {:?}\n\
+             targets: {}\nprometheus log:\n{}\nagent log:\n{}",
+            prometheus.query(&format!("up{{job=\"{JOB}\"}}")),
+            ureq::get(&format!("{}/api/v1/targets", prometheus.url))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .unwrap_or_default(),
+            prometheus.log(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

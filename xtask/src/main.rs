@@ -67,6 +67,7 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("chromium", "chromium"),
+    ("openssl", "openssl"),
 ];
 
 fn workspace_root() -> PathBuf {

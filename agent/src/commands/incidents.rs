@@ -1,5 +1,15 @@
 //! `exitwatch incidents`: a running agent's incidents as a table.
-use anyhow::{Context, Result};
+use std::{
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Args;
+use rustls::{pki_types::pem::PemObject, pki_types::CertificateDer, RootCertStore};
 use serde::Deserialize;
 
 use crate::{
@@ -7,27 +17,97 @@ use crate::{
     text::printable,
 };
 
+/// The basic auth password comes from here, never from the command line (which every
+/// local user can read in /proc).
+pub const PASSWORD_ENV: &str = "EXITWATCH_AGENT_PASSWORD";
+
+/// A large answer over a slow link still arrives; a stalled agent does not hang the CLI.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Args, Debug)]
+pub struct Options {
+    /// Base URL of the agent (https:// for an agent with a TLS web config).
+    #[arg(long, default_value = "http://127.0.0.1:9977")]
+    agent: String,
+    /// CA certificate(s) (PEM) that the agent's certificate must chain to, instead of
+    /// the built-in web roots.
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// Basic auth user; the password is read from $EXITWATCH_AGENT_PASSWORD.
+    #[arg(long)]
+    user: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Deserialize)]
 struct Response {
     incidents: Vec<Incident>,
 }
 
-pub fn print(agent: &str, json: bool) -> Result<()> {
+pub fn print(options: &Options) -> Result<()> {
+    let agent = &options.agent;
     let url = format!("{}/api/v1/incidents", agent.trim_end_matches('/'));
-    let body = ureq::get(&url)
-        .timeout(std::time::Duration::from_secs(10))
+    let mut request = client(options.ca_file.as_deref())?
+        .get(&url)
+        .timeout(TIMEOUT);
+    if let Some(authorization) = authorization(options.user.as_deref())? {
+        request = request.set("Authorization", &authorization);
+    }
+    let body = request
         .call()
         .with_context(|| format!("asking the agent at {agent} (is `exitwatch run` running?)"))?
-        .into_string()
-        .context("reading the agent's answer")?;
-    if json {
-        println!("{body}");
+        .into_reader();
+    // Streamed, not buffered into a string: the answer may be of any size.
+    if options.json {
+        let mut out = io::stdout().lock();
+        io::copy(&mut io::BufReader::new(body), &mut out).context("reading the agent's answer")?;
+        writeln!(out)?;
         return Ok(());
     }
-    let response: Response =
-        serde_json::from_str(&body).context("the agent's answer is not an incident list")?;
+    let response: Response = serde_json::from_reader(io::BufReader::new(body))
+        .context("the agent's answer is not an incident list")?;
     print!("{}", table(&response.incidents));
     Ok(())
+}
+
+fn client(ca_file: Option<&Path>) -> Result<ureq::Agent> {
+    let Some(ca_file) = ca_file else {
+        return Ok(ureq::agent());
+    };
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading --ca-file {}", ca_file.display()))?;
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        bail!(
+            "--ca-file {}: no usable certificate in it",
+            ca_file.display()
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("setting up TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(ureq::AgentBuilder::new().tls_config(Arc::new(tls)).build())
+}
+
+fn authorization(user: Option<&str>) -> Result<Option<String>> {
+    let password = std::env::var(PASSWORD_ENV).ok();
+    match (user, password) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => bail!("${PASSWORD_ENV} is set: name the user with --user"),
+        (Some(_), None) => bail!("--user needs the password in ${PASSWORD_ENV}"),
+        (Some(user), Some(password)) => {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            Ok(Some(format!("Basic {encoded}")))
+        }
+    }
 }
 
 fn table(incidents: &[Incident]) -> String {

@@ -4,6 +4,7 @@ mod scanner;
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -13,6 +14,7 @@ use clap::Args;
 
 use crate::{
     clock::monotonic_ns,
+    http::{Health, Listener, WebConfig},
     incidents::Store,
     logging,
     metrics::Metrics,
@@ -47,6 +49,15 @@ pub struct Config {
     /// uprobe; each costs a probe in every process that maps it.
     #[arg(long, default_value_t = 32)]
     pub max_uprobe_targets: usize,
+    /// TLS and basic auth, in the Prometheus exporter-toolkit format (the file
+    /// node_exporter's --web.config.file reads).
+    #[arg(long, value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+    /// HTTP connections open at once; a new one replaces the oldest idle one, or is
+    /// closed at once when all are serving requests. Lowered when the open-file limit
+    /// cannot hold them next to the agent's own descriptors.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub web_max_connections: u32,
 }
 
 /// Scans walk `/proc`; shorter intervals than this buy no earlier detection worth a core.
@@ -72,6 +83,7 @@ pub struct Shared {
     /// Exit-phase evidence from stacks, remembered across scans.
     pub exit_stacks: Mutex<ExitStacks>,
     pub metrics: Metrics,
+    pub health: Health,
 }
 
 impl Shared {
@@ -89,19 +101,27 @@ impl Shared {
     }
 }
 
+/// Blocking work still running at exit (a scan stuck in a read) is abandoned after this:
+/// the process exits anyway, and its exit closes every BPF link.
+const ABANDON_BLOCKING_AFTER: Duration = Duration::from_millis(500);
+
 pub fn run(config: Config) -> Result<()> {
     limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    let served = runtime.block_on(serve(config));
+    runtime.shutdown_timeout(ABANDON_BLOCKING_AFTER);
+    served
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let web = match &config.web_config_file {
+        Some(file) => WebConfig::load(file)?,
+        None => WebConfig::plain(),
+    };
+    let listener = Listener::bind(config.listen, web, config.web_max_connections).await?;
     let (mut probes, mut streams) = Probes::load().context("cannot start the kernel probes")?;
     // Keeps the kernel counting run time per BPF program while the agent runs.
     let _bpf_stats = config
@@ -120,12 +140,12 @@ async fn serve(config: Config) -> Result<()> {
     let seeded = probes.seed(&blocked_from_proc(&procfs, monotonic_ns()));
     log::info!(
         "exitwatch {} watching: hang-after {}, scan every {}, {} uprobe target(s), \
-         {seeded} wait(s) already in progress; serving http://{}/",
+         {seeded} wait(s) already in progress; serving {}",
         env!("CARGO_PKG_VERSION"),
         humantime::format_duration(config.hang_after),
         humantime::format_duration(config.scan_interval),
         streams.uprobes.attached(),
-        config.listen,
+        listener.url(),
     );
 
     let shared = Arc::new(Shared {
@@ -135,21 +155,25 @@ async fn serve(config: Config) -> Result<()> {
         store: Mutex::new(Store::starting_at(first_incident_id())),
         exit_stacks: Mutex::new(ExitStacks::default()),
         metrics: Metrics::new().context("registering metrics")?,
+        health: Health::new(config.scan_interval),
     });
+    let watched = shared.clone();
     let tasks = [
-        tokio::spawn(events::run(shared.clone(), streams)),
+        tokio::spawn(async move {
+            let _alive = watched.health.event_loop_alive();
+            events::run(watched.clone(), streams).await;
+        }),
         tokio::spawn(scanner::run(shared.clone())),
     ];
-    let server = axum::serve(listener, crate::http::router(shared.clone()))
-        .with_graceful_shutdown(shutdown_signal());
-    let served = server.await.context("HTTP server");
+    listener.serve(shared.clone(), shutdown_signal()).await;
     for task in tasks {
         task.abort();
     }
     log::info!("shutting down: detaching probes");
-    // Dropping the last reference detaches every program and frees the maps.
+    // Dropping the last reference detaches every program and frees the maps (a scan
+    // still running holds one; then the process exit closes them).
     drop(shared);
-    served
+    Ok(())
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core), and scans run

@@ -82,6 +82,7 @@ fn scan_once(shared: &Shared) {
         );
     }
     let uprobe_targets = shared.probes().uprobe_targets();
+    shared.health.scan_completed();
     shared.metrics.observe_scan(
         &scan.snapshot,
         view.exiting.len() + scan.exits_found.len(),

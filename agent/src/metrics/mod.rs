@@ -64,6 +64,8 @@ pub struct Metrics {
     uprobe_refusals: IntCounterVec,
     discovery_dropped: IntCounter,
     last_scan: Gauge,
+    http_rejected: IntCounter,
+    http_evicted: IntCounter,
     wait_durations: WaitDurations,
     process: ProcessMetrics,
 }
@@ -182,6 +184,14 @@ impl Metrics {
                 "exitwatch_last_scan_timestamp_seconds",
                 "Unix time of the last completed scan.",
             )?,
+            http_rejected: IntCounter::new(
+                "exitwatch_http_connections_rejected_total",
+                "HTTP connections closed at once: all --web-max-connections were serving requests.",
+            )?,
+            http_evicted: IntCounter::new(
+                "exitwatch_http_connections_evicted_total",
+                "Idle HTTP connections closed to make room for new ones (all slots taken).",
+            )?,
             wait_durations: WaitDurations::new()?,
             process: ProcessMetrics::new()?,
             registry,
@@ -239,6 +249,8 @@ impl Metrics {
             Box::new(metrics.uprobe_refusals.clone()),
             Box::new(metrics.discovery_dropped.clone()),
             Box::new(metrics.last_scan.clone()),
+            Box::new(metrics.http_rejected.clone()),
+            Box::new(metrics.http_evicted.clone()),
             Box::new(metrics.wait_durations.clone()),
         ];
         for collector in collectors {
@@ -262,6 +274,14 @@ impl Metrics {
 
     pub fn exit_phase_entered(&self, reason: &str) {
         self.exit_phase_entries.with_label_values(&[reason]).inc();
+    }
+
+    pub fn http_connection_rejected(&self) {
+        self.http_rejected.inc();
+    }
+
+    pub fn http_connection_evicted(&self) {
+        self.http_evicted.inc();
     }
 
     pub fn scan_failed(&self) {

@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
@@ -39,6 +38,21 @@ pub struct Agent {
     child: Child,
     pub url: String,
     log: tempfile::NamedTempFile,
+    client: ureq::Agent,
+    /// Basic auth credentials sent with every request of `get`.
+    credentials: Option<(String, String)>,
+}
+
+/// How to start an agent beyond the test defaults.
+#[derive(Default)]
+pub struct Setup {
+    pub args: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) the agent starts with.
+    pub open_files: Option<u64>,
+    /// For an https agent: the CA its certificate chains to.
+    pub ca_file: Option<PathBuf>,
+    /// Sent with every request of `get`.
+    pub credentials: Option<(String, String)>,
 }
 
 impl Agent {
@@ -48,39 +62,67 @@ impl Agent {
     }
 
     pub fn start_with(extra: &[&str]) -> Agent {
+        Self::start_setup(Setup {
+            args: extra.iter().map(|a| a.to_string()).collect(),
+            ..Setup::default()
+        })
+    }
+
+    /// Listens on port 0 and learns the real port from the agent's log.
+    pub fn start_setup(setup: Setup) -> Agent {
         require_root();
-        let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("creating the agent log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_exitwatch"));
         command
-            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["run", "--listen", "127.0.0.1:0"])
             .args(["--hang-after", &format!("{}ms", HANG_AFTER.as_millis())])
             .args([
                 "--scan-interval",
                 &format!("{}ms", SCAN_INTERVAL.as_millis()),
             ])
-            .args(extra)
+            .args(&setup.args)
             .env("EXITWATCH_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("reopening the agent log"));
+        if let Some(limit) = setup.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only an async-signal-safe syscall between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = command.spawn().expect("starting the exitwatch binary");
         let mut agent = Agent {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             log,
+            client: http_client(setup.ca_file.as_deref()),
+            credentials: setup.credentials,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = agent.child.try_wait().expect("polling the agent") {
                 panic!("the agent exited at start-up ({status}):\n{}", agent.log());
             }
-            if agent.get("/healthz").is_some() {
+            if agent.url.is_empty() {
+                agent.url = bound_url(&agent.log()).unwrap_or_default();
+            } else if agent.request("/healthz", None).is_ok() {
+                // Serving; a 503 (first scans slower than three intervals) still counts.
                 return agent;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!(
-            "the agent did not serve /healthz within 30 s:\n{}",
+            "the agent did not log its address and serve /healthz within 30 s:\n{}",
             agent.log()
         );
     }
@@ -115,12 +157,30 @@ impl Agent {
     }
 
     pub fn get(&self, path: &str) -> Option<String> {
-        ureq::get(&format!("{}{path}", self.url))
-            .timeout(Duration::from_secs(5))
-            .call()
-            .ok()?
-            .into_string()
-            .ok()
+        let credentials = self.credentials.as_ref();
+        let response = self
+            .request(path, credentials.map(|(u, p)| (u.as_str(), p.as_str())))
+            .ok()?;
+        (response.status() == 200).then(|| response.into_string().ok())?
+    }
+
+    /// One GET through a fresh connection; 4xx and 5xx answers are `Ok`.
+    pub fn request(
+        &self,
+        path: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<ureq::Response, String> {
+        let mut request = self
+            .client
+            .get(&format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(5));
+        if let Some((user, password)) = credentials {
+            request = request.set("Authorization", &basic_authorization(user, password));
+        }
+        match request.call() {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(response),
+            Err(ureq::Error::Transport(transport)) => Err(transport.to_string()),
+        }
     }
 
     pub fn metrics(&self) -> String {
@@ -180,12 +240,162 @@ impl Agent {
     }
 
     /// SIGTERM, and the exit status once the agent has detached its probes.
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
+        self.terminate().0
+    }
+
+    /// As `stop`, with the agent's whole log.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
         signal(self.child.id() as i32, libc::SIGTERM);
         let log = &self.log;
-        wait_for_exit(&mut self.child, Duration::from_secs(15), || {
+        let status = wait_for_exit(&mut self.child, Duration::from_secs(15), || {
             let log = std::fs::read_to_string(log.path()).unwrap_or_default();
             format!("the agent did not stop within 15 s of SIGTERM:\n{log}")
+        });
+        (status, self.log())
+    }
+}
+
+/// The address the agent logged as bound: `serving http://127.0.0.1:PORT/`.
+pub fn bound_url(log: &str) -> Option<String> {
+    let start = log.find("serving http")? + "serving ".len();
+    let url = &log[start..];
+    let host = url.find("://")? + 3;
+    let end = host + url[host..].find('/')?;
+    Some(url[..end].to_string())
+}
+
+/// A client without connection reuse, trusting `ca_file` for https.
+fn http_client(ca_file: Option<&Path>) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new().max_idle_connections(0);
+    let Some(ca_file) = ca_file else {
+        return builder.build();
+    };
+    let pem = std::fs::read(ca_file).unwrap_or_else(|e| panic!("reading {ca_file:?}: {e}"));
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.unwrap_or_else(|e| panic!("parsing {ca_file:?}: {e:?}")))
+            .unwrap_or_else(|e| panic!("trusting {ca_file:?}: {e}"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    builder.tls_config(std::sync::Arc::new(tls)).build()
+}
+
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// A CA, a server certificate for 127.0.0.1 signed by it (made with the `openssl` CLI),
+/// and an exporter-toolkit web config that serves TLS, requires one bcrypt user and sets
+/// `X-Frame-Options: deny`, as node_exporter's files may.
+pub struct TlsFixture {
+    dir: tempfile::TempDir,
+    pub user: String,
+    pub password: String,
+}
+
+impl TlsFixture {
+    pub fn new() -> TlsFixture {
+        let dir = tempfile::tempdir().expect("creating the TLS directory");
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("running openssl (install the Debian package `openssl`)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let ca = [
+            "-subj",
+            "/CN=exitwatch test CA",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+        ];
+        openssl(&[&["req", "-x509"], &ec[..], &ca[..], &["-out", "ca.pem"]].concat());
+        let server = ["-subj", "/CN=localhost", "-keyout", "server.key"];
+        openssl(&[&["req"], &ec[..], &server[..], &["-out", "server.csr"]].concat());
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .expect("writing the certificate extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let (user, password) = ("prometheus".to_string(), "scrape-secret".to_string());
+        let hash = bcrypt::hash(&password, 4).expect("hashing the test password");
+        // Relative paths: the agent resolves them against the file's directory.
+        std::fs::write(
+            dir.path().join("web-config.yml"),
+            format!(
+                "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+                 basic_auth_users:\n  {user}: '{hash}'\n\
+                 http_server_config:\n  http2: true\n  headers:\n    X-Frame-Options: deny\n"
+            ),
+        )
+        .expect("writing the web config");
+        TlsFixture {
+            dir,
+            user,
+            password,
+        }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn web_config(&self) -> PathBuf {
+        self.dir.path().join("web-config.yml")
+    }
+
+    /// An agent serving with this web config, that the harness's requests authenticate to.
+    pub fn agent(&self) -> Agent {
+        Agent::start_setup(Setup {
+            args: vec![
+                "--web-config-file".to_string(),
+                self.web_config().display().to_string(),
+            ],
+            ca_file: Some(self.ca_file()),
+            credentials: Some((self.user.clone(), self.password.clone())),
+            ..Setup::default()
         })
     }
 }
@@ -363,13 +573,6 @@ pub fn compile_c(source: &str) -> PathBuf {
         assert!(status.success(), "compiling {source} failed");
     }
     binary
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("finding a free port")
 }
 
 /// The pipe inode `/proc/PID/fd/FD` points at.
