@@ -57,11 +57,11 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
          <th>state</th><th>what happened</th></tr>",
     );
     for incident in incidents {
-        let processes: Vec<String> = incident
+        let mut processes: Vec<String> = incident
             .processes
             .iter()
             .map(|p| {
-                let waits: Vec<String> = p
+                let mut waits: Vec<String> = p
                     .threads
                     .iter()
                     .filter(|t| t.wait != "running")
@@ -72,6 +72,7 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
                         )
                     })
                     .collect();
+                waits.extend(more(p.threads_omitted, "thread"));
                 format!(
                     "<code>{} ({})</code>{}",
                     escape(&p.comm),
@@ -80,6 +81,7 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
                 )
             })
             .collect();
+        processes.extend(more(incident.processes_omitted, "process"));
         let (state, until) = match incident.state {
             State::Active => (
                 "<span class=\"active\">active</span>".to_string(),
@@ -118,9 +120,41 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
     html.push_str("</table>");
 }
 
+/// "… and N more things", for the parts of an incident it does not describe.
+fn more(count: usize, thing: &str) -> Option<String> {
+    let plural = match (count, thing.ends_with('s')) {
+        (1, _) => "",
+        (_, true) => "es",
+        (_, false) => "s",
+    };
+    (count > 0).then(|| format!("<br><small>… and {count} more {thing}{plural}</small>"))
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::more;
+
+    #[test]
+    fn omitted_parts_are_counted_in_words() {
+        assert_eq!(more(0, "thread"), None);
+        assert_eq!(
+            more(1, "process").as_deref(),
+            Some("<br><small>… and 1 more process</small>")
+        );
+        assert_eq!(
+            more(469, "process").as_deref(),
+            Some("<br><small>… and 469 more processes</small>")
+        );
+        assert_eq!(
+            more(2, "thread").as_deref(),
+            Some("<br><small>… and 2 more threads</small>")
+        );
+    }
 }
