@@ -73,7 +73,12 @@ pub fn analyze(snapshot: &Snapshot) -> Vec<Finding> {
 
 /// The processes that could end `thread`'s wait, or `None` when the wait ends by itself
 /// or exitwatch cannot tell who would end it (such threads count as able to run).
-fn releasers(snapshot: &Snapshot, process: &Process, thread: &Thread) -> Option<Vec<Pid>> {
+fn releasers(
+    snapshot: &Snapshot,
+    children: &Children,
+    process: &Process,
+    thread: &Thread,
+) -> Option<Vec<Pid>> {
     if !thread.stuck {
         return None;
     }
@@ -87,15 +92,16 @@ fn releasers(snapshot: &Snapshot, process: &Process, thread: &Thread) -> Option<
             }
             writers.into_iter().collect()
         }
-        Wait::Child { target } => match *target {
-            ChildTarget::Pid(pid) => vec![pid],
-            ChildTarget::AnyChild => snapshot.children_of(process.pid).map(|c| c.pid).collect(),
-            ChildTarget::Group(pgrp) => snapshot
-                .children_of(process.pid)
-                .filter(|c| c.pgrp == pgrp)
-                .map(|c| c.pid)
-                .collect(),
-        },
+        Wait::Child { target } => {
+            let children = children.get(&process.pid).into_iter().flatten();
+            match *target {
+                ChildTarget::Pid(pid) => vec![pid],
+                ChildTarget::AnyChild => children.map(|c| c.pid).collect(),
+                ChildTarget::Group(pgrp) => {
+                    children.filter(|c| c.pgrp == pgrp).map(|c| c.pid).collect()
+                }
+            }
+        }
         // An untimed futex is a lock, condition or join that only another thread of the
         // same process can release.
         Wait::Futex { timed: false } => vec![process.pid],
@@ -106,43 +112,52 @@ fn releasers(snapshot: &Snapshot, process: &Process, thread: &Thread) -> Option<
 
 type ThreadId = (Pid, Pid);
 
+/// The snapshot's processes by parent, built once per analysis: looking children up by
+/// scanning every process for each waiter would be quadratic.
+type Children<'a> = BTreeMap<Pid, Vec<&'a Process>>;
+
 /// OR-model deadlock detection: a blocked thread is live if any of its releasers has a
-/// live thread (other than itself); what stays not live after the fixpoint is a knot.
+/// live thread; what stays not live is a knot. A worklist frees each waiter once, as soon
+/// as one of its releasers can run, so the cost is linear in the waits (a pass over all
+/// of them per freed level would be quadratic in a long chain).
 fn knots(snapshot: &Snapshot) -> Vec<Finding> {
     let mut blocked: BTreeMap<ThreadId, Vec<Pid>> = BTreeMap::new();
-    let mut live: BTreeSet<ThreadId> = BTreeSet::new();
+    let mut children: Children = BTreeMap::new();
+    for process in snapshot.processes.values() {
+        children.entry(process.ppid).or_default().push(process);
+    }
+    // Processes with a thread that can run.
+    let mut runnable: BTreeSet<Pid> = BTreeSet::new();
     for process in snapshot.processes.values() {
         for thread in &process.threads {
-            let id = (process.pid, thread.tid);
-            match releasers(snapshot, process, thread) {
+            match releasers(snapshot, &children, process, thread) {
                 Some(pids) => {
-                    blocked.insert(id, pids);
+                    blocked.insert((process.pid, thread.tid), pids);
                 }
                 None => {
-                    live.insert(id);
+                    runnable.insert(process.pid);
                 }
             }
         }
     }
-    let has_live_thread = |live: &BTreeSet<ThreadId>, pid: Pid, except: ThreadId| {
-        // A releaser exitwatch did not inspect is assumed able to run.
-        !snapshot.processes.contains_key(&pid)
-            || live
-                .range((pid, Pid::MIN)..=(pid, Pid::MAX))
-                .any(|&id| id != except)
-    };
-    loop {
-        let freed: Vec<ThreadId> = blocked
-            .iter()
-            .filter(|(id, pids)| {
-                !live.contains(id) && pids.iter().any(|&pid| has_live_thread(&live, pid, **id))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        if freed.is_empty() {
-            break;
+    let mut waiters: BTreeMap<Pid, Vec<ThreadId>> = BTreeMap::new();
+    for (id, pids) in &blocked {
+        for &pid in pids {
+            // A releaser exitwatch did not inspect is assumed able to run.
+            if !snapshot.processes.contains_key(&pid) {
+                runnable.insert(pid);
+            }
+            waiters.entry(pid).or_default().push(*id);
         }
-        live.extend(freed);
+    }
+    let mut ready: Vec<Pid> = runnable.iter().copied().collect();
+    let mut live: BTreeSet<ThreadId> = BTreeSet::new();
+    while let Some(pid) = ready.pop() {
+        for id in waiters.remove(&pid).unwrap_or_default() {
+            if live.insert(id) && runnable.insert(id.0) {
+                ready.push(id.0);
+            }
+        }
     }
     blocked.retain(|id, _| !live.contains(id));
     knot_cores(&blocked)
@@ -186,10 +201,15 @@ fn knot_cores(blocked: &BTreeMap<ThreadId, Vec<Pid>>) -> Vec<(BTreeSet<Pid>, Vec
             reversed[to].push(from);
         }
     }
-    (0..components)
-        .filter(|&c| !leaves[c])
-        .map(|core| {
-            let members: Vec<usize> = (0..nodes.len()).filter(|&n| component[n] == core).collect();
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); components];
+    for (node, &c) in component.iter().enumerate() {
+        members[c].push(node);
+    }
+    members
+        .into_iter()
+        .enumerate()
+        .filter(|&(c, _)| !leaves[c])
+        .map(|(_, members)| {
             // Everything that reaches the knot and is no knot itself waits behind it.
             let mut seen: BTreeSet<usize> = members.iter().copied().collect();
             let mut stack = members.clone();

@@ -179,9 +179,3 @@ pub struct Snapshot {
     pub processes: BTreeMap<Pid, Process>,
     pub pipes: BTreeMap<u64, PipeEnds>,
 }
-
-impl Snapshot {
-    pub fn children_of(&self, parent: Pid) -> impl Iterator<Item = &Process> {
-        self.processes.values().filter(move |p| p.ppid == parent)
-    }
-}

@@ -378,3 +378,30 @@ fn summaries_stay_short_however_big_the_knot() {
         small[0].summary
     );
 }
+
+/// Process `first + i` waits for its child `first + i + 1`; the last one runs, or (closed)
+/// writes into a full pipe that only the first reads.
+fn wait_chain(length: i32, closed: bool) -> Snapshot {
+    let first = 1000;
+    let last = first + length - 1;
+    let processes = (first..=last)
+        .map(|pid| {
+            let thread = match pid {
+                _ if pid < last => stuck(pid, wait_for(pid + 1)),
+                _ if closed => stuck(pid, WRITE_PIPE),
+                _ => running(pid),
+            };
+            process(pid, pid - 1, vec![thread])
+        })
+        .collect();
+    snapshot(processes, vec![(77, vec![first], vec![last])])
+}
+
+#[test]
+fn a_long_chain_ending_in_a_running_process_is_no_knot() {
+    // 10,000 levels: freeing one level per pass over all waits would take 10^8 steps.
+    assert!(analyze(&wait_chain(10_000, false)).is_empty());
+    let closed = analyze(&wait_chain(10_000, true));
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].pids.len(), 10_000);
+}
