@@ -6,26 +6,41 @@ use crate::procfs::Cmdline;
 pub const REDACTED: &str = "[redacted]";
 pub const CUT: &str = "[…cut]";
 
-/// Option and variable names whose values are secrets, matched case-insensitively on the
-/// name with `-` and `_` removed, anywhere in it (`--db-password`, `AWS_SECRET_ACCESS_KEY`).
-const SECRET_NAMES: [&str; 13] = [
+/// Names whose values are secrets when they appear anywhere in an option or variable
+/// name, case and `-`/`_`/`.` ignored (`--db-password`, `AWS_SECRET_ACCESS_KEY`, `apiKey`).
+const SECRET_PARTS: [&str; 12] = [
     "password",
     "passwd",
     "passphrase",
-    "pwd",
     "secret",
     "token",
+    "credential",
     "apikey",
     "accesskey",
     "privatekey",
-    "credential",
-    "auth",
+    "secretkey",
+    "sessionid",
     "cookie",
-    "session",
 ];
 
-/// Programs whose `-pVALUE` is a password (the MySQL family), not a port or a flag set.
-const JOINED_PASSWORD_PROGRAMS: [&str; 2] = ["mysql", "mariadb"];
+/// Short names that are secrets only as a whole word of the name (`--auth`, `-pass`,
+/// `X_PWD`), so that `--author` or `--compass` stay readable.
+const SECRET_WORDS: [&str; 8] = [
+    "pwd", "pass", "passin", "passout", "auth", "bearer", "header", "key",
+];
+
+/// Programs whose short option takes a password: `-pSECRET`/`-p SECRET` for the MySQL
+/// family and sshpass, `-a SECRET` for redis-cli. Elsewhere `-p` is a port or a flag
+/// (`mkdir -p`, `ssh -p 22`) and stays.
+const SHORT_PASSWORD_OPTIONS: [(&str, &str); 4] = [
+    ("mysql", "-p"),
+    ("mariadb", "-p"),
+    ("sshpass", "-p"),
+    ("redis-cli", "-a"),
+];
+
+/// Characters that end a value inside an argument (`a=1&password=x`, `host=h password=x`).
+const VALUE_ENDS: [char; 7] = ['&', ';', ',', ' ', '\'', '"', '\t'];
 
 /// The command line as the agent shows it; see the README for the rules.
 pub fn shown(cmdline: &Cmdline) -> String {
@@ -34,23 +49,24 @@ pub fn shown(cmdline: &Cmdline) -> String {
         .first()
         .map(|arg| arg.rsplit('/').next().unwrap_or(arg))
         .unwrap_or_default();
-    let joined_password = JOINED_PASSWORD_PROGRAMS
+    let short_password = SHORT_PASSWORD_OPTIONS
         .iter()
-        .any(|name| program.starts_with(name));
-    let mut out: Vec<String> = Vec::with_capacity(cmdline.args.len() + 1);
-    let mut value_is_secret = false;
-    let mut value_is_userinfo = false;
-    for arg in &cmdline.args {
-        let shown = if value_is_secret {
-            REDACTED.to_string()
-        } else if value_is_userinfo {
-            redact_after(arg, ':')
-        } else {
-            redact_arg(arg, joined_password)
-        };
-        value_is_secret = takes_secret_value(arg);
-        value_is_userinfo = matches!(arg.as_str(), "-u" | "--user" | "--proxy-user");
-        out.push(shown);
+        .find(|(name, _)| program.starts_with(name))
+        .map(|(_, option)| *option);
+    let mut args: &[String] = &cmdline.args;
+    // A cut argument may be a secret whose name was cut off with the rest.
+    if cmdline.truncated {
+        args = args.split_last().map_or(args, |(_, kept)| kept);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(args.len() + 1);
+    let mut next = Next::Plain;
+    for arg in args {
+        out.push(match next {
+            Next::Secret => REDACTED.to_string(),
+            Next::UserInfo => redact_after(arg, ':'),
+            Next::Plain => redact_arg(arg, short_password),
+        });
+        next = Next::after(arg, short_password);
     }
     if cmdline.truncated {
         out.push(CUT.to_string());
@@ -58,25 +74,36 @@ pub fn shown(cmdline: &Cmdline) -> String {
     out.join(" ")
 }
 
-/// `--password VALUE`, `-p VALUE`, `--header VALUE` (which may carry a token).
-fn takes_secret_value(arg: &str) -> bool {
-    if matches!(arg, "-p" | "-H" | "--header") {
-        return true;
-    }
-    let Some(name) = arg.strip_prefix('-') else {
-        return false;
-    };
-    !name.contains('=') && is_secret_name(name)
+/// What the argument after an option holds.
+#[derive(Clone, Copy)]
+enum Next {
+    Plain,
+    /// `--password VALUE`, `-H VALUE` (a header may carry a token).
+    Secret,
+    /// `-u user:password` (curl and others).
+    UserInfo,
 }
 
-fn redact_arg(arg: &str, joined_password: bool) -> String {
-    if let Some((name, _)) = arg.split_once('=') {
-        if is_secret_name(name) {
-            return format!("{name}={REDACTED}");
+impl Next {
+    fn after(arg: &str, short_password: Option<&str>) -> Self {
+        if arg == "-H" || short_password == Some(arg) {
+            return Self::Secret;
+        }
+        if matches!(arg, "-u" | "--user" | "--proxy-user") {
+            return Self::UserInfo;
+        }
+        match arg.strip_prefix('-') {
+            Some(name) if !name.contains('=') && is_secret_name(name) => Self::Secret,
+            _ => Self::Plain,
         }
     }
-    if joined_password && arg.len() > 2 && arg.starts_with("-p") && !arg.starts_with("--") {
-        return format!("-p{REDACTED}");
+}
+
+fn redact_arg(arg: &str, short_password: Option<&str>) -> String {
+    if let Some(option) = short_password {
+        if arg.len() > option.len() && arg.starts_with(option) && !arg.starts_with("--") {
+            return format!("{option}{REDACTED}");
+        }
     }
     let lower = arg.to_ascii_lowercase();
     for marker in ["authorization:", "bearer "] {
@@ -84,7 +111,37 @@ fn redact_arg(arg: &str, joined_password: bool) -> String {
             return format!("{}{REDACTED}", &arg[..at + marker.len()]);
         }
     }
-    redact_url_passwords(arg)
+    redact_url_passwords(&redact_assignments(arg))
+}
+
+/// Every `NAME=VALUE` in `arg` whose name looks secret, wherever it stands: the whole
+/// argument (`--token=x`, `API_KEY=x`: the value is all the rest), or inside one
+/// (`host=db password=x`, `jdbc:…?user=u&password=x`: the value ends at a separator).
+fn redact_assignments(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(equals) = rest.find('=') {
+        let (before, after) = (&rest[..equals], &rest[equals + 1..]);
+        let name_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .map_or(0, |at| at + 1);
+        let whole_argument = out.is_empty() && name_start == 0;
+        out.push_str(before);
+        out.push('=');
+        let value_end = if whole_argument {
+            after.len()
+        } else {
+            after.find(VALUE_ENDS).unwrap_or(after.len())
+        };
+        if is_secret_name(&before[name_start..]) && value_end > 0 {
+            out.push_str(REDACTED);
+            rest = &after[value_end..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `scheme://user:secret@host` → `scheme://user:[redacted]@host`, for every URL in `arg`.
@@ -122,13 +179,15 @@ fn redact_after(text: &str, separator: char) -> String {
 }
 
 fn is_secret_name(name: &str) -> bool {
-    let name: String = name
-        .trim_start_matches('-')
+    let name = name.trim_start_matches('-').to_ascii_lowercase();
+    let joined: String = name
         .chars()
         .filter(|c| !matches!(c, '-' | '_' | '.'))
-        .flat_map(char::to_lowercase)
         .collect();
-    !name.is_empty() && SECRET_NAMES.iter().any(|secret| name.contains(secret))
+    SECRET_PARTS.iter().any(|part| joined.contains(part))
+        || name
+            .split(['-', '_', '.'])
+            .any(|word| SECRET_WORDS.contains(&word))
 }
 
 #[cfg(test)]
@@ -164,15 +223,44 @@ mod tests {
             ]),
             "env AWS_SECRET_ACCESS_KEY=[redacted] HOME=/home/u api_key=[redacted]"
         );
-        assert_eq!(show(&["x", "-p", "s3cret"]), "x -p [redacted]");
+        assert_eq!(
+            show(&["openssl", "enc", "-pass", "pass:x", "--author", "me"]),
+            "openssl enc -pass [redacted] --author me"
+        );
+        assert_eq!(show(&["app", "--apiKey=k"]), "app --apiKey=[redacted]");
     }
 
     #[test]
-    fn joined_short_password_only_for_mysql_clients() {
+    fn secrets_inside_an_argument_are_found_too() {
+        assert_eq!(
+            show(&["psql", "host=db user=u password=x sslmode=require"]),
+            "psql host=db user=u password=[redacted] sslmode=require"
+        );
+        assert_eq!(
+            show(&[
+                "java",
+                "--url=jdbc:postgresql://h/db?user=u&password=x&ssl=true"
+            ]),
+            "java --url=jdbc:postgresql://h/db?user=u&password=[redacted]&ssl=true"
+        );
+        assert_eq!(
+            show(&["curl", "--header=X-Api-Key: k"]),
+            "curl --header=[redacted]"
+        );
+    }
+
+    #[test]
+    fn short_password_options_only_where_they_are_passwords() {
         assert_eq!(
             show(&["/usr/bin/mysql", "-uroot", "-phunter2"]),
             "/usr/bin/mysql -uroot -p[redacted]"
         );
+        assert_eq!(
+            show(&["sshpass", "-p", "pw", "ssh", "h"]),
+            "sshpass -p [redacted] ssh h"
+        );
+        assert_eq!(show(&["redis-cli", "-a", "pw"]), "redis-cli -a [redacted]");
+        assert_eq!(show(&["mkdir", "-p", "/srv/x"]), "mkdir -p /srv/x");
         assert_eq!(show(&["cc", "-pthread", "a.c"]), "cc -pthread a.c");
     }
 
@@ -205,12 +293,12 @@ mod tests {
     }
 
     #[test]
-    fn cut_command_lines_say_so() {
+    fn cut_command_lines_say_so_and_drop_the_cut_argument() {
         let cmdline = Cmdline {
-            args: vec!["python3".into(), "build.py".into()],
+            args: vec!["curl".into(), "-v".into(), "https://bob:hunt".into()],
             truncated: true,
         };
-        assert_eq!(shown(&cmdline), format!("python3 build.py {CUT}"));
+        assert_eq!(shown(&cmdline), format!("curl -v {CUT}"));
         assert_eq!(shown(&Cmdline::default()), "");
     }
 }
