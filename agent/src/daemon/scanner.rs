@@ -5,6 +5,7 @@ use super::Shared;
 use crate::{
     clock::Clock,
     graph::analyze,
+    incidents::MAX_ACTIVE,
     scan::{collect, Options},
 };
 
@@ -67,6 +68,13 @@ fn scan_once(shared: &Shared) {
             incident.kind,
             incident.pids_brief(),
             incident.summary
+        );
+    }
+    shared.metrics.incidents_untracked(changes.untracked);
+    if changes.untracked > 0 {
+        log::debug!(
+            "{} hang(s) not tracked: {MAX_ACTIVE} incidents are open",
+            changes.untracked
         );
     }
     for (incident, seconds) in &changes.resolved {

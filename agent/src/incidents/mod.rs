@@ -3,4 +3,4 @@ mod model;
 mod store;
 
 pub use model::{Incident, State};
-pub use store::Store;
+pub use store::{Store, MAX_ACTIVE};

@@ -16,6 +16,10 @@ const RECENT_BYTES: usize = 1024 * 1024;
 /// described per process: knots of hundreds of processes and exits of processes with
 /// thousands of threads happen, and each description is rebuilt every scan.
 const MAX_PROCESSES: usize = 32;
+/// Incidents open at once. Each is bounded, but a user can start any number of small
+/// deadlocks; past this many, new findings are counted (`exitwatch_incidents_untracked`)
+/// instead of tracked, so memory and the API's answer stay bounded.
+pub const MAX_ACTIVE: usize = 64;
 const MAX_THREADS: usize = 64;
 
 /// An incident's identity across scans: its kind and its processes, with their start
@@ -34,6 +38,8 @@ pub struct Store {
 pub struct Changes {
     pub opened: Vec<Incident>,
     pub resolved: Vec<(Incident, f64)>,
+    /// Findings not tracked because [`MAX_ACTIVE`] incidents are open.
+    pub untracked: usize,
 }
 
 impl Store {
@@ -60,17 +66,25 @@ impl Store {
     ) -> Changes {
         let mut changes = Changes::default();
         let mut current = BTreeMap::new();
+        let mut new = Vec::new();
         for finding in findings {
             let key = key(snapshot, finding);
-            let incident = match self.active.remove(&key) {
-                Some(existing) => refresh(existing, snapshot, finding),
-                None => {
-                    let incident = open(self.next_id, snapshot, finding, clock);
-                    self.next_id += 1;
-                    changes.opened.push(incident.clone());
-                    incident
+            match self.active.remove(&key) {
+                Some(existing) => {
+                    current.insert(key, refresh(existing, snapshot, finding));
                 }
-            };
+                None => new.push((key, finding)),
+            }
+        }
+        // Open incidents go on being tracked; new ones only while there is room.
+        for (key, finding) in new {
+            if current.len() >= MAX_ACTIVE {
+                changes.untracked += 1;
+                continue;
+            }
+            let incident = open(self.next_id, snapshot, finding, clock);
+            self.next_id += 1;
+            changes.opened.push(incident.clone());
             current.insert(key, incident);
         }
         for ((_, members), mut incident) in std::mem::replace(&mut self.active, current) {
@@ -323,6 +337,25 @@ mod tests {
             process.threads.iter().all(|t| t.stuck),
             "stuck threads first"
         );
+    }
+
+    #[test]
+    fn open_incidents_are_capped_and_keep_being_tracked() {
+        let mut store = Store::starting_at(1);
+        let deadlocks: Vec<(Snapshot, Finding)> = (0..MAX_ACTIVE as i32 + 3)
+            .map(|n| deadlock(100 * (n + 1), 2, 1))
+            .collect();
+        let mut snapshot = Snapshot::default();
+        for (one, _) in &deadlocks {
+            snapshot.processes.extend(one.processes.clone());
+        }
+        let findings: Vec<Finding> = deadlocks.into_iter().map(|(_, f)| f).collect();
+        let first = store.update(&snapshot, &findings[1..], &clock(), |_, _| true);
+        assert_eq!((first.opened.len(), first.untracked), (MAX_ACTIVE, 2));
+        // The same findings plus one: the open ones stay, still nothing new fits.
+        let again = store.update(&snapshot, &findings, &clock(), |_, _| true);
+        assert_eq!((again.opened.len(), again.untracked), (0, 3));
+        assert_eq!(store.active().count(), MAX_ACTIVE);
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub struct Metrics {
     registry: Registry,
     incidents_total: IntCounterVec,
     incidents_active: IntGaugeVec,
+    incidents_untracked: IntGauge,
     incident_duration: HistogramVec,
     incident_info: IntGaugeVec,
     blocked_threads: IntGaugeVec,
@@ -82,6 +83,11 @@ impl Metrics {
             incidents_active: IntGaugeVec::new(
                 Opts::new("exitwatch_incidents_active", "Incidents open now, by kind."),
                 &["kind"],
+            )?,
+            incidents_untracked: IntGauge::new(
+                "exitwatch_incidents_untracked",
+                "Hangs found but not tracked as incidents because the most that may be open \
+                 at once (64) are.",
             )?,
             incident_duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -233,6 +239,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(metrics.incidents_total.clone()),
             Box::new(metrics.incidents_active.clone()),
+            Box::new(metrics.incidents_untracked.clone()),
             Box::new(metrics.incident_duration.clone()),
             Box::new(metrics.incident_info.clone()),
             Box::new(metrics.blocked_threads.clone()),
@@ -270,6 +277,10 @@ impl Metrics {
         self.incident_duration
             .with_label_values(&[&incident.kind])
             .observe(seconds);
+    }
+
+    pub fn incidents_untracked(&self, count: usize) {
+        self.incidents_untracked.set(count as i64);
     }
 
     pub fn exit_phase_entered(&self, reason: &str) {

@@ -1,7 +1,7 @@
 //! What of a command line the agent keeps and shows: joined, cut where the read was cut,
 //! and with secret-looking values redacted before anything stores them. Incidents are
 //! served over HTTP and land in logs and alert notifications; `--password=…` must not.
-use crate::procfs::Cmdline;
+use crate::procfs::{Cmdline, CMDLINE_MAX_BYTES};
 
 pub const REDACTED: &str = "[redacted]";
 pub const CUT: &str = "[…cut]";
@@ -71,7 +71,18 @@ pub fn shown(cmdline: &Cmdline) -> String {
     if cmdline.truncated {
         out.push(CUT.to_string());
     }
-    out.join(" ")
+    let mut shown = out.join(" ");
+    // `-p a -p a …` grows by the markers: what is shown stays within what was read.
+    if shown.len() > CMDLINE_MAX_BYTES + CUT.len() + 1 {
+        let mut end = CMDLINE_MAX_BYTES;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push(' ');
+        shown.push_str(CUT);
+    }
+    shown
 }
 
 /// What the argument after an option holds.
@@ -290,6 +301,19 @@ mod tests {
             show(&["curl", "--oauth2-bearer", "t", "Authorization: Basic Ym9i"]),
             "curl --oauth2-bearer [redacted] Authorization:[redacted]"
         );
+    }
+
+    #[test]
+    fn redaction_does_not_grow_a_command_line_past_the_bound() {
+        let mut args = vec!["sshpass"];
+        args.extend(std::iter::repeat_n("-p a", 1000).flat_map(|pair| pair.split(' ')));
+        let shown = show(&args);
+        assert!(
+            shown.len() <= CMDLINE_MAX_BYTES + CUT.len() + 1,
+            "{}",
+            shown.len()
+        );
+        assert!(shown.ends_with(CUT));
     }
 
     #[test]
