@@ -3,9 +3,11 @@
 //! cannot grow it), and bcrypt runs off the async thread, one check at a time. Nobody
 //! waits for that one check: a request that finds it taken, or whose address failed too
 //! often lately, is told to come back, so wrong passwords cannot pile up requests.
+//! Users are read once, at start-up, and passwords stay remembered until the agent stops.
 use std::{
     collections::BTreeMap,
     net::IpAddr,
+    str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -17,10 +19,6 @@ use tokio::sync::Semaphore;
 
 use super::failed_logins::FailedLogins;
 
-/// Checked for unknown users too, so that the answer takes as long as for known ones.
-/// (bcrypt of a random password at cost 10.)
-const DUMMY_HASH: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
-
 /// Concurrent bcrypt checks: each takes a core for tens of milliseconds.
 const BCRYPT_SLOTS: usize = 1;
 /// When to come back after finding every bcrypt slot taken: a check ends within it.
@@ -28,6 +26,9 @@ const BCRYPT_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 pub struct BasicAuth {
     users: BTreeMap<String, Arc<User>>,
+    /// Checked for unknown users, so that the answer takes as long as for known ones: it
+    /// has the highest cost among the users' hashes (users of a lower cost answer faster).
+    dummy_hash: String,
     /// Shared with the check on the blocking pool, which holds its permit until bcrypt
     /// returns, even when the request that started it is gone.
     bcrypt_slots: Arc<Semaphore>,
@@ -48,9 +49,18 @@ struct User {
 }
 
 impl BasicAuth {
-    /// `None` when no users are configured: everything is open.
-    pub fn new(users: &BTreeMap<String, String>) -> Option<BasicAuth> {
-        (!users.is_empty()).then(|| BasicAuth {
+    /// `None` when no users are configured: everything is open. Makes one bcrypt hash.
+    pub fn new(users: &BTreeMap<String, String>) -> bcrypt::BcryptResult<Option<BasicAuth>> {
+        if users.is_empty() {
+            return Ok(None);
+        }
+        let cost = users
+            .values()
+            .map(|hash| bcrypt::HashParts::from_str(hash).map(|parts| parts.get_cost()))
+            .try_fold(0, |highest, cost| cost.map(|cost| cost.max(highest)))?;
+        // Its password does not matter: a match for an unknown user is still a refusal.
+        let dummy_hash = bcrypt::hash("", cost)?;
+        Ok(Some(BasicAuth {
             users: users
                 .iter()
                 .map(|(name, hash)| {
@@ -61,9 +71,10 @@ impl BasicAuth {
                     (name.clone(), Arc::new(user))
                 })
                 .collect(),
+            dummy_hash,
             bcrypt_slots: Arc::new(Semaphore::new(BCRYPT_SLOTS)),
             failed: Arc::default(),
-        })
+        }))
     }
 
     /// Whether an `Authorization` header from `peer` names a configured user with the
@@ -86,7 +97,7 @@ impl BasicAuth {
         let Ok(slot) = self.bcrypt_slots.clone().try_acquire_owned() else {
             return Verdict::TryLater(BCRYPT_BUSY_RETRY);
         };
-        let hash = user.map_or(DUMMY_HASH, |u| &u.hash).to_string();
+        let hash = user.map_or(&self.dummy_hash, |u| &u.hash).clone();
         let (user, failed) = (user.cloned(), self.failed.clone());
         // The outcome is recorded by the check, not by the request: a connection evicted
         // while bcrypt runs must neither waste a right password nor leave a wrong one
@@ -155,7 +166,9 @@ mod tests {
 
     fn alice() -> BasicAuth {
         let hash = bcrypt::hash("right", 4).expect("hashing");
-        BasicAuth::new(&BTreeMap::from([("alice".to_string(), hash)])).expect("users configured")
+        BasicAuth::new(&BTreeMap::from([("alice".to_string(), hash)]))
+            .expect("valid hashes")
+            .expect("users configured")
     }
 
     async fn allowed(auth: &BasicAuth, header: Option<&HeaderValue>, peer: IpAddr) -> bool {
@@ -174,7 +187,9 @@ mod tests {
         // Second time from the remembered digest; a wrong password still fails after it.
         assert!(allowed(&auth, Some(&header("alice", "right")), PEER).await);
         assert!(!allowed(&auth, Some(&header("alice", "righ")), PEER).await);
-        assert!(BasicAuth::new(&BTreeMap::new()).is_none());
+        assert!(BasicAuth::new(&BTreeMap::new())
+            .expect("nothing to hash")
+            .is_none());
     }
 
     #[tokio::test]
@@ -216,7 +231,15 @@ mod tests {
     }
 
     #[test]
-    fn dummy_hash_is_a_bcrypt_hash() {
-        assert_eq!(bcrypt::verify("", DUMMY_HASH).ok(), Some(false));
+    fn unknown_users_are_checked_at_the_users_cost() {
+        let users = BTreeMap::from([
+            ("alice".to_string(), bcrypt::hash("a", 4).expect("hashing")),
+            ("bob".to_string(), bcrypt::hash("b", 5).expect("hashing")),
+        ]);
+        let auth = BasicAuth::new(&users)
+            .expect("valid hashes")
+            .expect("users configured");
+        let dummy = bcrypt::HashParts::from_str(&auth.dummy_hash).expect("a bcrypt hash");
+        assert_eq!(dummy.get_cost(), 5);
     }
 }

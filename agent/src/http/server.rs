@@ -67,7 +67,7 @@ impl Listener {
         Ok(Listener {
             listener,
             tls: web.tls.map(TlsAcceptor::from),
-            auth: BasicAuth::new(&web.users),
+            auth: BasicAuth::new(&web.users).context("cannot prepare basic auth")?,
             headers: web.headers,
             max_connections: fd_budget::connection_cap(max_connections as usize),
         })
