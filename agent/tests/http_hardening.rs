@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::TcpStream,
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     process::Command,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -21,6 +21,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const SLACK: Duration = Duration::from_secs(3);
 /// A scrape under attack answers within this (retried through fresh connections).
 const SCRAPE_WITHIN: Duration = Duration::from_secs(2);
+/// A scraper whose password the agent has not verified yet gets in within this while
+/// another client floods wrong passwords.
+const COLD_SCRAPE_WITHIN: Duration = Duration::from_secs(5);
 
 fn address(agent: &Agent) -> String {
     let (_, address) = agent
@@ -485,6 +488,138 @@ fn tls_and_basic_auth_from_an_exporter_toolkit_web_config() {
         String::from_utf8_lossy(&no_password.stderr).contains("EXITWATCH_AGENT_PASSWORD"),
         "{}",
         String::from_utf8_lossy(&no_password.stderr)
+    );
+}
+
+/// A TCP connection to `target` from `source`, another address of the loopback network:
+/// the agent tells clients apart by address.
+fn connect_from(source: Ipv4Addr, target: SocketAddrV4) -> std::io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let sockaddr = |address: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: address.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*address.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (local, remote) = (sockaddr(SocketAddrV4::new(source, 0)), sockaddr(target));
+    let length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: the new descriptor is owned at once; bind and connect only read the
+    // addresses, which outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let socket = OwnedFd::from_raw_fd(fd);
+        let fd = socket.as_raw_fd();
+        if libc::bind(fd, (&raw const local).cast(), length) != 0
+            || libc::connect(fd, (&raw const remote).cast(), length) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(TcpStream::from(socket))
+    }
+}
+
+#[test]
+fn a_flood_of_wrong_passwords_does_not_lock_out_a_scraper() {
+    // Few slots and a deployed bcrypt cost (the TLS fixture's cost 4 is too cheap to
+    // queue on); TLS plays no part in the queue, so this agent serves plain HTTP.
+    const MAX_CONNECTIONS: usize = 32;
+    const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+    let (user, password) = ("prometheus", "scrape-secret");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let web_config = dir.path().join("web-config.yml");
+    let hash = bcrypt::hash(password, 10).expect("hashing the test password");
+    std::fs::write(
+        &web_config,
+        format!("basic_auth_users:\n  {user}: '{hash}'\n"),
+    )
+    .expect("writing the web config");
+    let agent = Agent::start_setup(Setup {
+        args: vec![
+            "--web-config-file".to_string(),
+            web_config.display().to_string(),
+            "--web-max-connections".to_string(),
+            MAX_CONNECTIONS.to_string(),
+        ],
+        ..Setup::default()
+    });
+    let target: SocketAddrV4 = address(&agent)
+        .parse()
+        .unwrap_or_else(|e| panic!("agent address {}: {e}", agent.url));
+
+    // Twice as many clients as slots, each sending a wrong password again and again.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let too_many = Arc::new(AtomicUsize::new(0));
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        common::basic_authorization(user, "wrong")
+    );
+    let flood: Vec<_> = (0..2 * MAX_CONNECTIONS)
+        .map(|_| {
+            let (flooding, too_many, request) =
+                (flooding.clone(), too_many.clone(), request.clone());
+            std::thread::spawn(move || {
+                while flooding.load(Ordering::Relaxed) {
+                    let mut answer = String::new();
+                    if let Ok(mut stream) = connect_from(ATTACKER, target) {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                        if stream.write_all(request.as_bytes()).is_ok() {
+                            let _ = stream.read_to_string(&mut answer);
+                        }
+                    }
+                    if answer.starts_with("HTTP/1.1 429") {
+                        too_many.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A checked password is followed by the next at once, to keep the
+                    // slot; only a client turned away paces itself.
+                    if !answer.starts_with("HTTP/1.1 401") {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Without limits, the flood's checks queue up for bcrypt and hold every slot by now.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    let scraped = loop {
+        match agent.request("/metrics", Some((user, password))) {
+            Ok(response) if response.status() == 200 => break response.into_string().ok(),
+            Ok(response) => answers.push(response.status().to_string()),
+            Err(error) => answers.push(error),
+        }
+        if started.elapsed() >= COLD_SCRAPE_WITHIN {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = started.elapsed();
+    let Some(metrics) = scraped.filter(|_| took < COLD_SCRAPE_WITHIN) else {
+        panic!(
+            "the right password did not get in within {COLD_SCRAPE_WITHIN:?} of wrong ones \
+             (last try ended after {took:?}); answers: {answers:?}\n{}",
+            agent.log()
+        );
+    };
+    eprintln!(
+        "cold-cache scrape under a wrong-password flood: in after {:.2} s, {} refusal(s) first",
+        took.as_secs_f64(),
+        answers.len()
+    );
+    assert!(metrics.contains("exitwatch_build_info"), "{metrics}");
+    flooding.store(false, Ordering::Relaxed);
+    for thread in flood {
+        thread.join().expect("a flooding thread");
+    }
+    assert!(
+        too_many.load(Ordering::Relaxed) > 0,
+        "the flood was never told to come back later (429)"
     );
 }
 

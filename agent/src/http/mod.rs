@@ -2,6 +2,7 @@
 //! served by a capped accept loop with deadlines (`server`), behind TLS and basic auth
 //! when a web config file asks for them.
 mod auth;
+mod failed_logins;
 mod fd_budget;
 mod gate;
 mod health;

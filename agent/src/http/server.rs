@@ -3,7 +3,7 @@
 use std::{
     convert::Infallible,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -67,7 +67,7 @@ impl Listener {
         Ok(Listener {
             listener,
             tls: web.tls.map(TlsAcceptor::from),
-            auth: BasicAuth::new(&web.users),
+            auth: BasicAuth::new(&web.users).context("cannot prepare basic auth")?,
             headers: web.headers,
             max_connections: fd_budget::connection_cap(max_connections as usize),
         })
@@ -97,8 +97,8 @@ impl Listener {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match accepted {
+                Ok((stream, peer)) => (stream, peer.ip()),
                 Err(error) => {
                     // EMFILE and the like: back off instead of spinning on the backlog.
                     accept_errors.warn(|n| format!("HTTP: accept failed {n} time(s): {error}"));
@@ -138,6 +138,7 @@ impl Listener {
                 tls: self.tls.clone(),
                 stopped: stopped.clone(),
                 slot,
+                peer,
             };
             tokio::spawn(connection.run(stream));
             if let Some(evicted) = evicted {
@@ -167,6 +168,7 @@ struct Connection {
     tls: Option<TlsAcceptor>,
     stopped: watch::Receiver<bool>,
     slot: Slot,
+    peer: IpAddr,
 }
 
 impl Connection {
@@ -195,13 +197,10 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (gate, occupant) = (self.gate.clone(), self.slot.occupant());
+        let (gate, occupant, peer) = (self.gate.clone(), self.slot.occupant(), self.peer);
         let service = service_fn(move |request| {
             let (gate, occupant) = (gate.clone(), occupant.clone());
-            async move {
-                let _busy = occupant.busy();
-                Ok::<_, Infallible>(gate.handle(request).await)
-            }
+            async move { Ok::<_, Infallible>(gate.handle(request, peer, &occupant).await) }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())

@@ -1,7 +1,8 @@
 //! Connection slots: at most `max` connections are open. When all are taken, a new
 //! connection takes the slot of the oldest idle one (connecting, trickling a request head,
-//! or waiting between keep-alive requests), so clients that only hold connections cannot
-//! lock out a scraper; only when every slot is serving a request is the newcomer refused.
+//! having its password checked, or waiting between keep-alive requests), so clients that
+//! only hold connections or guess passwords cannot lock out a scraper; only when every slot
+//! is serving an authenticated request is the newcomer refused.
 use std::{
     collections::BTreeMap,
     sync::{
