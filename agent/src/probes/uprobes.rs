@@ -40,7 +40,7 @@ use exitwatch_common::names;
 use super::{program, ProbeError};
 use crate::{
     elf::{Elf, ElfError},
-    procfs::{open_mapping, Error as ProcError, FileId, Mapping, ProcFs, Refusal},
+    procfs::{fs_type, open_mapping, Error as ProcError, FileId, Mapping, ProcFs, Refusal},
 };
 
 /// The interpreter's shutdown entry point, where the exit phase begins.
@@ -311,10 +311,7 @@ impl Uprobes {
         let inspected = match checked {
             Ok(inspected) => inspected,
             Err(ProcError::Timeout { .. }) => Err(Refused::Retry("timeout")),
-            Err(ProcError::Refused { why, .. }) => Err(Refused::Never(match why {
-                Refusal::TooBig => "too_big",
-                Refusal::NotRegular | Refusal::Changed => "unreadable",
-            })),
+            Err(ProcError::Refused { why, .. }) => Err(refused(why)),
             // Gone, or permission to map_files missing: nothing to remember.
             Err(error) => {
                 log::debug!("cannot open {name}: {error}");
@@ -455,6 +452,17 @@ enum Refused {
     Retry(&'static str),
 }
 
+/// What a refusal to open a mapped file says about the file the mapping named.
+fn refused(why: Refusal) -> Refused {
+    match why {
+        Refusal::TooBig => Refused::Never("too_big"),
+        Refusal::NotRegular => Refused::Never("unreadable"),
+        // The process remapped the range after its `maps` was read: nothing about the
+        // named file, which a user could otherwise get refused for good.
+        Refusal::Changed => Refused::Retry("unreadable"),
+    }
+}
+
 /// Whether an opened file may get the probe, and where: the file offset of [`SYMBOL`].
 fn inspect(file: File) -> Result<(File, u64), Refused> {
     let meta = file.metadata().map_err(|_| Refused::Retry("unreadable"))?;
@@ -504,14 +512,29 @@ fn exe_id(pid: i32) -> Option<FileId> {
 }
 
 fn on_fuse(file: &File) -> bool {
-    // SAFETY: fstatfs fills the zeroed struct it is given, for a valid open fd.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) };
     // Unknown is not trusted.
-    rc != 0 || fs.f_type as i64 == FUSE_SUPER_MAGIC
+    fs_type(file).is_none_or(|fs| fs == FUSE_SUPER_MAGIC)
 }
 
 /// Names come from `maps` and file names: whatever a process chose.
 fn printable(name: &str) -> String {
     name.escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_about_the_named_file_are_remembered() {
+        assert!(matches!(refused(Refusal::Changed), Refused::Retry(_)));
+        assert!(matches!(
+            refused(Refusal::TooBig),
+            Refused::Never("too_big")
+        ));
+        assert!(matches!(
+            refused(Refusal::NotRegular),
+            Refused::Never("unreadable")
+        ));
+    }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deadline::Deadline;
-pub use mapped::{open_mapping, Refusal, MAX_FILE_BYTES};
+pub use mapped::{fs_type, open_mapping, Refusal, MAX_FILE_BYTES};
 
 /// std has no `ErrorKind` for ESRCH; its value is 3 on every Linux architecture.
 const ESRCH: i32 = 3;
