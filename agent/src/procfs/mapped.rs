@@ -2,7 +2,8 @@
 //! is whatever the process gave its file (a newline in it is printed as `\012`, so it can
 //! name a different file, a FIFO that blocks the opener forever). `map_files/START-END`
 //! is a magic link to exactly the mapped file, whatever its name or mount
-//! namespace; the checks on the opened file then make sure it is what `maps` described.
+//! namespace; the file it reaches is checked to be what `maps` described, and a regular
+//! file, before it is opened.
 //! Open these only inside [`super::ProcFs::bounded`]: a file on FUSE can block the open.
 use std::{
     fs::{File, Metadata, OpenOptions},
@@ -39,15 +40,28 @@ pub fn open_mapping(root: &Path, pid: i32, mapping: &Mapping) -> Result<(File, M
         .join(pid.to_string())
         .join("map_files")
         .join(format!("{:x}-{:x}", mapping.start, mapping.end));
-    // O_NOFOLLOW cannot be used: it refuses magic links (ELOOP), and these are what
-    // makes the open safe. O_NONBLOCK keeps a FIFO or device from blocking the open.
-    let file = OpenOptions::new()
+    // O_PATH reaches the mapped file without opening it (a device's driver, a GPU's, is
+    // not asked to open anything as root) and pins it: what is opened below, once it
+    // passed the checks, is that very file. O_NOFOLLOW cannot be used: it refuses magic
+    // links (ELOOP), and these are what makes the open safe.
+    let pinned = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH)
         .open(&link)
         .map_err(|e| gone_or_io(pid, &link, e))?;
-    let meta = file.metadata().map_err(|e| gone_or_io(pid, &link, e))?;
-    check(&link, mapping, &meta, fs_type(&file))?;
+    let meta = pinned.metadata().map_err(|e| gone_or_io(pid, &link, e))?;
+    check(&link, mapping, &meta, fs_type(&pinned))?;
+    let reopen = root
+        .join("self")
+        .join("fd")
+        .join(pinned.as_raw_fd().to_string());
+    // O_NONBLOCK: a lease on the file fails the open instead of making it wait for the
+    // lease holder.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&reopen)
+        .map_err(|e| gone_or_io(pid, &link, e))?;
     Ok((file, meta))
 }
 
@@ -138,6 +152,66 @@ mod tests {
             ..mapping
         };
         assert_eq!(why(&same), Some(Refusal::NotRegular));
+    }
+
+    #[test]
+    fn a_mapped_device_is_refused_without_being_opened() {
+        use std::os::unix::ffi::OsStrExt;
+        // A node of its own for /dev/zero's device, so that only this test's opens count.
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("zero");
+        let path = std::ffi::CString::new(node.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        let made =
+            unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 5)) };
+        assert_eq!(made, 0, "making a device node needs root");
+        let zero = File::open(&node).unwrap();
+        // SAFETY: a fresh private read-only mapping of an open fd, unmapped below, and an
+        // inotify watch on a valid path, closed below.
+        let (addr, watch) = unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                zero.as_raw_fd(),
+                0,
+            );
+            let watch = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            libc::inotify_add_watch(watch, path.as_ptr(), libc::IN_OPEN);
+            (addr, watch)
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let mapping = ProcFs::default()
+            .mappings(pid)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.start == addr as u64);
+        let opened = mapping
+            .as_ref()
+            .map(|mapping| open_mapping(Path::new("/proc"), pid, mapping));
+        let mut events = [0u8; 256];
+        // SAFETY: reads into a buffer of the length given; then frees what was made above.
+        let read = unsafe {
+            let read = libc::read(watch, events.as_mut_ptr().cast(), events.len());
+            libc::close(watch);
+            libc::munmap(addr, 4096);
+            read
+        };
+        let mapping = mapping.expect("the device mapping is in maps");
+        assert_eq!(mapping.path.as_deref(), Some(node.as_path()));
+        assert!(
+            matches!(
+                opened,
+                Some(Err(Error::Refused {
+                    why: Refusal::NotRegular,
+                    ..
+                }))
+            ),
+            "{opened:?}"
+        );
+        assert!(read <= 0, "the device was opened");
     }
 
     #[test]
