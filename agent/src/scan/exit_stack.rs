@@ -66,7 +66,14 @@ impl ExitStacks {
         let Some(range) = self.exit_range(procfs, pid, libc)? else {
             return Some(false);
         };
-        let (low, high) = (libc.start + range.start, libc.start + range.end);
+        // The range comes from a file anyone may have written: past the end of the address
+        // space, no return address can be in it.
+        let (Some(low), Some(high)) = (
+            libc.start.checked_add(range.start),
+            libc.start.checked_add(range.end),
+        ) else {
+            return Some(false);
+        };
         let length = (stack.end - sp).min(STACK_WINDOW) as usize;
         let words = procfs.memory(pid, sp, length).ok()?;
         Some(words.chunks_exact(8).any(|word| {
@@ -149,5 +156,23 @@ mod tests {
         assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, true));
         assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, false));
         assert_eq!(stacks.verdicts.get(&(pid, pid)), Some(&(7, false)));
+    }
+
+    #[test]
+    fn an_exit_range_past_the_address_space_is_no_exit() {
+        let proc = ProcFs::default();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let maps = proc.mappings(pid).unwrap();
+        let libc = maps
+            .iter()
+            .find(|m| m.offset == 0 && is_libc(m))
+            .expect("this test binary maps libc");
+        let mut stacks = ExitStacks::default();
+        stacks
+            .exit_ranges
+            .insert(libc.file_id(), Some(u64::MAX - 16..u64::MAX));
+        let local = 0u64;
+        let sp = std::ptr::addr_of!(local) as u64;
+        assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, true));
     }
 }
