@@ -281,11 +281,17 @@ impl Uprobes {
     }
 
     fn add_user(&mut self, file: FileId, user: (i32, u64)) {
+        let procfs = &self.procfs;
         let Some(target) = self.targets.get_mut(&file) else {
             return;
         };
         if let Some(users) = &mut target.users {
             users.insert(user);
+            if users.len() > MAX_USERS {
+                // The sweep stops at the first live user; those behind it that exited are
+                // only dropped here.
+                users.retain(|&user| alive(procfs, user));
+            }
             if users.len() > MAX_USERS {
                 target.users = None;
             }
@@ -407,18 +413,12 @@ impl Uprobes {
     /// Detaches targets whose recorded users have all exited.
     fn sweep(&mut self) {
         let procfs = &self.procfs;
-        let alive = |&(pid, start): &(i32, u64)| {
-            procfs
-                .stat(pid, pid)
-                .is_ok_and(|s| s.start_ticks == start && s.state != 'Z')
-        };
         let unused: Vec<FileId> = self
             .targets
             .iter_mut()
             .filter_map(|(key, target)| {
                 let users = target.users.as_mut()?;
-                users.retain(alive);
-                users.is_empty().then_some(*key)
+                drop_exited(users, |&user| alive(procfs, user)).then_some(*key)
             })
             .collect();
         for key in unused {
@@ -443,6 +443,25 @@ impl Uprobes {
             .targets
             .store(self.targets.len(), Ordering::Relaxed);
     }
+}
+
+fn alive(procfs: &ProcFs, (pid, start): (i32, u64)) -> bool {
+    procfs
+        .stat(pid, pid)
+        .is_ok_and(|s| s.start_ticks == start && s.state != 'Z')
+}
+
+/// Drops users that exited, in order, up to the first live one, which keeps the target
+/// anyway: checking every user every second would cost a `stat` per idle interpreter.
+/// Whether none is left.
+fn drop_exited(users: &mut BTreeSet<(i32, u64)>, alive: impl Fn(&(i32, u64)) -> bool) -> bool {
+    while let Some(user) = users.first() {
+        if alive(user) {
+            return false;
+        }
+        users.pop_first();
+    }
+    true
 }
 
 enum Refused {
@@ -524,6 +543,21 @@ fn printable(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_stops_at_the_first_live_user() {
+        let mut users = BTreeSet::from([(1, 10), (2, 20), (3, 30)]);
+        let checked = std::cell::Cell::new(0);
+        let alive = |&(pid, _): &(i32, u64)| {
+            checked.set(checked.get() + 1);
+            pid == 2
+        };
+        assert!(!drop_exited(&mut users, alive));
+        assert_eq!(checked.get(), 2);
+        assert_eq!(users, BTreeSet::from([(2, 20), (3, 30)]));
+        assert!(drop_exited(&mut users, |_| false));
+        assert!(users.is_empty());
+    }
 
     #[test]
     fn only_refusals_about_the_named_file_are_remembered() {
