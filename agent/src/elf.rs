@@ -1,6 +1,6 @@
 //! Symbol lookup in ELF files that anyone may have written: only the header, the section
-//! and program headers, and one symbol table with its strings are read, each with a size
-//! cap, by `pread` on an already opened file; anything inconsistent is an error. Memory
+//! and program headers, and the first symbol table of each kind (dynamic, then full) with
+//! its strings are read, each with a size cap, by `pread` on an already opened file; anything inconsistent is an error. Memory
 //! stays bounded whatever the file claims (a general ELF library sizes its reads by what
 //! the file says).
 use std::{fs::File, io, os::unix::fs::FileExt};
@@ -138,12 +138,16 @@ impl<'a> Elf<'a> {
     }
 
     /// The defined function `name`, from the dynamic symbols, else the full symbol table.
+    /// Only the first table of each kind is searched: the ELF format allows one, and each
+    /// table costs up to the caps, so a file claiming a thousand would cost a thousand
+    /// times that.
     pub fn function(&self, name: &str) -> Result<Option<Symbol>, ElfError> {
         for kind in [SHT_DYNSYM, SHT_SYMTAB] {
-            for table in self.sections.iter().filter(|s| s.kind == kind) {
-                if let Some(symbol) = self.search(table, name.as_bytes())? {
-                    return Ok(Some(symbol));
-                }
+            let Some(table) = self.sections.iter().find(|s| s.kind == kind) else {
+                continue;
+            };
+            if let Some(symbol) = self.search(table, name.as_bytes())? {
+                return Ok(Some(symbol));
             }
         }
         Ok(None)
@@ -355,6 +359,19 @@ mod tests {
                 "{symbols} {strings}: {lookup:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_the_first_table_of_each_kind_is_searched() {
+        let mut elf = tiny_elf(48, 6);
+        elf.resize(0x300, 0);
+        // Section 3: the table that defines `exit`; section 2: another dynamic symbol
+        // table, with only the null symbol.
+        elf.copy_within(0x200 + 2 * 64..0x200 + 3 * 64, 0x200 + 3 * 64);
+        elf[0x200 + 2 * 64 + 32..][..8].copy_from_slice(&24u64.to_le_bytes());
+        elf[60..62].copy_from_slice(&4u16.to_le_bytes());
+        let file = file_with(&elf);
+        assert_eq!(Elf::parse(&file).unwrap().function("exit").unwrap(), None);
     }
 
     fn whole(file: &File) -> Vec<u8> {

@@ -40,7 +40,7 @@ use exitwatch_common::names;
 use super::{program, ProbeError};
 use crate::{
     elf::{Elf, ElfError},
-    procfs::{open_mapping, Error as ProcError, FileId, Mapping, ProcFs, Refusal},
+    procfs::{fs_type, open_mapping, Error as ProcError, FileId, Mapping, ProcFs, Refusal},
 };
 
 /// The interpreter's shutdown entry point, where the exit phase begins.
@@ -281,11 +281,17 @@ impl Uprobes {
     }
 
     fn add_user(&mut self, file: FileId, user: (i32, u64)) {
+        let procfs = &self.procfs;
         let Some(target) = self.targets.get_mut(&file) else {
             return;
         };
         if let Some(users) = &mut target.users {
             users.insert(user);
+            if users.len() > MAX_USERS {
+                // The sweep stops at the first live user; those behind it that exited are
+                // only dropped here.
+                users.retain(|&user| alive(procfs, user));
+            }
             if users.len() > MAX_USERS {
                 target.users = None;
             }
@@ -311,10 +317,7 @@ impl Uprobes {
         let inspected = match checked {
             Ok(inspected) => inspected,
             Err(ProcError::Timeout { .. }) => Err(Refused::Retry("timeout")),
-            Err(ProcError::Refused { why, .. }) => Err(Refused::Never(match why {
-                Refusal::TooBig => "too_big",
-                Refusal::NotRegular | Refusal::Changed => "unreadable",
-            })),
+            Err(ProcError::Refused { why, .. }) => Err(refused(why)),
             // Gone, or permission to map_files missing: nothing to remember.
             Err(error) => {
                 log::debug!("cannot open {name}: {error}");
@@ -410,18 +413,12 @@ impl Uprobes {
     /// Detaches targets whose recorded users have all exited.
     fn sweep(&mut self) {
         let procfs = &self.procfs;
-        let alive = |&(pid, start): &(i32, u64)| {
-            procfs
-                .stat(pid, pid)
-                .is_ok_and(|s| s.start_ticks == start && s.state != 'Z')
-        };
         let unused: Vec<FileId> = self
             .targets
             .iter_mut()
             .filter_map(|(key, target)| {
                 let users = target.users.as_mut()?;
-                users.retain(alive);
-                users.is_empty().then_some(*key)
+                drop_exited(users, |&user| alive(procfs, user)).then_some(*key)
             })
             .collect();
         for key in unused {
@@ -448,11 +445,41 @@ impl Uprobes {
     }
 }
 
+fn alive(procfs: &ProcFs, (pid, start): (i32, u64)) -> bool {
+    procfs
+        .stat(pid, pid)
+        .is_ok_and(|s| s.start_ticks == start && s.state != 'Z')
+}
+
+/// Drops users that exited, in order, up to the first live one, which keeps the target
+/// anyway: checking every user every second would cost a `stat` per idle interpreter.
+/// Whether none is left.
+fn drop_exited(users: &mut BTreeSet<(i32, u64)>, alive: impl Fn(&(i32, u64)) -> bool) -> bool {
+    while let Some(user) = users.first() {
+        if alive(user) {
+            return false;
+        }
+        users.pop_first();
+    }
+    true
+}
+
 enum Refused {
     /// The file will not qualify later either: remembered.
     Never(&'static str),
     /// It may later (a slow read): not remembered.
     Retry(&'static str),
+}
+
+/// What a refusal to open a mapped file says about the file the mapping named.
+fn refused(why: Refusal) -> Refused {
+    match why {
+        Refusal::TooBig => Refused::Never("too_big"),
+        Refusal::NotRegular => Refused::Never("unreadable"),
+        // The process remapped the range after its `maps` was read: nothing about the
+        // named file, which a user could otherwise get refused for good.
+        Refusal::Changed => Refused::Retry("unreadable"),
+    }
 }
 
 /// Whether an opened file may get the probe, and where: the file offset of [`SYMBOL`].
@@ -504,14 +531,44 @@ fn exe_id(pid: i32) -> Option<FileId> {
 }
 
 fn on_fuse(file: &File) -> bool {
-    // SAFETY: fstatfs fills the zeroed struct it is given, for a valid open fd.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) };
     // Unknown is not trusted.
-    rc != 0 || fs.f_type as i64 == FUSE_SUPER_MAGIC
+    fs_type(file).is_none_or(|fs| fs == FUSE_SUPER_MAGIC)
 }
 
 /// Names come from `maps` and file names: whatever a process chose.
 fn printable(name: &str) -> String {
     name.escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_stops_at_the_first_live_user() {
+        let mut users = BTreeSet::from([(1, 10), (2, 20), (3, 30)]);
+        let checked = std::cell::Cell::new(0);
+        let alive = |&(pid, _): &(i32, u64)| {
+            checked.set(checked.get() + 1);
+            pid == 2
+        };
+        assert!(!drop_exited(&mut users, alive));
+        assert_eq!(checked.get(), 2);
+        assert_eq!(users, BTreeSet::from([(2, 20), (3, 30)]));
+        assert!(drop_exited(&mut users, |_| false));
+        assert!(users.is_empty());
+    }
+
+    #[test]
+    fn only_refusals_about_the_named_file_are_remembered() {
+        assert!(matches!(refused(Refusal::Changed), Refused::Retry(_)));
+        assert!(matches!(
+            refused(Refusal::TooBig),
+            Refused::Never("too_big")
+        ));
+        assert!(matches!(
+            refused(Refusal::NotRegular),
+            Refused::Never("unreadable")
+        ));
+    }
 }

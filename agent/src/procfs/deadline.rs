@@ -2,11 +2,13 @@
 //! anything the kernel fetches from it: `cmdline`, `maps`) waits for its mmap lock, and
 //! opening or reading a file it maps can wait for a FUSE server it runs. Such reads run
 //! on a worker thread and are given up after [`DEADLINE`]; the stuck worker is abandoned
-//! (it ends whenever its read returns) and a fresh one takes over.
+//! (it ends whenever its read returns) and a fresh one takes over. The process it is
+//! stuck on gets no further slow reads while it stays stuck: each would only strand
+//! another thread on the same lock.
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc, Mutex,
     },
     thread,
@@ -16,7 +18,8 @@ use std::{
 /// Long enough for a loaded host (these reads take microseconds), short enough that a
 /// scan with a few slow processes still finishes well within its interval.
 pub const DEADLINE: Duration = Duration::from_millis(200);
-/// How long a process whose read timed out has its slow reads refused outright.
+/// How long a process whose read timed out has its slow reads refused outright, at least:
+/// while the abandoned worker is still stuck on it, they stay refused however long.
 const SLOW_FOR: Duration = Duration::from_secs(30);
 /// Abandoned workers still blocked; past this, slow reads fail at once as timeouts
 /// (each one is a thread the kernel holds; a hostile host could otherwise pile them up).
@@ -29,7 +32,16 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Debug)]
 struct Worker {
     jobs: mpsc::Sender<Job>,
-    abandoned: Arc<AtomicBool>,
+    /// Set by the thread once its queue is closed and its last job returned.
+    ended: Arc<AtomicBool>,
+}
+
+/// A worker given up on, and the process (pid, start time) whose read it is stuck in.
+#[derive(Debug)]
+struct Abandoned {
+    pid: i32,
+    start: Option<u64>,
+    ended: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -37,14 +49,16 @@ struct State {
     worker: Option<Worker>,
     /// pid → (start time in ticks, refused until).
     slow: HashMap<i32, (Option<u64>, Instant)>,
+    /// Abandoned workers; those that ended are dropped at the next read.
+    abandoned: Vec<Abandoned>,
 }
 
-/// One worker at a time per `Deadline`; callers take turns, each waiting at most
-/// [`DEADLINE`] for the lock and [`DEADLINE`] for its read.
+/// One worker at a time per `Deadline`; callers take turns while holding the lock, so one
+/// waits up to [`DEADLINE`] for each caller ahead of it, then up to [`DEADLINE`] for its
+/// own read. Callers that must not wait for each other use separate `Deadline`s.
 #[derive(Debug, Default)]
 pub struct Deadline {
     state: Mutex<State>,
-    stuck: Arc<AtomicUsize>,
     timeouts: AtomicU64,
 }
 
@@ -53,8 +67,8 @@ pub struct Deadline {
 pub struct TimedOut;
 
 impl Deadline {
-    /// Runs `job` on the worker; `start` gives the process's start time, read only when
-    /// the process is or becomes a slow one (so a reused pid is not refused).
+    /// Runs `job` on the worker; `start` gives the process's start time, read (once) only
+    /// when the process is or becomes a slow one (so a reused pid is not refused).
     pub fn run<T: Send + 'static>(
         &self,
         pid: i32,
@@ -63,8 +77,17 @@ impl Deadline {
     ) -> Result<T, TimedOut> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if let Some(&(started, until)) = state.slow.get(&pid) {
-            if now < until && start() == started {
+        state
+            .abandoned
+            .retain(|worker| !worker.ended.load(Ordering::SeqCst));
+        let mut started = None;
+        let mut start = || *started.get_or_insert_with(&start);
+        let stuck_on = |worker: &Abandoned| worker.pid == pid && worker.start == start();
+        if state.abandoned.iter().any(stuck_on) {
+            return Err(TimedOut);
+        }
+        if let Some(&(slow_since, until)) = state.slow.get(&pid) {
+            if now < until && start() == slow_since {
                 return Err(TimedOut);
             }
             state.slow.remove(&pid);
@@ -82,17 +105,21 @@ impl Deadline {
             Ok(result) => Ok(result),
             Err(_) => {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
+                let start = start();
                 if let Some(worker) = state.worker.take() {
-                    // Order matters: the worker counts itself out only after it sees its
-                    // queue closed, which happens when `worker` drops below.
-                    self.stuck.fetch_add(1, Ordering::SeqCst);
-                    worker.abandoned.store(true, Ordering::SeqCst);
+                    // Dropping `worker.jobs` closes its queue, so the thread ends (and
+                    // says so) once its read returns.
+                    state.abandoned.push(Abandoned {
+                        pid,
+                        start,
+                        ended: worker.ended,
+                    });
                 }
                 if state.slow.len() >= MAX_SLOW {
                     state.slow.retain(|_, (_, until)| *until > now);
                 }
                 if state.slow.len() < MAX_SLOW {
-                    state.slow.insert(pid, (start(), now + SLOW_FOR));
+                    state.slow.insert(pid, (start, now + SLOW_FOR));
                 }
                 log::debug!("a read of pid {pid}'s memory or files took over {DEADLINE:?}");
                 Err(TimedOut)
@@ -108,13 +135,13 @@ impl Deadline {
 
     fn worker<'a>(&self, state: &'a mut State) -> Result<&'a Worker, TimedOut> {
         if state.worker.is_none() {
-            if self.stuck.load(Ordering::SeqCst) >= MAX_ABANDONED {
+            if state.abandoned.len() >= MAX_ABANDONED {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
                 return Err(TimedOut);
             }
             let (jobs, queue) = mpsc::channel::<Job>();
-            let abandoned = Arc::new(AtomicBool::new(false));
-            let (flag, stuck) = (abandoned.clone(), self.stuck.clone());
+            let ended = Arc::new(AtomicBool::new(false));
+            let flag = ended.clone();
             thread::Builder::new()
                 .name("exitwatch-read".into())
                 .stack_size(64 * 1024)
@@ -122,15 +149,13 @@ impl Deadline {
                     while let Ok(job) = queue.recv() {
                         job();
                     }
-                    if flag.load(Ordering::SeqCst) {
-                        stuck.fetch_sub(1, Ordering::SeqCst);
-                    }
+                    flag.store(true, Ordering::SeqCst);
                 })
                 .map_err(|error| {
                     log::warn!("cannot start a /proc reader thread: {error}");
                     TimedOut
                 })?;
-            state.worker = Some(Worker { jobs, abandoned });
+            state.worker = Some(Worker { jobs, ended });
         }
         state.worker.as_ref().ok_or(TimedOut)
     }
@@ -139,6 +164,21 @@ impl Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Abandoned workers whose read has not returned yet.
+    fn stuck_workers(deadline: &Deadline) -> usize {
+        let state = deadline.state.lock().unwrap();
+        let alive = |worker: &&Abandoned| !worker.ended.load(Ordering::SeqCst);
+        state.abandoned.iter().filter(alive).count()
+    }
+
+    fn wait_until_unstuck(deadline: &Deadline) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while stuck_workers(deadline) > 0 && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(stuck_workers(deadline), 0, "the worker ended");
+    }
 
     #[test]
     fn quick_jobs_return_their_result() {
@@ -167,13 +207,48 @@ mod tests {
         assert_eq!(deadline.run(6, || Some(1), || 6).unwrap(), 6);
         assert_eq!(deadline.run(5, || Some(200), || 5).unwrap(), 5);
         assert_eq!(deadline.timeouts(), 1);
-        assert_eq!(deadline.stuck.load(Ordering::SeqCst), 1);
+        assert_eq!(stuck_workers(&deadline), 1);
         release.send(()).unwrap();
-        let until = Instant::now() + Duration::from_secs(10);
-        while deadline.stuck.load(Ordering::SeqCst) > 0 && Instant::now() < until {
-            thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(deadline.stuck.load(Ordering::SeqCst), 0, "the worker ended");
+        wait_until_unstuck(&deadline);
+    }
+
+    #[test]
+    fn a_process_stays_refused_while_a_worker_is_stuck_on_it() {
+        let deadline = Deadline::default();
+        let (release, blocked) = mpsc::channel::<()>();
+        assert!(deadline
+            .run(5, || Some(100), move || blocked.recv().is_ok())
+            .is_err());
+        // As if SLOW_FOR had passed.
+        let expire = |deadline: &Deadline| {
+            let mut state = deadline.state.lock().unwrap();
+            for (_, until) in state.slow.values_mut() {
+                *until = Instant::now();
+            }
+        };
+        expire(&deadline);
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let (_hold, second) = mpsc::channel::<()>();
+        let retry = deadline.run(
+            5,
+            || Some(100),
+            move || {
+                flag.store(true, Ordering::SeqCst);
+                second.recv().is_ok()
+            },
+        );
+        assert!(retry.is_err());
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "the stuck process got another read"
+        );
+        assert_eq!(stuck_workers(&deadline), 1);
+        assert_eq!(deadline.timeouts(), 1);
+        // Once the stuck read returned, the process is read again.
+        release.send(()).unwrap();
+        wait_until_unstuck(&deadline);
+        assert_eq!(deadline.run(5, || Some(100), || 5).unwrap(), 5);
     }
 
     #[test]

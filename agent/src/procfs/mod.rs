@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deadline::Deadline;
-pub use mapped::{open_mapping, Refusal, MAX_FILE_BYTES};
+pub use mapped::{fs_type, open_mapping, Refusal, MAX_FILE_BYTES};
 
 /// std has no `ErrorKind` for ESRCH; its value is 3 on every Linux architecture.
 const ESRCH: i32 = 3;
@@ -70,6 +70,13 @@ pub const CMDLINE_MAX_BYTES: usize = 4096;
 /// How much of `maps` is read: thousands of mappings, far more than real programs have,
 /// bounded whatever names a process gives its files (each can be 4 KiB long).
 pub const MAPS_MAX_BYTES: usize = 2 << 20;
+
+/// What an epoll fd's fdinfo can have before its `tfd:` lines (`pos`, `flags`, `mnt_id`,
+/// `ino`), and the most one `tfd:` line can take: with these, reading
+/// `EPOLL_HEADER_BYTES + (n + 1) * EPOLL_LINE_BYTES` bytes either gets all of an
+/// instance's lines or shows it watches more than `n` fds.
+const EPOLL_HEADER_BYTES: usize = 256;
+const EPOLL_LINE_BYTES: usize = 128;
 
 /// A process's arguments, possibly cut at [`CMDLINE_MAX_BYTES`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -240,10 +247,8 @@ impl ProcFs {
 
     /// The process's pipe fds, sorted; fds closed while we look are left out. This walks
     /// every fd of every process that may hold a pipe, so it costs one `readlink` per fd
-    /// and one `lstat` per pipe: `/proc` gives an fd link the permission bits of its open
-    /// mode (read: `S_IRUSR`, write: `S_IWUSR`), which spares reading `fdinfo`.
+    /// and one `lstat` per pipe (see [`link_access`]).
     pub fn pipe_fds(&self, pid: i32) -> Result<Vec<PipeFd>, Error> {
-        use std::os::unix::fs::PermissionsExt;
         let dir = self.pid_dir(pid).join("fd");
         let mut pipes = Vec::new();
         for fd in numeric_entries(&dir).map_err(|e| gone_or_io(pid, &dir, e))? {
@@ -257,29 +262,23 @@ impl ProcFs {
             let FdTarget::Pipe(pipe) = parse::fd_target(&target) else {
                 continue;
             };
-            let mode = match fs::symlink_metadata(&link) {
-                Ok(meta) => meta.permissions().mode(),
+            let access = match link_access(&link) {
+                Ok(access) => access,
                 Err(e) if closed(&e) && self.pid_dir(pid).exists() => continue,
                 Err(e) => return Err(gone_or_io(pid, &link, e)),
-            };
-            let access = match (mode & 0o400 != 0, mode & 0o200 != 0) {
-                (true, true) => Access::ReadWrite,
-                (false, true) => Access::Write,
-                _ => Access::Read,
             };
             pipes.push(PipeFd { fd, pipe, access });
         }
         Ok(pipes)
     }
 
-    /// One fd; a closed fd of a live process is `Error::Io` with `NotFound`.
+    /// One fd; a closed fd of a live process is `Error::Io` with `NotFound`. Its `fdinfo`
+    /// is not read: for some files that takes locks a process can hold for ever (an epoll
+    /// instance's, held by an `epoll_ctl` on a FUSE file that never answers).
     pub fn fd(&self, pid: i32, fd: i32) -> Result<Fd, Error> {
         let link = self.pid_dir(pid).join("fd").join(fd.to_string());
         let target = fs::read_link(&link).map_err(|e| self.fd_error(pid, &link, e))?;
-        let info = self.pid_dir(pid).join("fdinfo").join(fd.to_string());
-        let text = fs::read(&info).map_err(|e| self.fd_error(pid, &info, e))?;
-        let access = parse::access(&String::from_utf8_lossy(&text))
-            .map_err(|what| Error::Parse { path: info, what })?;
+        let access = link_access(&link).map_err(|e| self.fd_error(pid, &link, e))?;
         Ok(Fd {
             fd,
             target: parse::fd_target(&target),
@@ -301,10 +300,28 @@ impl ProcFs {
         })
     }
 
-    /// The fds an epoll instance watches, with their event masks.
-    pub fn epoll_targets(&self, pid: i32, epfd: i32) -> Result<Vec<(i32, u32)>, Error> {
+    /// The fds an epoll instance watches, with their event masks; `None` if it watches
+    /// more than `max`. Bounded in time (reading it takes the instance's lock, which a
+    /// process can keep held) and in size (an instance can watch millions of fds).
+    pub fn epoll_targets(
+        &self,
+        pid: i32,
+        epfd: i32,
+        max: usize,
+    ) -> Result<Option<Vec<(i32, u32)>>, Error> {
         let path = self.pid_dir(pid).join("fdinfo").join(epfd.to_string());
-        self.parse_file(pid, path, parse::epoll_targets)
+        let limit = max
+            .saturating_add(1)
+            .saturating_mul(EPOLL_LINE_BYTES)
+            .saturating_add(EPOLL_HEADER_BYTES);
+        let read = path.clone();
+        let text = self.bounded(pid, move |_| read_at_most(pid, &read, limit))?;
+        if text.len() >= limit {
+            return Ok(None);
+        }
+        let targets = parse::epoll_targets(&String::from_utf8_lossy(&text))
+            .map_err(|what| Error::Parse { path, what })?;
+        Ok((targets.len() <= max).then_some(targets))
     }
 
     /// The process's mappings in address order, at most [`MAPS_MAX_BYTES`] of them;
@@ -378,6 +395,19 @@ impl ProcFs {
             gone_or_io(pid, path, source)
         }
     }
+}
+
+/// The open mode of the fd behind `link` (`/proc/PID/fd/N`): `/proc` gives an fd link
+/// `S_IRUSR` if it is open for reading and `S_IWUSR` if for writing, so neither the file
+/// nor its `fdinfo` is touched.
+fn link_access(link: &Path) -> io::Result<Access> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::symlink_metadata(link)?.permissions().mode();
+    Ok(match (mode & 0o400 != 0, mode & 0o200 != 0) {
+        (true, true) => Access::ReadWrite,
+        (false, true) => Access::Write,
+        _ => Access::Read,
+    })
 }
 
 fn gone_or_io(pid: i32, path: &Path, source: io::Error) -> Error {
@@ -483,26 +513,94 @@ mod tests {
     }
 
     #[test]
-    fn fds_decode_pipes_and_closed_ones_are_errors() {
+    fn fds_decode_targets_without_fdinfo_and_closed_ones_are_errors() {
         let proc = fixture();
-        let fd = |fd, target, access| Fd { fd, target, access };
         let other = |s: &str| FdTarget::Other(s.into());
         let expected = [
-            fd(0, other("/dev/null"), Access::Read),
-            fd(1, FdTarget::Pipe(4242), Access::Write),
-            fd(3, FdTarget::Pipe(4242), Access::Read),
-            fd(4, other("socket:[9001]"), Access::ReadWrite),
-            fd(10, other("/var/log/app.log"), Access::Write),
+            (0, other("/dev/null")),
+            (1, FdTarget::Pipe(4242)),
+            (3, FdTarget::Pipe(4242)),
+            (4, other("socket:[9001]")),
+            (5, FdTarget::Pipe(777)),
+            (10, other("/var/log/app.log")),
         ];
-        for expected in expected {
-            assert_eq!(proc.fd(100, expected.fd).unwrap(), expected);
+        for (fd, target) in expected {
+            assert_eq!(proc.fd(100, fd).unwrap().target, target, "fd {fd}");
         }
-        // fd 5 has no fdinfo, as if closed between readdir and reading it.
-        let closed = proc.fd(100, 5).unwrap_err();
+        // No fd 6, as if closed between readdir and reading it.
+        let closed = proc.fd(100, 6).unwrap_err();
         assert!(
             matches!(&closed, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
         );
         assert!(proc.fd(300, 0).unwrap_err().is_gone());
+    }
+
+    #[test]
+    fn fd_access_is_the_open_mode_of_real_fds() {
+        use std::os::fd::AsRawFd;
+        let proc = ProcFs::default();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let read_only = fs::File::open("/dev/null").unwrap();
+        let write_only = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let read_write = tempfile::tempfile().unwrap();
+        let access = |fd: i32| proc.fd(pid, fd).unwrap().access;
+        assert_eq!(access(read_only.as_raw_fd()), Access::Read);
+        assert_eq!(access(write_only.as_raw_fd()), Access::Write);
+        assert_eq!(access(read_write.as_raw_fd()), Access::ReadWrite);
+        let (read, write) = nix_pipe();
+        let ends = (proc.fd(pid, read), proc.fd(pid, write));
+        // SAFETY: both fds were opened above and are not used again.
+        unsafe {
+            libc::close(read);
+            libc::close(write);
+        }
+        let (read, write) = (ends.0.unwrap(), ends.1.unwrap());
+        assert_eq!(read.access, Access::Read);
+        assert_eq!(write.access, Access::Write);
+        assert!(matches!(read.target, FdTarget::Pipe(_)));
+        assert_eq!(read.target, write.target);
+    }
+
+    #[test]
+    fn epoll_targets_are_read_up_to_a_limit() {
+        let proc = ProcFs::default();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let (read, write) = nix_pipe();
+        // SAFETY: plain syscalls on fds this test owns; each is closed below.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(epfd >= 0);
+        let mut watched = Vec::new();
+        for _ in 0..70 {
+            // SAFETY: as above.
+            let fd = unsafe { libc::dup(read) };
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: 0,
+            };
+            // SAFETY: as above; `event` outlives the call.
+            let added = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut event) };
+            watched.push(fd);
+            if fd < 0 || added != 0 {
+                break;
+            }
+        }
+        let all = proc.epoll_targets(pid, epfd, 100);
+        let one_too_many = proc.epoll_targets(pid, epfd, 69);
+        let cut = proc.epoll_targets(pid, epfd, 2);
+        for fd in watched.iter().chain([&read, &write, &epfd]) {
+            // SAFETY: as above.
+            unsafe { libc::close(*fd) };
+        }
+        let all = all.unwrap().expect("70 targets are at most 100");
+        assert_eq!(all.len(), 70);
+        for (fd, events) in all {
+            assert!(watched.contains(&fd) && events & libc::EPOLLIN as u32 != 0);
+        }
+        assert_eq!(one_too_many.unwrap(), None);
+        assert_eq!(cut.unwrap(), None);
     }
 
     #[test]

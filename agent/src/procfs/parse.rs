@@ -6,10 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::{Access, FdTarget, Mapping, Syscall, TaskStat};
-
-/// Only the low two bits of the open flags encode the access mode.
-const O_ACCMODE: u32 = 0o3;
+use super::{FdTarget, Mapping, Syscall, TaskStat};
 
 fn num<T: FromStr>(text: &str, what: &str) -> Result<T, String> {
     text.parse().map_err(|_| format!("bad {what} {text:?}"))
@@ -110,21 +107,6 @@ pub(super) fn epoll_targets(fdinfo: &str) -> Result<Vec<(i32, u32)>, String> {
                 .ok_or_else(|| format!("bad epoll line {rest:?}"))
         })
         .collect()
-}
-
-pub(super) fn access(fdinfo: &str) -> Result<Access, String> {
-    let flags = fdinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("flags:"))
-        .ok_or("no flags line")?;
-    let flags = u32::from_str_radix(flags.trim(), 8).map_err(|_| format!("bad flags {flags:?}"))?;
-    match flags & O_ACCMODE {
-        0 => Ok(Access::Read),
-        1 => Ok(Access::Write),
-        2 => Ok(Access::ReadWrite),
-        // Linux accepts mode 3 as "ioctl only"; no Access variant describes it.
-        _ => Err(format!("access mode 3 in flags {flags:o}")),
-    }
 }
 
 pub(super) fn fd_target(link: &Path) -> FdTarget {
@@ -251,14 +233,12 @@ mod tests {
         assert!(syscall("7 0x1 0x2").is_err());
         assert!(syscall("7 0x1 0x2 0x3 0x4 0x5 zz 0x0 0x0").is_err());
         assert!(exec_start_ns("se.exec_start : 12.5\n").is_err());
-        assert!(access("flags:\t03\n").is_err());
         let epoll = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
             tfd:        5 events:       19 data:                5  pos:0 ino:3f0a sdev:e\n\
             tfd:        7 events:        4 data:                7  pos:0 ino:3f0b sdev:e\n";
         assert_eq!(epoll_targets(epoll), Ok(vec![(5, 0x19), (7, 4)]));
         assert_eq!(epoll_targets("flags:\t02\n"), Ok(vec![]));
         assert!(epoll_targets("tfd: x events: 1\n").is_err());
-        assert!(access("pos:\t0\n").is_err());
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub struct ExitStacks {
 impl ExitStacks {
     /// Whether thread `tid` of `pid`, in a wait that began at `since_ns` with stack
     /// pointer `sp`, is running inside libc's `exit`; and whether that was found just now
-    /// (rather than remembered from an earlier scan of the same wait).
+    /// (rather than remembered from an earlier scan of the same wait). When a read fails
+    /// or times out there is no verdict: "no" for now, and a later scan looks again.
     pub fn in_exit(
         &mut self,
         procfs: &ProcFs,
@@ -41,7 +42,9 @@ impl ExitStacks {
                 return (verdict, false);
             }
         }
-        let verdict = self.search(procfs, pid, sp).unwrap_or(false);
+        let Some(verdict) = self.search(procfs, pid, sp) else {
+            return (false, false);
+        };
         self.verdicts.insert((pid, tid), (since_ns, verdict));
         (verdict, true)
     }
@@ -51,12 +54,26 @@ impl ExitStacks {
         self.verdicts.retain(|&(pid, tid), _| waiting(pid, tid));
     }
 
+    /// The verdict, or `None` if a read failed (a timeout, a mapping that changed).
     fn search(&mut self, procfs: &ProcFs, pid: i32, sp: u64) -> Option<bool> {
         let maps = procfs.mappings(pid).ok()?;
-        let libc = maps.iter().find(|m| m.offset == 0 && is_libc(m))?;
-        let stack = maps.iter().find(|m| m.start <= sp && sp < m.end)?;
-        let range = self.exit_range(procfs, pid, libc)?;
-        let (low, high) = (libc.start + range.start, libc.start + range.end);
+        let Some(libc) = maps.iter().find(|m| m.offset == 0 && is_libc(m)) else {
+            return Some(false);
+        };
+        let Some(stack) = maps.iter().find(|m| m.start <= sp && sp < m.end) else {
+            return Some(false);
+        };
+        let Some(range) = self.exit_range(procfs, pid, libc)? else {
+            return Some(false);
+        };
+        // The range comes from a file anyone may have written: past the end of the address
+        // space, no return address can be in it.
+        let (Some(low), Some(high)) = (
+            libc.start.checked_add(range.start),
+            libc.start.checked_add(range.end),
+        ) else {
+            return Some(false);
+        };
         let length = (stack.end - sp).min(STACK_WINDOW) as usize;
         let words = procfs.memory(pid, sp, length).ok()?;
         Some(words.chunks_exact(8).any(|word| {
@@ -69,12 +86,18 @@ impl ExitStacks {
         }))
     }
 
-    /// From the cache, else from the file behind the mapping (a timeout or a mapping
-    /// that changed is not remembered: the next wait tries again).
-    fn exit_range(&mut self, procfs: &ProcFs, pid: i32, libc: &Mapping) -> Option<Range<u64>> {
+    /// From the cache, else from the file behind the mapping; `None` if that could not
+    /// be read (a timeout or a mapping that changed, not remembered: a later scan tries
+    /// again), `Some(None)` if it has no usable `exit`.
+    fn exit_range(
+        &mut self,
+        procfs: &ProcFs,
+        pid: i32,
+        libc: &Mapping,
+    ) -> Option<Option<Range<u64>>> {
         let key = libc.file_id();
         if let Some(range) = self.exit_ranges.get(&key) {
-            return range.clone();
+            return Some(range.clone());
         }
         let mapping = libc.clone();
         let range = procfs
@@ -87,7 +110,7 @@ impl ExitStacks {
             self.exit_ranges.clear();
         }
         self.exit_ranges.insert(key, range.clone());
-        range
+        Some(range)
     }
 }
 
@@ -111,4 +134,45 @@ fn exit_range(file: &std::fs::File) -> Option<Range<u64>> {
     }
     let start = exit.address.checked_sub(base)?;
     Some(start..start.checked_add(exit.size)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_real_verdicts_are_remembered() {
+        let mut stacks = ExitStacks::default();
+        // The fixture maps libc and a stack but has no map_files: the ELF lookup fails.
+        let fixture = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
+        let sp = 0x7ffd_a5bf_0000;
+        assert_eq!(stacks.in_exit(&fixture, 100, 100, 7, sp), (false, false));
+        assert!(stacks.verdicts.is_empty(), "a failed search was remembered");
+        // This thread, which is not in `exit`: a real "no", remembered for its wait.
+        let proc = ProcFs::default();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let local = 0u64;
+        let sp = std::ptr::addr_of!(local) as u64;
+        assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, true));
+        assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, false));
+        assert_eq!(stacks.verdicts.get(&(pid, pid)), Some(&(7, false)));
+    }
+
+    #[test]
+    fn an_exit_range_past_the_address_space_is_no_exit() {
+        let proc = ProcFs::default();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let maps = proc.mappings(pid).unwrap();
+        let libc = maps
+            .iter()
+            .find(|m| m.offset == 0 && is_libc(m))
+            .expect("this test binary maps libc");
+        let mut stacks = ExitStacks::default();
+        stacks
+            .exit_ranges
+            .insert(libc.file_id(), Some(u64::MAX - 16..u64::MAX));
+        let local = 0u64;
+        let sp = std::ptr::addr_of!(local) as u64;
+        assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, true));
+    }
 }

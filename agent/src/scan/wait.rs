@@ -103,7 +103,9 @@ pub fn decode_poll(procfs: &ProcFs, pid: i32, syscall: u32, args: [u64; 6]) -> O
             if !forever {
                 return None;
             }
-            procfs.epoll_targets(pid, args[0] as i32).ok()?
+            procfs
+                .epoll_targets(pid, args[0] as i32, MAX_POLL_FDS)
+                .ok()??
         }
         _ => return None,
     };
