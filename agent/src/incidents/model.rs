@@ -1,10 +1,15 @@
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
+
+use super::rfc3339;
+use crate::graph::Kind;
 
 /// The JSON shape served at `/api/v1/incidents`; `exitwatch incidents` reads it back.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Incident {
     pub id: u64,
-    pub kind: String,
+    pub kind: Kind,
     pub state: State,
     pub pids: Vec<i32>,
     /// Processes that wait on this incident's processes and so are stuck too (a `tee`
@@ -20,9 +25,13 @@ pub struct Incident {
     pub thread_spawns: Option<u64>,
     pub thread_spawns_per_second: Option<f64>,
     pub summary: String,
-    pub started_at: String,
-    pub detected_at: String,
-    pub resolved_at: Option<String>,
+    #[serde(with = "rfc3339")]
+    pub started_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub detected_at: SystemTime,
+    // `with` loses serde's "a missing `Option` is `None`"; `default` restores it.
+    #[serde(default, with = "rfc3339::option")]
+    pub resolved_at: Option<SystemTime>,
     pub ended: Option<Ending>,
 }
 
@@ -46,6 +55,15 @@ pub enum State {
     Resolved,
 }
 
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Resolved => "resolved",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Ending {
@@ -53,6 +71,15 @@ pub enum Ending {
     Exited,
     /// The processes are still there but no longer stuck.
     Unblocked,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Exited => "exited",
+            Ending::Unblocked => "unblocked",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -84,4 +111,56 @@ pub struct IncidentThread {
     pub timed: Option<bool>,
     /// Blocked past the threshold with no progress.
     pub stuck: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn incident() -> Incident {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_489_305_123);
+        Incident {
+            id: 7,
+            kind: Kind::PipeDeadlock,
+            state: State::Resolved,
+            pids: vec![10, 11],
+            blocked_behind: Vec::new(),
+            processes: Vec::new(),
+            processes_omitted: 0,
+            pipes: Vec::new(),
+            thread_spawns: None,
+            thread_spawns_per_second: None,
+            summary: "Pipe deadlock".into(),
+            started_at: started,
+            detected_at: started + Duration::from_secs(2),
+            resolved_at: Some(started + Duration::from_millis(60_500)),
+            ended: Some(Ending::Exited),
+        }
+    }
+
+    #[test]
+    fn json_keeps_the_api_shape() -> Result<(), serde_json::Error> {
+        let json = serde_json::to_value(incident())?;
+        assert_eq!(json["kind"], "pipe_deadlock");
+        assert_eq!(json["state"], "resolved");
+        assert_eq!(json["ended"], "exited");
+        assert_eq!(json["started_at"], "2025-11-30T07:55:05.123Z");
+        assert_eq!(json["detected_at"], "2025-11-30T07:55:07.123Z");
+        assert_eq!(json["resolved_at"], "2025-11-30T07:56:05.623Z");
+        Ok(())
+    }
+
+    #[test]
+    fn json_reads_back_what_it_wrote() -> Result<(), serde_json::Error> {
+        let written = incident();
+        let read: Incident = serde_json::from_str(&serde_json::to_string(&written)?)?;
+        assert_eq!(read, written);
+        let mut active = serde_json::to_value(&written)?;
+        active["resolved_at"] = serde_json::Value::Null;
+        let read: Incident = serde_json::from_value(active)?;
+        assert_eq!(read.resolved_at, None);
+        Ok(())
+    }
 }

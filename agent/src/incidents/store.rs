@@ -82,8 +82,8 @@ impl Store {
             } else {
                 Ending::Unblocked
             });
-            incident.resolved_at = Some(clock.now_rfc3339());
-            let duration = clock.seconds_since_rfc3339(&incident.started_at);
+            incident.resolved_at = Some(clock.wall);
+            let duration = clock.seconds_since(incident.started_at);
             changes.resolved.push((incident.clone(), duration));
             self.remember(incident);
         }
@@ -132,7 +132,7 @@ fn key(snapshot: &Snapshot, finding: &Finding) -> Key {
 fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incident {
     let mut incident = Incident {
         id,
-        kind: finding.kind.as_str().to_string(),
+        kind: finding.kind,
         state: State::Active,
         pids: finding.pids.clone(),
         blocked_behind: Vec::new(),
@@ -142,8 +142,8 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
         thread_spawns: None,
         thread_spawns_per_second: None,
         summary: String::new(),
-        started_at: clock.monotonic_to_rfc3339(finding.started_ns),
-        detected_at: clock.now_rfc3339(),
+        started_at: clock.monotonic_to_wall(finding.started_ns),
+        detected_at: clock.wall,
         resolved_at: None,
         ended: None,
     };

@@ -262,13 +262,13 @@ impl Metrics {
 
     pub fn incident_opened(&self, incident: &Incident) {
         self.incidents_total
-            .with_label_values(&[&incident.kind])
+            .with_label_values(&[incident.kind.as_str()])
             .inc();
     }
 
     pub fn incident_resolved(&self, incident: &Incident, seconds: f64) {
         self.incident_duration
-            .with_label_values(&[&incident.kind])
+            .with_label_values(&[incident.kind.as_str()])
             .observe(seconds);
     }
 
@@ -331,14 +331,14 @@ impl Metrics {
         let mut series = 0;
         for incident in active {
             self.incidents_active
-                .with_label_values(&[&incident.kind])
+                .with_label_values(&[incident.kind.as_str()])
                 .inc();
             for process in &incident.processes {
                 if series < MAX_INFO_SERIES {
                     let (id, pid) = (incident.id.to_string(), process.pid.to_string());
                     let comm = printable(&process.comm).into_owned();
                     self.incident_info
-                        .with_label_values(&[&id, &incident.kind, &pid, &comm])
+                        .with_label_values(&[&id, incident.kind.as_str(), &pid, &comm])
                         .set(1);
                     series += 1;
                 }
