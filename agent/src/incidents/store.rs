@@ -237,6 +237,8 @@ fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
     use crate::graph::{Snapshot, Thread};
 
@@ -294,6 +296,47 @@ mod tests {
 
     fn clock() -> Clock {
         Clock::now()
+    }
+
+    /// A clock whose wall time is `millis` after the epoch, 100 s after the findings of
+    /// `deadlock` began.
+    fn clock_at(millis: u64) -> Clock {
+        Clock {
+            monotonic_ns: 100 * SECOND + 1,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_millis(millis),
+        }
+    }
+
+    #[test]
+    fn json_keeps_the_api_shape_and_reads_back() -> Result<(), serde_json::Error> {
+        let mut store = Store::starting_at(1);
+        let (snapshot, finding) = deadlock(10, 2, 1);
+        let opened = store.update(
+            &snapshot,
+            &[finding],
+            &clock_at(1_764_489_405_123),
+            |_, _| true,
+        );
+        let active = serde_json::to_value(&opened.opened[0])?;
+        assert_eq!(active["kind"], "pipe_deadlock");
+        assert_eq!(active["state"], "active");
+        assert_eq!(active["started_at"], "2025-11-30T07:55:05.123Z");
+        assert_eq!(active["detected_at"], "2025-11-30T07:56:45.123Z");
+        assert_eq!(active["resolved_at"], serde_json::Value::Null);
+        assert_eq!(
+            serde_json::from_value::<Incident>(active)?,
+            opened.opened[0]
+        );
+
+        let changes = store.update(&snapshot, &[], &clock_at(1_764_489_465_623), |_, _| false);
+        let (resolved, seconds) = &changes.resolved[0];
+        assert_eq!(*seconds, 160.5);
+        let json = serde_json::to_value(resolved)?;
+        assert_eq!(json["state"], "resolved");
+        assert_eq!(json["ended"], "exited");
+        assert_eq!(json["resolved_at"], "2025-11-30T07:57:45.623Z");
+        assert_eq!(&serde_json::from_value::<Incident>(json)?, resolved);
+        Ok(())
     }
 
     #[test]
