@@ -39,8 +39,9 @@ fn complete_wait(next: *mut task_struct) -> u64 {
     let Some(wait) = TASK_WAIT.get_ptr_mut(next) else {
         return 0;
     };
-    // SAFETY: `next` is not running, and only `sched_switch` touches a task's value:
-    // programs do not nest on one CPU for it, so this is the only reference.
+    // SAFETY: only `sched_switch` dereferences a task's value, for the task switched in
+    // or out on this CPU, and a task is switched on one CPU at a time: this is the only
+    // reference while the program runs.
     let wait = unsafe { &mut *wait };
     if wait.since_ns == 0 {
         return 0;
