@@ -1,5 +1,5 @@
-//! Finding (or installing) a compiler that can build `core` for `bpfel-unknown-none`, and
-//! `bpf-linker`.
+//! Finding (or installing) a compiler that can build `core` for `bpfel-unknown-none`, its
+//! clippy, and `bpf-linker`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
