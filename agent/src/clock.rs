@@ -21,19 +21,10 @@ impl Clock {
         self.wall.checked_sub(ago).unwrap_or(self.wall)
     }
 
-    pub fn monotonic_to_rfc3339(&self, ns: u64) -> String {
-        humantime::format_rfc3339_millis(self.monotonic_to_wall(ns)).to_string()
-    }
-
-    pub fn now_rfc3339(&self) -> String {
-        humantime::format_rfc3339_millis(self.wall).to_string()
-    }
-
-    /// Seconds from an RFC 3339 time this agent wrote until now (0 if unparsable).
-    pub fn seconds_since_rfc3339(&self, at: &str) -> f64 {
-        humantime::parse_rfc3339(at)
-            .ok()
-            .and_then(|then| self.wall.duration_since(then).ok())
+    /// Seconds from `then` until this instant (0 if `then` is later).
+    pub fn seconds_since(&self, then: SystemTime) -> f64 {
+        self.wall
+            .duration_since(then)
             .map_or(0.0, |d| d.as_secs_f64())
     }
 }

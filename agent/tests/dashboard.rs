@@ -410,7 +410,7 @@ fn every_metric_the_dashboard_names_is_exported() {
         });
         for name in names {
             violations.check(known.contains(&name), || {
-                format!("{panel:?}: {name} is not exported by the agent (metrics.rs)")
+                format!("{panel:?}: {name} is not exported by the agent (metrics/mod.rs)")
             });
             used.insert(name);
         }

@@ -11,6 +11,8 @@ use crate::{
     maps::{current_ids, emit, now_ns, BLOCKED, PROCS, TASK_WAIT},
 };
 
+// Linux uapi values (`sched.h`, `signal.h`): aya's bindings cover only the BPF uapi, and
+// this `no_std` crate has no libc.
 const CLONE_THREAD: u64 = 0x0001_0000;
 const SIGHUP: u32 = 1;
 const SIGINT: u32 = 2;
@@ -55,6 +57,7 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         }
     } else {
         // A new process may reuse the pid of one whose exit we never saw.
+        // SAFETY: offset from this kernel's format file for this tracepoint.
         let pid: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET.load() as usize)? };
         forget_process(pid as u32);
     }
@@ -75,8 +78,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
     // Only threads that ever slept in a tracked wait have an entry; the task-local
     // lookup spares the locked hash delete for the others.
-    // SAFETY: the current task, valid for the program's run.
-    if TASK_WAIT.get(unsafe { bpf_get_current_task_btf() }).is_some() {
+    // SAFETY: no preconditions; returns the current task's BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() };
+    if TASK_WAIT.get_ptr_mut(task).is_some() {
         let _ = BLOCKED.remove(tid);
     }
     let offset = EXIT_GROUP_DEAD_OFFSET.load();

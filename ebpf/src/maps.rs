@@ -1,4 +1,5 @@
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
@@ -8,10 +9,6 @@ use exitwatch_common::{
 };
 
 use crate::task_storage::TaskStorage;
-
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 
 #[map]
 pub static BLOCKED: HashMap<u32, BlockedWait> = HashMap::with_max_entries(BLOCKED_CAPACITY, 0);
@@ -75,12 +72,12 @@ pub fn emit(kind: u32, tgid: u32, tid: u32, arg: u32, now: u64) {
     });
     // Waking the agent for every event costs tens of µs inside the probe; it drains the
     // ring on a short timer instead, and is woken only when the ring fills up.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_BYTES / 4) {
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) > u64::from(EVENTS_BYTES / 4) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags);
+    entry.submit(u64::from(flags));
     bump(counter::EVENTS_SENT);
 }
 

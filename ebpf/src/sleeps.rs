@@ -36,9 +36,13 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 /// The task about to run ends its tracked sleep, if it was in one: count its duration.
 /// Returns the time if it had to read the clock, else 0.
 fn complete_wait(next: *mut task_struct) -> u64 {
-    let Some(wait) = TASK_WAIT.get(next) else {
+    let Some(wait) = TASK_WAIT.get_ptr_mut(next) else {
         return 0;
     };
+    // SAFETY: only `sched_switch` dereferences a task's value, for the task switched in
+    // or out on this CPU, and a task is switched on one CPU at a time: this is the only
+    // reference while the program runs.
+    let wait = unsafe { &mut *wait };
     if wait.since_ns == 0 {
         return 0;
     }
@@ -56,14 +60,17 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     // hold the syscall it is sleeping in: x86_64 `pt_regs` is user ABI, so no CO-RE. The
     // helper returns a BTF pointer, so these are plain (fault-checked) loads, not helper
     // calls.
-    // SAFETY: helpers called on the current task; the verifier checks every load
-    // against the kernel's BTF for `struct pt_regs`.
+    // SAFETY: no preconditions; returns the current task's BTF pointer.
     let task = unsafe { bpf_get_current_task_btf() };
+    // SAFETY: `task` is the current task, trusted for the program's run.
     let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
+    // SAFETY: the verifier checks every load through `regs` against the kernel's BTF for
+    // `struct pt_regs`; a bad one faults to zero instead of reading elsewhere.
     let syscall = unsafe { read_volatile(addr_of!((*regs).orig_rax)) } as u32;
     if !is_tracked_syscall(syscall) {
         return Ok(());
     }
+    // SAFETY: as for `orig_rax` above.
     let args = unsafe {
         [
             read_volatile(addr_of!((*regs).rdi)),
@@ -76,9 +83,12 @@ fn record_sleep(now: u64) -> Result<(), i32> {
         return Ok(());
     }
     let now = if now == 0 { now_ns() } else { now };
-    let Some(wait) = TASK_WAIT.get_or_create(task) else {
+    let Some(wait) = TASK_WAIT.get_or_create_ptr_mut(task) else {
         return Ok(());
     };
+    // SAFETY: the value of the task going to sleep, which runs nothing else meanwhile;
+    // see `complete_wait`.
+    let wait = unsafe { &mut *wait };
     wait.since_ns = now;
     let same = wait.syscall == syscall && wait.args == args && wait.published_ns != 0;
     if same && now.saturating_sub(wait.published_ns) < REFRESH_NS {

@@ -1,11 +1,12 @@
 //! Task-local storage, which aya-ebpf 0.2 does not wrap: a BTF-defined map laid out the
 //! way the kernel's loader (and aya's) expects in `.maps`.
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC},
+    bindings::{
+        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC,
+        BPF_LOCAL_STORAGE_GET_F_CREATE,
+    },
     helpers::generated::bpf_task_storage_get,
 };
-
-const BPF_LOCAL_STORAGE_GET_F_CREATE: u64 = 1;
 
 #[repr(C)]
 pub struct TaskStorage<T> {
@@ -30,20 +31,26 @@ impl<T> TaskStorage<T> {
         }
     }
 
-    fn get_ptr(&self, task: *mut task_struct, flags: u64) -> Option<&mut T> {
+    // A pointer, not `&mut T`, as aya's own storage maps return: the value is shared with
+    // every other program that runs for the same task, so exclusivity is the caller's
+    // claim to make.
+    fn lookup(&self, task: *mut task_struct, flags: u64) -> Option<*mut T> {
         let map = core::ptr::from_ref(self).cast_mut().cast();
-        // SAFETY: `task` is a trusted task pointer from the program's context; the helper
-        // returns NULL or a pointer to this task's value, valid for the program's run.
-        unsafe { bpf_task_storage_get(map, task, core::ptr::null_mut(), flags).cast::<T>().as_mut() }
+        // SAFETY: `task` is a trusted task pointer from the program's context and `map`
+        // is this map's own address, which the loader relocates to its fd.
+        let value = unsafe { bpf_task_storage_get(map, task, core::ptr::null_mut(), flags) };
+        let value = value.cast::<T>();
+        (!value.is_null()).then_some(value)
     }
 
-    /// This task's value, if it has one. Tasks without any local storage cost a NULL check.
-    pub fn get(&self, task: *mut task_struct) -> Option<&mut T> {
-        self.get_ptr(task, 0)
+    /// This task's value, if it has one; valid for the program's run. Tasks without any
+    /// local storage cost a NULL check.
+    pub fn get_ptr_mut(&self, task: *mut task_struct) -> Option<*mut T> {
+        self.lookup(task, 0)
     }
 
-    /// This task's value, created zeroed if absent.
-    pub fn get_or_create(&self, task: *mut task_struct) -> Option<&mut T> {
-        self.get_ptr(task, BPF_LOCAL_STORAGE_GET_F_CREATE)
+    /// This task's value, created zeroed if absent; valid for the program's run.
+    pub fn get_or_create_ptr_mut(&self, task: *mut task_struct) -> Option<*mut T> {
+        self.lookup(task, u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE))
     }
 }

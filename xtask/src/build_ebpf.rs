@@ -1,5 +1,5 @@
 //! `cargo xtask build-ebpf`: kernel programs → target/bpf/exitwatch.bpf.o + fingerprint.
-use std::{fs, path::Path};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context, Result};
 
@@ -11,34 +11,40 @@ use crate::{
 
 const TARGET: &str = "bpfel-unknown-none";
 
+/// `cargo <subcommand>` for the eBPF crate, with the flags and target directory of its
+/// build, so a check sees exactly what the build compiles.
+pub fn ebpf_cargo(
+    root: &Path,
+    toolchain: &Toolchain,
+    extra_path: &[&Path],
+    subcommand: &str,
+) -> Command {
+    let mut command = toolchain.cargo(extra_path);
+    command
+        .args([
+            subcommand,
+            "--release",
+            "-Z",
+            "build-std=core",
+            "--target",
+            TARGET,
+        ])
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf"))
+        .current_dir(root.join("ebpf"));
+    command
+}
+
 pub fn build(root: &Path) -> Result<()> {
     let toolchain = Toolchain::find_or_install()?;
     let linker_dir = bpf_linker_dir()?;
-    let target_dir = root.join("target/ebpf");
     say("building the eBPF programs");
-    let path = format!(
-        "{}:{}",
-        linker_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    run_command(
-        toolchain
-            .cargo()
-            .args([
-                "build",
-                "--release",
-                "-Z",
-                "build-std=core",
-                "--target",
-                TARGET,
-            ])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("PATH", path)
-            .current_dir(root.join("ebpf")),
-    )
-    .context("building the eBPF programs")?;
+    run_command(&mut ebpf_cargo(root, &toolchain, &[&linker_dir], "build"))
+        .context("building the eBPF programs")?;
 
-    let built = target_dir.join(TARGET).join("release/exitwatch");
+    let built = root
+        .join("target/ebpf")
+        .join(TARGET)
+        .join("release/exitwatch");
     let object = root.join(OBJECT);
     if let Some(dir) = object.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

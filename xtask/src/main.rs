@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask build-ebpf | run | test`.
+//! Developer tasks: `cargo xtask build-ebpf | lint-ebpf | run | test | bench`.
 mod bench;
 mod build_ebpf;
 mod ebpf_fingerprint;
+mod lint_ebpf;
 mod system;
 mod toolchain;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Task {
     /// Build the kernel programs into target/bpf/, installing the toolchain if missing.
     BuildEbpf,
+    /// Check the kernel programs' formatting and lint them with clippy (-D warnings).
+    LintEbpf,
     /// Build everything and run the agent with its defaults (as root, via sudo if needed).
     Run {
         /// Arguments passed to `exitwatch run`.
@@ -37,6 +40,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf::build(&root),
+        Task::LintEbpf => lint_ebpf::lint(&root),
         Task::Run { args } => {
             build_ebpf::build(&root)?;
             system::run(

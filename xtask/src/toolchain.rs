@@ -1,5 +1,5 @@
-//! Finding (or installing) a compiler that can build `core` for `bpfel-unknown-none`, and
-//! `bpf-linker`.
+//! Finding (or installing) a compiler that can build `core` for `bpfel-unknown-none`, its
+//! clippy, and `bpf-linker`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,6 +12,8 @@ use crate::system::{apt_install, have, run_command, say};
 /// LLVM major version of Debian's `rustc-web`; bpf-linker must link the same one.
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Installed by `rust-web-clippy`, the clippy matching `rustc-web`.
+const DEBIAN_CLIPPY_DRIVER: &str = "/usr/bin/clippy-driver";
 
 /// How to invoke cargo so that `-Z build-std=core` works.
 pub enum Toolchain {
@@ -44,7 +46,34 @@ impl Toolchain {
         Ok(Self::DebianRustcWeb)
     }
 
-    pub fn cargo(&self) -> Command {
+    /// Makes sure this toolchain has clippy, installing Debian's if it is missing.
+    pub fn ensure_clippy(&self) -> Result<()> {
+        match self {
+            Self::RustupNightly => {
+                let works = self
+                    .cargo(&[])
+                    .args(["clippy", "--version"])
+                    .output()
+                    .is_ok_and(|out| out.status.success());
+                if !works {
+                    bail!(
+                        "rustup's nightly has no clippy: \
+                         `rustup component add clippy --toolchain nightly`"
+                    );
+                }
+            }
+            Self::DebianRustcWeb => {
+                if !Path::new(DEBIAN_CLIPPY_DRIVER).exists() {
+                    apt_install(&["rust-web-clippy"], "clippy for the eBPF crate")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `cargo` of this toolchain, with `extra_path` searched first for helper programs.
+    pub fn cargo(&self, extra_path: &[&Path]) -> Command {
+        let mut path: Vec<PathBuf> = extra_path.iter().map(|dir| dir.to_path_buf()).collect();
         let mut command = match self {
             Self::RustupNightly => {
                 let mut command = Command::new("rustup");
@@ -52,6 +81,9 @@ impl Toolchain {
                 command
             }
             Self::DebianRustcWeb => {
+                // Cargo looks for subcommands such as `cargo-clippy` on PATH, where
+                // rustup's proxies would otherwise win over Debian's.
+                path.push(PathBuf::from("/usr/bin"));
                 let mut command = Command::new("/usr/bin/cargo");
                 command
                     .env("RUSTC", "/usr/bin/rustc")
@@ -59,6 +91,14 @@ impl Toolchain {
                 command
             }
         };
+        path.extend(
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths),
+        );
+        if let Ok(path) = std::env::join_paths(path) {
+            command.env("PATH", path);
+        }
         // The outer `cargo xtask` runs under rustup's stable; none of its choices apply.
         for var in [
             "RUSTUP_TOOLCHAIN",

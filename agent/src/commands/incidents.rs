@@ -13,7 +13,7 @@ use rustls::{pki_types::pem::PemObject, pki_types::CertificateDer, RootCertStore
 use serde::Deserialize;
 
 use crate::{
-    incidents::{Incident, State},
+    incidents::{rfc3339, Incident, State},
     text::printable,
 };
 
@@ -117,22 +117,17 @@ fn table(incidents: &[Incident]) -> String {
     let rows: Vec<[String; 6]> = incidents
         .iter()
         .map(|i| {
-            let state = match i.state {
-                State::Active => "active".to_string(),
-                State::Resolved => format!(
-                    "resolved ({})",
-                    i.ended
-                        .map(|e| format!("{e:?}").to_lowercase())
-                        .unwrap_or_default()
-                ),
+            let state = match (i.state, i.ended) {
+                (State::Resolved, Some(ended)) => format!("resolved ({})", ended.as_str()),
+                (state, _) => state.as_str().to_string(),
             };
             let pids: Vec<String> = i.pids.iter().map(i32::to_string).collect();
             [
                 i.id.to_string(),
-                i.kind.clone(),
+                i.kind.as_str().to_string(),
                 state,
                 pids.join(","),
-                i.started_at.clone(),
+                rfc3339::format(i.started_at),
                 printable(&i.summary).into_owned(),
             ]
         })

@@ -5,7 +5,7 @@ use super::Shared;
 use crate::{
     clock::Clock,
     graph::analyze,
-    incidents::MAX_ACTIVE,
+    incidents::{Ending, MAX_ACTIVE},
     scan::{collect, Options},
 };
 
@@ -65,7 +65,7 @@ fn scan_once(shared: &Shared) {
         log::warn!(
             "incident {} opened: {} pids {}: {}",
             incident.id,
-            incident.kind,
+            incident.kind.as_str(),
             incident.pids_brief(),
             incident.summary
         );
@@ -82,10 +82,8 @@ fn scan_once(shared: &Shared) {
         log::info!(
             "incident {} resolved ({}) after {seconds:.0} s: {} pids {}",
             incident.id,
-            incident
-                .ended
-                .map_or("unknown".to_string(), |e| format!("{e:?}").to_lowercase()),
-            incident.kind,
+            incident.ended.map_or("unknown", Ending::as_str),
+            incident.kind.as_str(),
             incident.pids_brief()
         );
     }

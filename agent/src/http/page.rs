@@ -4,7 +4,7 @@ use std::fmt::Write;
 use crate::{
     clock::Clock,
     daemon::Config,
-    incidents::{Incident, State},
+    incidents::{rfc3339, Incident, State},
 };
 
 pub fn render(incidents: &[Incident], config: &Config, host: &str) -> String {
@@ -90,30 +90,31 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
             State::Resolved => {
                 let ended = incident
                     .ended
-                    .map(|e| format!(" ({})", format!("{e:?}").to_lowercase()))
+                    .map(|e| format!(" ({})", e.as_str()))
                     .unwrap_or_default();
-                let at = incident.resolved_at.as_deref().unwrap_or("");
-                let until = humantime::parse_rfc3339(at).unwrap_or(clock.wall);
+                let at = incident
+                    .resolved_at
+                    .map(rfc3339::format)
+                    .unwrap_or_default();
                 (
-                    format!("resolved{ended}<br><small>{}</small>", escape(at)),
-                    until,
+                    format!("resolved{ended}<br><small>{}</small>", escape(&at)),
+                    incident.resolved_at.unwrap_or(clock.wall),
                 )
             }
         };
-        let hung_for = humantime::parse_rfc3339(&incident.started_at)
-            .ok()
-            .and_then(|start| until.duration_since(start).ok())
+        let hung_for = until
+            .duration_since(incident.started_at)
             .map(|d| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())))
-            .map_or_else(String::new, |d| d.to_string());
+            .map_or_else(|_| String::new(), |d| d.to_string());
         let _ = write!(
             html,
             "<tr><td>{}</td><td class=\"nowrap\">{}</td><td class=\"nowrap\">{}</td>\
              <td class=\"nowrap\" title=\"since {}\">{hung_for}</td><td class=\"nowrap\">{state}</td>\
              <td>{}</td></tr>",
             incident.id,
-            escape(&incident.kind),
+            escape(incident.kind.as_str()),
             processes.join("<br>"),
-            escape(&incident.started_at),
+            escape(&rfc3339::format(incident.started_at)),
             escape(&incident.summary),
         );
     }

@@ -1,10 +1,15 @@
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
+
+use super::rfc3339;
+use crate::graph::Kind;
 
 /// The JSON shape served at `/api/v1/incidents`; `exitwatch incidents` reads it back.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Incident {
     pub id: u64,
-    pub kind: String,
+    pub kind: Kind,
     pub state: State,
     pub pids: Vec<i32>,
     /// Processes that wait on this incident's processes and so are stuck too (a `tee`
@@ -20,9 +25,13 @@ pub struct Incident {
     pub thread_spawns: Option<u64>,
     pub thread_spawns_per_second: Option<f64>,
     pub summary: String,
-    pub started_at: String,
-    pub detected_at: String,
-    pub resolved_at: Option<String>,
+    #[serde(with = "rfc3339")]
+    pub started_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub detected_at: SystemTime,
+    // `with` loses serde's "a missing `Option` is `None`"; `default` restores it.
+    #[serde(default, with = "rfc3339::option")]
+    pub resolved_at: Option<SystemTime>,
     pub ended: Option<Ending>,
 }
 
@@ -46,6 +55,15 @@ pub enum State {
     Resolved,
 }
 
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Resolved => "resolved",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Ending {
@@ -53,6 +71,15 @@ pub enum Ending {
     Exited,
     /// The processes are still there but no longer stuck.
     Unblocked,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Exited => "exited",
+            Ending::Unblocked => "unblocked",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -96,8 +96,8 @@ impl Store {
             } else {
                 Ending::Unblocked
             });
-            incident.resolved_at = Some(clock.now_rfc3339());
-            let duration = clock.seconds_since_rfc3339(&incident.started_at);
+            incident.resolved_at = Some(clock.wall);
+            let duration = clock.seconds_since(incident.started_at);
             changes.resolved.push((incident.clone(), duration));
             self.remember(incident);
         }
@@ -146,7 +146,7 @@ fn key(snapshot: &Snapshot, finding: &Finding) -> Key {
 fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incident {
     let mut incident = Incident {
         id,
-        kind: finding.kind.as_str().to_string(),
+        kind: finding.kind,
         state: State::Active,
         pids: finding.pids.clone(),
         blocked_behind: Vec::new(),
@@ -156,8 +156,8 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
         thread_spawns: None,
         thread_spawns_per_second: None,
         summary: String::new(),
-        started_at: clock.monotonic_to_rfc3339(finding.started_ns),
-        detected_at: clock.now_rfc3339(),
+        started_at: clock.monotonic_to_wall(finding.started_ns),
+        detected_at: clock.wall,
         resolved_at: None,
         ended: None,
     };
@@ -251,6 +251,8 @@ fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
     use crate::graph::{Snapshot, Thread};
 
@@ -308,6 +310,47 @@ mod tests {
 
     fn clock() -> Clock {
         Clock::now()
+    }
+
+    /// A clock whose wall time is `millis` after the epoch, 100 s after the findings of
+    /// `deadlock` began.
+    fn clock_at(millis: u64) -> Clock {
+        Clock {
+            monotonic_ns: 100 * SECOND + 1,
+            wall: SystemTime::UNIX_EPOCH + Duration::from_millis(millis),
+        }
+    }
+
+    #[test]
+    fn json_keeps_the_api_shape_and_reads_back() -> Result<(), serde_json::Error> {
+        let mut store = Store::starting_at(1);
+        let (snapshot, finding) = deadlock(10, 2, 1);
+        let opened = store.update(
+            &snapshot,
+            &[finding],
+            &clock_at(1_764_489_405_123),
+            |_, _| true,
+        );
+        let active = serde_json::to_value(&opened.opened[0])?;
+        assert_eq!(active["kind"], "pipe_deadlock");
+        assert_eq!(active["state"], "active");
+        assert_eq!(active["started_at"], "2025-11-30T07:55:05.123Z");
+        assert_eq!(active["detected_at"], "2025-11-30T07:56:45.123Z");
+        assert_eq!(active["resolved_at"], serde_json::Value::Null);
+        assert_eq!(
+            serde_json::from_value::<Incident>(active)?,
+            opened.opened[0]
+        );
+
+        let changes = store.update(&snapshot, &[], &clock_at(1_764_489_465_623), |_, _| false);
+        let (resolved, seconds) = &changes.resolved[0];
+        assert_eq!(*seconds, 160.5);
+        let json = serde_json::to_value(resolved)?;
+        assert_eq!(json["state"], "resolved");
+        assert_eq!(json["ended"], "exited");
+        assert_eq!(json["resolved_at"], "2025-11-30T07:57:45.623Z");
+        assert_eq!(&serde_json::from_value::<Incident>(json)?, resolved);
+        Ok(())
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! Prometheus metrics, in a private registry. Label values are pre-created so every
 //! series exists at 0 from the first scrape.
 mod process;
+mod register;
 mod wait_durations;
 
 use std::collections::BTreeMap;
 
 use process::ProcessMetrics;
 use prometheus::{
-    core::{Atomic, Collector, GenericCounter},
+    core::{Atomic, GenericCounter},
     CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use register::{register, with_series};
 use wait_durations::WaitDurations;
 
 use crate::{
@@ -74,208 +76,254 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        let metrics = Self {
-            incidents_total: IntCounterVec::new(
-                Opts::new("exitwatch_incidents_total", "Incidents opened, by kind."),
-                &["kind"],
-            )?,
-            incidents_active: IntGaugeVec::new(
-                Opts::new("exitwatch_incidents_active", "Incidents open now, by kind."),
-                &["kind"],
-            )?,
-            incidents_untracked: IntGauge::new(
-                "exitwatch_incidents_untracked",
-                "Hangs found but not tracked as incidents because the most that may be open \
-                 at once (64) are.",
-            )?,
-            incident_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "exitwatch_incident_duration_seconds",
-                    "How long resolved incidents lasted, from the first wait to resolution.",
-                )
-                .buckets(vec![
-                    5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
-                ]),
-                &["kind"],
-            )?,
-            incident_info: IntGaugeVec::new(
+        let r = &registry;
+        let kinds = || Kind::ALL.map(Kind::as_str);
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
                 Opts::new(
-                    "exitwatch_active_incident_info",
-                    "One series per process in an active incident (capped at 50 series).",
+                    "exitwatch_build_info",
+                    "Build information; the value is always 1.",
                 ),
-                &["id", "kind", "pid", "comm"],
+                &["version", "rustc"],
             )?,
-            blocked_threads: IntGaugeVec::new(
-                Opts::new(
-                    "exitwatch_blocked_threads",
-                    "Threads blocked past the hang threshold without progress, by wait.",
-                ),
-                &["wait"],
-            )?,
-            exit_phase_processes: IntGauge::new(
-                "exitwatch_exit_phase_processes",
-                "Processes that are in their exit phase (exit marker seen, not yet gone).",
-            )?,
-            exit_phase_entries: IntCounterVec::new(
-                Opts::new(
-                    "exitwatch_exit_phase_entries_total",
-                    "Processes entering their exit phase, by marker.",
-                ),
-                &["reason"],
-            )?,
-            events: IntCounter::new(
-                "exitwatch_ringbuf_events_total",
-                "Lifecycle events the probes sent through the ring buffer.",
-            )?,
-            events_dropped: IntCounter::new(
-                "exitwatch_ringbuf_dropped_events_total",
-                "Lifecycle events lost because the ring buffer was full.",
-            )?,
-            map_full: IntCounterVec::new(
-                Opts::new(
-                    "exitwatch_map_insert_failures_total",
-                    "Probe updates lost because a kernel map was full, by map.",
-                ),
-                &["map"],
-            )?,
-            bpf_run_time: CounterVec::new(
-                Opts::new(
-                    "exitwatch_bpf_program_run_time_seconds_total",
-                    "CPU time spent in each probe program (kernel BPF stats: run the agent \
-                     with --bpf-stats, or enable kernel.bpf_stats_enabled).",
-                ),
-                &["program"],
-            )?,
-            bpf_runs: IntCounterVec::new(
-                Opts::new(
-                    "exitwatch_bpf_program_runs_total",
-                    "Runs of each probe program (kernel BPF stats, as above).",
-                ),
-                &["program"],
-            )?,
-            scan_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "exitwatch_scan_duration_seconds",
-                    "Time one scan takes: reading the maps, verifying with /proc, analysing.",
-                )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                ]),
-            )?,
-            scan_errors: IntCounterVec::new(
-                Opts::new(
-                    "exitwatch_scan_errors_total",
-                    "Reads of /proc that failed during scans, by reason (gone: the process \
-                     exited while being read, which is normal), and whole scans that failed.",
-                ),
-                &["reason"],
-            )?,
-            uprobe_targets: IntGauge::new(
-                "exitwatch_uprobe_targets",
-                "Interpreter files (python, libpython) the Py_FinalizeEx uprobe is attached to.",
-            )?,
-            uprobe_refusals: IntCounterVec::new(
-                Opts::new(
-                    "exitwatch_uprobe_refusals_total",
-                    "Interpreter-like files not given the Py_FinalizeEx uprobe, by reason.",
-                ),
-                &["reason"],
-            )?,
-            discovery_dropped: IntCounter::new(
-                "exitwatch_uprobe_discovery_dropped_total",
-                "Exec events not looked at for uprobes because discovery was behind.",
-            )?,
-            last_scan: Gauge::new(
-                "exitwatch_last_scan_timestamp_seconds",
-                "Unix time of the last completed scan.",
-            )?,
-            http_rejected: IntCounter::new(
-                "exitwatch_http_connections_rejected_total",
-                "HTTP connections closed at once: all --web-max-connections were serving requests.",
-            )?,
-            http_evicted: IntCounter::new(
-                "exitwatch_http_connections_evicted_total",
-                "Idle HTTP connections closed to make room for new ones (all slots taken).",
-            )?,
-            wait_durations: WaitDurations::new()?,
-            process: ProcessMetrics::new()?,
-            registry,
-        };
-        for kind in &kinds {
-            metrics.incidents_total.with_label_values(&[kind]);
-            metrics.incidents_active.with_label_values(&[kind]);
-            metrics.incident_duration.with_label_values(&[kind]);
-        }
-        for wait in WAIT_LABELS {
-            metrics.blocked_threads.with_label_values(&[wait]);
-        }
-        for reason in SCAN_ERROR_REASONS {
-            metrics.scan_errors.with_label_values(&[reason]);
-        }
-        for reason in crate::probes::REFUSAL_REASONS {
-            metrics.uprobe_refusals.with_label_values(&[reason]);
-        }
-        for (_, reason) in exitwatch_common::exit_reason::ALL {
-            metrics.exit_phase_entries.with_label_values(&[reason]);
-        }
-        for map in [
-            exitwatch_common::names::MAP_BLOCKED,
-            exitwatch_common::names::MAP_PROCS,
-        ] {
-            metrics.map_full.with_label_values(&[map]);
-        }
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "exitwatch_build_info",
-                "Build information; the value is always 1.",
-            ),
-            &["version", "rustc"],
         )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EXITWATCH_RUSTC")])
             .set(1);
-        let collectors: Vec<Box<dyn Collector>> = vec![
-            Box::new(build_info),
-            Box::new(metrics.incidents_total.clone()),
-            Box::new(metrics.incidents_active.clone()),
-            Box::new(metrics.incidents_untracked.clone()),
-            Box::new(metrics.incident_duration.clone()),
-            Box::new(metrics.incident_info.clone()),
-            Box::new(metrics.blocked_threads.clone()),
-            Box::new(metrics.exit_phase_processes.clone()),
-            Box::new(metrics.exit_phase_entries.clone()),
-            Box::new(metrics.events.clone()),
-            Box::new(metrics.events_dropped.clone()),
-            Box::new(metrics.map_full.clone()),
-            Box::new(metrics.bpf_run_time.clone()),
-            Box::new(metrics.bpf_runs.clone()),
-            Box::new(metrics.scan_duration.clone()),
-            Box::new(metrics.scan_errors.clone()),
-            Box::new(metrics.uprobe_targets.clone()),
-            Box::new(metrics.uprobe_refusals.clone()),
-            Box::new(metrics.discovery_dropped.clone()),
-            Box::new(metrics.last_scan.clone()),
-            Box::new(metrics.http_rejected.clone()),
-            Box::new(metrics.http_evicted.clone()),
-            Box::new(metrics.wait_durations.clone()),
-        ];
-        for collector in collectors {
-            metrics.registry.register(collector)?;
-        }
-        metrics.process.register(&metrics.registry)?;
-        Ok(metrics)
+        Ok(Self {
+            incidents_total: register(
+                r,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new("exitwatch_incidents_total", "Incidents opened, by kind."),
+                        &["kind"],
+                    )?,
+                    kinds(),
+                ),
+            )?,
+            incidents_active: register(
+                r,
+                with_series(
+                    IntGaugeVec::new(
+                        Opts::new("exitwatch_incidents_active", "Incidents open now, by kind."),
+                        &["kind"],
+                    )?,
+                    kinds(),
+                ),
+            )?,
+            incidents_untracked: register(
+                r,
+                IntGauge::new(
+                    "exitwatch_incidents_untracked",
+                    "Hangs found but not tracked as incidents because the most that may be \
+                     open at once (64) are.",
+                )?,
+            )?,
+            incident_duration: register(
+                r,
+                with_series(
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            "exitwatch_incident_duration_seconds",
+                            "How long resolved incidents lasted, from the first wait to \
+                             resolution.",
+                        )
+                        .buckets(vec![
+                            5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+                        ]),
+                        &["kind"],
+                    )?,
+                    kinds(),
+                ),
+            )?,
+            incident_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "exitwatch_active_incident_info",
+                        "One series per process in an active incident (capped at 50 series).",
+                    ),
+                    &["id", "kind", "pid", "comm"],
+                )?,
+            )?,
+            blocked_threads: register(
+                r,
+                with_series(
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "exitwatch_blocked_threads",
+                            "Threads blocked past the hang threshold without progress, by wait.",
+                        ),
+                        &["wait"],
+                    )?,
+                    WAIT_LABELS,
+                ),
+            )?,
+            exit_phase_processes: register(
+                r,
+                IntGauge::new(
+                    "exitwatch_exit_phase_processes",
+                    "Processes that are in their exit phase (exit marker seen, not yet gone).",
+                )?,
+            )?,
+            exit_phase_entries: register(
+                r,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "exitwatch_exit_phase_entries_total",
+                            "Processes entering their exit phase, by marker.",
+                        ),
+                        &["reason"],
+                    )?,
+                    exitwatch_common::exit_reason::ALL.map(|(_, reason)| reason),
+                ),
+            )?,
+            events: register(
+                r,
+                IntCounter::new(
+                    "exitwatch_ringbuf_events_total",
+                    "Lifecycle events the probes sent through the ring buffer.",
+                )?,
+            )?,
+            events_dropped: register(
+                r,
+                IntCounter::new(
+                    "exitwatch_ringbuf_dropped_events_total",
+                    "Lifecycle events lost because the ring buffer was full.",
+                )?,
+            )?,
+            map_full: register(
+                r,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "exitwatch_map_insert_failures_total",
+                            "Probe updates lost because a kernel map was full, by map.",
+                        ),
+                        &["map"],
+                    )?,
+                    [
+                        exitwatch_common::names::MAP_BLOCKED,
+                        exitwatch_common::names::MAP_PROCS,
+                    ],
+                ),
+            )?,
+            bpf_run_time: register(
+                r,
+                CounterVec::new(
+                    Opts::new(
+                        "exitwatch_bpf_program_run_time_seconds_total",
+                        "CPU time spent in each probe program (kernel BPF stats: run the agent \
+                         with --bpf-stats, or enable kernel.bpf_stats_enabled).",
+                    ),
+                    &["program"],
+                )?,
+            )?,
+            bpf_runs: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "exitwatch_bpf_program_runs_total",
+                        "Runs of each probe program (kernel BPF stats, as above).",
+                    ),
+                    &["program"],
+                )?,
+            )?,
+            scan_duration: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "exitwatch_scan_duration_seconds",
+                        "Time one scan takes: reading the maps, verifying with /proc, analysing.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    ]),
+                )?,
+            )?,
+            scan_errors: register(
+                r,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "exitwatch_scan_errors_total",
+                            "Reads of /proc that failed during scans, by reason (gone: the \
+                             process exited while being read, which is normal), and whole \
+                             scans that failed.",
+                        ),
+                        &["reason"],
+                    )?,
+                    SCAN_ERROR_REASONS,
+                ),
+            )?,
+            uprobe_targets: register(
+                r,
+                IntGauge::new(
+                    "exitwatch_uprobe_targets",
+                    "Interpreter files (python, libpython) the Py_FinalizeEx uprobe is \
+                     attached to.",
+                )?,
+            )?,
+            uprobe_refusals: register(
+                r,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "exitwatch_uprobe_refusals_total",
+                            "Interpreter-like files not given the Py_FinalizeEx uprobe, by \
+                             reason.",
+                        ),
+                        &["reason"],
+                    )?,
+                    crate::probes::REFUSAL_REASONS,
+                ),
+            )?,
+            discovery_dropped: register(
+                r,
+                IntCounter::new(
+                    "exitwatch_uprobe_discovery_dropped_total",
+                    "Exec events not looked at for uprobes because discovery was behind.",
+                )?,
+            )?,
+            last_scan: register(
+                r,
+                Gauge::new(
+                    "exitwatch_last_scan_timestamp_seconds",
+                    "Unix time of the last completed scan.",
+                )?,
+            )?,
+            http_rejected: register(
+                r,
+                IntCounter::new(
+                    "exitwatch_http_connections_rejected_total",
+                    "HTTP connections closed at once: all --web-max-connections were serving \
+                     requests.",
+                )?,
+            )?,
+            http_evicted: register(
+                r,
+                IntCounter::new(
+                    "exitwatch_http_connections_evicted_total",
+                    "Idle HTTP connections closed to make room for new ones (all slots taken).",
+                )?,
+            )?,
+            wait_durations: register(r, WaitDurations::new()?)?,
+            process: ProcessMetrics::new(r)?,
+            registry,
+        })
     }
 
     pub fn incident_opened(&self, incident: &Incident) {
         self.incidents_total
-            .with_label_values(&[&incident.kind])
+            .with_label_values(&[incident.kind.as_str()])
             .inc();
     }
 
     pub fn incident_resolved(&self, incident: &Incident, seconds: f64) {
         self.incident_duration
-            .with_label_values(&[&incident.kind])
+            .with_label_values(&[incident.kind.as_str()])
             .observe(seconds);
     }
 
@@ -342,14 +390,14 @@ impl Metrics {
         let mut series = 0;
         for incident in active {
             self.incidents_active
-                .with_label_values(&[&incident.kind])
+                .with_label_values(&[incident.kind.as_str()])
                 .inc();
             for process in &incident.processes {
                 if series < MAX_INFO_SERIES {
                     let (id, pid) = (incident.id.to_string(), process.pid.to_string());
                     let comm = printable(&process.comm).into_owned();
                     self.incident_info
-                        .with_label_values(&[&id, &incident.kind, &pid, &comm])
+                        .with_label_values(&[&id, incident.kind.as_str(), &pid, &comm])
                         .set(1);
                     series += 1;
                 }

@@ -3,7 +3,7 @@
 //! read from `/proc/self` at scrape time with full resolution.
 use prometheus::{Counter, Gauge, Registry};
 
-use super::raise_to;
+use super::{raise_to, register::register};
 
 pub struct ProcessMetrics {
     cpu: Counter,
@@ -15,41 +15,51 @@ pub struct ProcessMetrics {
 }
 
 impl ProcessMetrics {
-    pub fn new() -> prometheus::Result<Self> {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let r = registry;
         let metrics = Self {
-            cpu: Counter::new(
-                "process_cpu_seconds_total",
-                "Total user and system CPU time spent in seconds.",
+            cpu: register(
+                r,
+                Counter::new(
+                    "process_cpu_seconds_total",
+                    "Total user and system CPU time spent in seconds.",
+                )?,
             )?,
-            resident: Gauge::new(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
+            resident: register(
+                r,
+                Gauge::new(
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes.",
+                )?,
             )?,
-            virtual_memory: Gauge::new(
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes.",
+            virtual_memory: register(
+                r,
+                Gauge::new(
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes.",
+                )?,
             )?,
-            open_fds: Gauge::new("process_open_fds", "Number of open file descriptors.")?,
-            max_fds: Gauge::new(
-                "process_max_fds",
-                "Maximum number of open file descriptors.",
+            open_fds: register(
+                r,
+                Gauge::new("process_open_fds", "Number of open file descriptors.")?,
             )?,
-            start_time: Gauge::new(
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds.",
+            max_fds: register(
+                r,
+                Gauge::new(
+                    "process_max_fds",
+                    "Maximum number of open file descriptors.",
+                )?,
+            )?,
+            start_time: register(
+                r,
+                Gauge::new(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                )?,
             )?,
         };
         metrics.refresh();
         Ok(metrics)
-    }
-
-    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.cpu.clone()))?;
-        registry.register(Box::new(self.resident.clone()))?;
-        registry.register(Box::new(self.virtual_memory.clone()))?;
-        registry.register(Box::new(self.open_fds.clone()))?;
-        registry.register(Box::new(self.max_fds.clone()))?;
-        registry.register(Box::new(self.start_time.clone()))
     }
 
     /// Reads `/proc/self`; a read that fails leaves the previous values.

@@ -1,3 +1,5 @@
+use std::{error::Error, io};
+
 use aya::{maps::MapError, programs::ProgramError, EbpfError};
 
 #[derive(thiserror::Error, Debug)]
@@ -53,7 +55,7 @@ pub enum ProbeError {
 
 impl ProbeError {
     pub fn program(name: &'static str, source: ProgramError) -> Self {
-        if is_permission_error(&source.to_string()) {
+        if is_permission_error(&source) {
             return Self::Privileges;
         }
         Self::Program { name, source }
@@ -65,15 +67,32 @@ impl ProbeError {
 }
 
 pub fn load_error(error: EbpfError) -> ProbeError {
-    if is_permission_error(&error.to_string()) {
+    if is_permission_error(&error) {
         ProbeError::Privileges
     } else {
         ProbeError::Load(error)
     }
 }
 
-fn is_permission_error(message: &str) -> bool {
-    message.contains("Operation not permitted") || message.contains("Permission denied")
+/// Whether any error along `error`'s source chain is EPERM or EACCES (both
+/// `PermissionDenied`), as the kernel answers `bpf()` and `perf_event_open` without the
+/// capabilities.
+fn is_permission_error(error: &(dyn Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |&error| error.source())
+        .filter_map(io_error)
+        .any(|error| error.kind() == io::ErrorKind::PermissionDenied)
+}
+
+fn io_error<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
+    // aya wraps some `io::Error`s transparently, which hands their (empty) source chain
+    // on instead of the error itself.
+    match (
+        error.downcast_ref::<ProgramError>(),
+        error.downcast_ref::<MapError>(),
+    ) {
+        (Some(ProgramError::IOError(io)), _) | (_, Some(MapError::IoError(io))) => Some(io),
+        _ => error.downcast_ref::<io::Error>(),
+    }
 }
 
 /// Fails early, with the capabilities to grant, instead of on the first `bpf()` call.
@@ -99,5 +118,51 @@ pub fn check_privileges() -> Result<(), ProbeError> {
         Ok(())
     } else {
         Err(ProbeError::Privileges)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    fn denied(errno: i32) -> io::Error {
+        io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn permission_errors_are_found_through_aya_wrappers() {
+        let syscall = || SyscallError {
+            call: "bpf_map_create",
+            io_error: denied(libc::EPERM),
+        };
+        let load = EbpfError::MapError(MapError::CreateError {
+            name: "PROCS".into(),
+            io_error: denied(libc::EPERM),
+        });
+        assert!(matches!(load_error(load), ProbeError::Privileges));
+        let attach = ProgramError::SyscallError(syscall());
+        assert!(matches!(
+            ProbeError::program("sched_switch", attach),
+            ProbeError::Privileges
+        ));
+        let io = ProgramError::IOError(denied(libc::EACCES));
+        assert!(matches!(
+            ProbeError::program("sched_switch", io),
+            ProbeError::Privileges
+        ));
+        let nested = EbpfError::ProgramError(ProgramError::SyscallError(syscall()));
+        assert!(matches!(load_error(nested), ProbeError::Privileges));
+    }
+
+    #[test]
+    fn other_errors_keep_their_cause() {
+        let missing = ProgramError::IOError(denied(libc::ENOENT));
+        assert!(matches!(
+            ProbeError::program("sched_switch", missing),
+            ProbeError::Program { .. }
+        ));
+        assert!(matches!(load_error(EbpfError::NoBTF), ProbeError::Load(_)));
     }
 }
