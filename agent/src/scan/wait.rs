@@ -9,7 +9,9 @@ use crate::{
 /// Waits that are not tracked by the probes; read from `/proc` for processes in a scan.
 mod untracked {
     pub const POLL: u32 = 7;
+    pub const SELECT: u32 = 23;
     pub const EPOLL_WAIT: u32 = 232;
+    pub const PSELECT6: u32 = 270;
     pub const PPOLL: u32 = 271;
     pub const EPOLL_PWAIT: u32 = 281;
     pub const EPOLL_PWAIT2: u32 = 441;
@@ -21,12 +23,15 @@ const INPUT_EVENTS: u32 = 0x1 | 0x2 | 0x40 | 0x80;
 const OUTPUT_EVENTS: u32 = 0x4 | 0x100 | 0x200;
 /// Bigger poll sets are servers' business, not a parent waiting on a child's output.
 const MAX_POLL_FDS: usize = 64;
+/// `FD_SETSIZE`: glibc's `fd_set` holds this many bits, so no honest `select` asks for more.
+const MAX_SELECT_FDS: u64 = 1024;
 
 const P_PID: u64 = 1;
 const P_PGID: u64 = 2;
 
-/// `args` are the first four syscall arguments; `pgrp` is the caller's process group.
-pub fn decode(procfs: &ProcFs, pid: i32, pgrp: i32, syscall: u32, args: [u64; 4]) -> Option<Wait> {
+/// `args` are the syscall's arguments as `/proc/PID/task/TID/syscall` shows them; `pgrp`
+/// is the caller's process group.
+pub fn decode(procfs: &ProcFs, pid: i32, pgrp: i32, syscall: u32, args: [u64; 6]) -> Option<Wait> {
     let wait = match syscall {
         nr::READ | nr::READV | nr::WRITE | nr::WRITEV => {
             let fd = args[0] as i32;
@@ -62,8 +67,10 @@ pub fn decode(procfs: &ProcFs, pid: i32, pgrp: i32, syscall: u32, args: [u64; 4]
         nr::FUTEX_WAITV => Wait::Futex {
             timed: args[3] != 0,
         },
-        // futex_wait(2) passes its timeout in the fifth argument, which is not recorded.
-        nr::FUTEX_WAIT => Wait::Futex { timed: false },
+        // futex_wait(2) passes its timeout in the fifth argument (the probes record four).
+        nr::FUTEX_WAIT => Wait::Futex {
+            timed: args[4] != 0,
+        },
         _ => return None,
     };
     Some(wait)
@@ -105,6 +112,24 @@ pub fn decode_poll(procfs: &ProcFs, pid: i32, syscall: u32, args: [u64; 6]) -> O
             }
             procfs.epoll_targets(pid, args[0] as i32).ok()?
         }
+        // select(nfds, readfds, writefds, exceptfds, timeout); pselect6 adds a signal mask.
+        untracked::SELECT | untracked::PSELECT6 => {
+            if args[4] != 0 {
+                return None;
+            }
+            let set = |addr| fd_set(procfs, pid, args[0], addr);
+            // Callers (CPython among them) pass empty sets rather than NULL.
+            if [args[2], args[3]]
+                .into_iter()
+                .any(|addr| set(addr).is_none_or(|s| !s.is_empty()))
+            {
+                return None;
+            }
+            set(args[1])?
+                .into_iter()
+                .map(|fd| (fd, INPUT_EVENTS))
+                .collect()
+        }
         _ => return None,
     };
     if watched.is_empty() || watched.len() > MAX_POLL_FDS {
@@ -121,6 +146,26 @@ pub fn decode_poll(procfs: &ProcFs, pid: i32, syscall: u32, args: [u64; 6]) -> O
         }
     }
     Some(Wait::PollRead { pipes })
+}
+
+/// The fds in a `select` set of `nfds` bits at `addr` (none for a NULL set); `None` when
+/// it cannot be read or is bigger than a pipe reader's.
+fn fd_set(procfs: &ProcFs, pid: i32, nfds: u64, addr: u64) -> Option<Vec<i32>> {
+    if addr == 0 {
+        return Some(Vec::new());
+    }
+    if nfds == 0 || nfds > MAX_SELECT_FDS {
+        return None;
+    }
+    // The kernel reads whole longs of the set: nfds bits rounded up to 8 bytes.
+    let bytes = nfds.div_ceil(64) as usize * 8;
+    let set = procfs.memory(pid, addr, bytes).ok()?;
+    let fds: Vec<i32> = (0..nfds as usize)
+        .filter(|fd| set[fd / 8] & (1 << (fd % 8)) != 0)
+        .map(|fd| fd as i32)
+        .take(MAX_POLL_FDS + 1)
+        .collect();
+    (fds.len() <= MAX_POLL_FDS).then_some(fds)
 }
 
 pub fn syscall_name(syscall: u32) -> &'static str {
