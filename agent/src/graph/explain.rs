@@ -94,13 +94,13 @@ fn pipe_held_by_orphan(snapshot: &Snapshot, finding: &Finding, clauses: &str) ->
         ),
     };
     format!(
-        "Pipe held open by an orphan: {clauses}; {} {} no child of {}{adopted} and {} not \
-         writing, so end-of-file never comes. {origin} Fix: redirect the background \
+        "Pipe held open by an orphan: {clauses}; {} {} of {}{adopted} and {} not writing, \
+         so end-of-file never comes. {origin} Fix: redirect the background \
          process's output (cmd >/dev/null 2>&1 &; from Python, stdin/stdout/stderr=DEVNULL \
          and start_new_session=True), or do not let it inherit the pipe (close_fds, or close \
          the pipe's fds before starting it).",
         holders(snapshot, &orphans),
-        pick(orphans.len(), "is", "are"),
+        pick(orphans.len(), "is no child", "are no children"),
         who(snapshot, reader),
         pick(orphans.len(), "is", "are"),
     )
