@@ -182,3 +182,74 @@ pub fn syscall_name(syscall: u32) -> &'static str {
         _ => "syscall",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{symlink, FileExt};
+
+    use super::*;
+
+    const PID: i32 = 300;
+    const READ_PIPE: u64 = 0x100;
+    const EMPTY: u64 = 0x200;
+    const PIPE_AND_FILE: u64 = 0x300;
+
+    /// A process whose fd 5 is a pipe's read end and fd 6 a file, with three `fd_set`s
+    /// in its memory: {5}, {} and {5, 6}.
+    fn selecting_process() -> (tempfile::TempDir, ProcFs) {
+        let root = tempfile::tempdir().expect("a temporary /proc");
+        let dir = root.path().join(PID.to_string());
+        for sub in ["fd", "fdinfo"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("creating the fixture");
+        }
+        symlink("pipe:[42]", dir.join("fd/5")).expect("fd 5");
+        symlink("/var/log/x", dir.join("fd/6")).expect("fd 6");
+        for fd in ["5", "6"] {
+            std::fs::write(dir.join("fdinfo").join(fd), "pos:\t0\nflags:\t00\n").expect("fdinfo");
+        }
+        let mem = std::fs::File::create(dir.join("mem")).expect("mem");
+        mem.write_all_at(&[0; 0x400], 0).expect("mem");
+        mem.write_all_at(&[0x20], READ_PIPE).expect("mem");
+        mem.write_all_at(&[0x60], PIPE_AND_FILE).expect("mem");
+        let procfs = ProcFs::new(root.path());
+        (root, procfs)
+    }
+
+    #[test]
+    fn select_without_timeout_on_pipes_only_is_a_poll_read() {
+        let (_root, procfs) = selecting_process();
+        let reading = Some(Wait::PollRead { pipes: vec![42] });
+        for nr in [untracked::SELECT, untracked::PSELECT6] {
+            let select = |args| decode_poll(&procfs, PID, nr, args);
+            assert_eq!(select([6, READ_PIPE, 0, 0, 0, 0]), reading);
+            assert_eq!(select([6, READ_PIPE, EMPTY, EMPTY, 0, 0]), reading);
+            // A timeout, a write or exception set, a file, an oversized or empty set.
+            assert_eq!(select([6, READ_PIPE, 0, 0, 0x380, 0]), None);
+            assert_eq!(select([6, READ_PIPE, READ_PIPE, 0, 0, 0]), None);
+            assert_eq!(select([6, READ_PIPE, 0, READ_PIPE, 0, 0]), None);
+            assert_eq!(select([7, PIPE_AND_FILE, 0, 0, 0, 0]), None);
+            assert_eq!(select([2048, READ_PIPE, 0, 0, 0, 0]), None);
+            assert_eq!(select([6, EMPTY, 0, 0, 0, 0]), None);
+            assert_eq!(select([0, 0, 0, 0, 0, 0]), None);
+        }
+    }
+
+    #[test]
+    fn futex_wait_is_timed_by_its_fifth_argument() {
+        let (_root, procfs) = selecting_process();
+        let futex_wait = |timeout| {
+            decode(
+                &procfs,
+                PID,
+                PID,
+                nr::FUTEX_WAIT,
+                [1, 0, 0, 0x82, timeout, 1],
+            )
+        };
+        assert_eq!(futex_wait(0), Some(Wait::Futex { timed: false }));
+        assert_eq!(futex_wait(0x7ffd0000), Some(Wait::Futex { timed: true }));
+        let waitv = |timeout| decode(&procfs, PID, PID, nr::FUTEX_WAITV, [1, 1, 0, timeout, 1, 0]);
+        assert_eq!(waitv(0), Some(Wait::Futex { timed: false }));
+        assert_eq!(waitv(0x7ffd0000), Some(Wait::Futex { timed: true }));
+    }
+}
