@@ -55,3 +55,37 @@ pub fn parents(procfs: &ProcFs, exited: &[i32]) -> (Vec<i32>, Vec<i32>) {
     }
     (parents.into_iter().collect(), reaped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn only_old_unreaped_exits_name_their_parents() {
+        // The fixture's 200 is a zombie; 100 runs (its pid was reused); 999 is gone.
+        let procfs = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
+        let mut zombies = Zombies::default();
+        for pid in [200, 100, 999] {
+            zombies.exited(pid, SECOND);
+        }
+        zombies.exited(201, 9 * SECOND);
+        let due = zombies.due(10 * SECOND, 2 * SECOND);
+        assert_eq!(due, [100, 200, 999]);
+        let (parents, reaped) = parents(&procfs, &due);
+        let ppid = procfs.stat(200, 200).map(|s| s.ppid).unwrap_or_default();
+        assert_eq!((parents, reaped.clone()), (vec![ppid], vec![100, 999]));
+        zombies.forget(&reaped);
+        assert_eq!(zombies.due(20 * SECOND, 2 * SECOND), [200, 201]);
+    }
+
+    #[test]
+    fn exits_beyond_the_cap_are_not_remembered() {
+        let mut zombies = Zombies::default();
+        for pid in 0..MAX_EXITED as i32 + 10 {
+            zombies.exited(pid, 0);
+        }
+        assert_eq!(zombies.due(1, 0).len(), MAX_EXITED);
+    }
+}
