@@ -30,10 +30,13 @@ fn scan_once(shared: &Shared) {
     };
     let timeouts = shared.procfs.timeouts();
     let view = shared.probes().kernel_view();
-    let exited = shared
-        .zombies()
-        .due(clock.monotonic_ns, options.hang_after_ns);
-    let (unreaping_parents, reaped) = zombies::parents(&shared.procfs, &exited);
+    let exited = shared.zombies().pending();
+    let (unreaping_parents, reaped) = zombies::parents(
+        &shared.procfs,
+        &exited,
+        clock.monotonic_ns,
+        options.hang_after_ns,
+    );
     shared.zombies().forget(&reaped);
     let scan = collect(
         &shared.procfs,

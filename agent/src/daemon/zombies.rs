@@ -22,12 +22,11 @@ impl Zombies {
         }
     }
 
-    /// The exits at least `hang_after_ns` old.
-    pub fn due(&self, now_ns: u64, hang_after_ns: u64) -> Vec<i32> {
+    /// Every exit remembered, with its time.
+    pub fn pending(&self) -> Vec<(i32, u64)> {
         self.exited
             .iter()
-            .filter(|(_, &at_ns)| now_ns.saturating_sub(at_ns) >= hang_after_ns)
-            .map(|(&pid, _)| pid)
+            .map(|(&pid, &at_ns)| (pid, at_ns))
             .collect()
     }
 
@@ -38,15 +37,22 @@ impl Zombies {
     }
 }
 
-/// The parents of those of `exited` that are still zombies, and the others (reaped, or
-/// their pid taken by a new process). Runs without the lock the event loop takes.
-pub fn parents(procfs: &ProcFs, exited: &[i32]) -> (Vec<i32>, Vec<i32>) {
+/// The parents of those of `exited` that are still zombies `hang_after_ns` after their
+/// exit, and the exits that were reaped (or whose pid a new process took). Every exit is
+/// checked, not only the old ones, so reaped ones leave at once and a fork-heavy host
+/// does not fill the list. Runs without the lock the event loop takes.
+pub fn parents(
+    procfs: &ProcFs,
+    exited: &[(i32, u64)],
+    now_ns: u64,
+    hang_after_ns: u64,
+) -> (Vec<i32>, Vec<i32>) {
     let mut parents = BTreeSet::new();
     let mut reaped = Vec::new();
-    for &pid in exited {
+    for &(pid, at_ns) in exited {
         match procfs.stat(pid, pid) {
             Ok(stat) if stat.state == 'Z' => {
-                if stat.ppid > 0 {
+                if stat.ppid > 0 && now_ns.saturating_sub(at_ns) >= hang_after_ns {
                     parents.insert(stat.ppid);
                 }
             }
@@ -70,14 +76,13 @@ mod tests {
         for pid in [200, 100, 999] {
             zombies.exited(pid, SECOND);
         }
-        zombies.exited(201, 9 * SECOND);
-        let due = zombies.due(10 * SECOND, 2 * SECOND);
-        assert_eq!(due, [100, 200, 999]);
-        let (parents, reaped) = parents(&procfs, &due);
         let ppid = procfs.stat(200, 200).map(|s| s.ppid).unwrap_or_default();
-        assert_eq!((parents, reaped.clone()), (vec![ppid], vec![100, 999]));
+        let (young, reaped) = parents(&procfs, &zombies.pending(), 2 * SECOND, 2 * SECOND);
+        assert_eq!((young, reaped.clone()), (vec![], vec![100, 999]));
         zombies.forget(&reaped);
-        assert_eq!(zombies.due(20 * SECOND, 2 * SECOND), [200, 201]);
+        assert_eq!(zombies.pending(), [(200, SECOND)]);
+        let (old, _) = parents(&procfs, &zombies.pending(), 3 * SECOND, 2 * SECOND);
+        assert_eq!(old, [ppid]);
     }
 
     #[test]
@@ -86,6 +91,6 @@ mod tests {
         for pid in 0..MAX_EXITED as i32 + 10 {
             zombies.exited(pid, 0);
         }
-        assert_eq!(zombies.due(1, 0).len(), MAX_EXITED);
+        assert_eq!(zombies.pending().len(), MAX_EXITED);
     }
 }

@@ -328,9 +328,9 @@ impl Builder<'_> {
     }
 
     /// Adds every process that could release a stuck thread: holders of the other end
-    /// of its pipes, and the children of waiters and readers. Passes over `/proc` only when a stuck
-    /// thread needs them, again while newly added processes bring new pipes (a poller
-    /// found among the holders).
+    /// of its pipes, and the children of waiters and readers. Passes over `/proc` only
+    /// when a stuck thread needs them, again while newly added processes bring new pipes
+    /// (a poller found among the holders).
     fn add_releasers(&mut self) -> BTreeMap<u64, PipeEnds> {
         let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
         let mut waiters_done: BTreeSet<i32> = BTreeSet::new();
