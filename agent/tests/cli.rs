@@ -98,6 +98,22 @@ fn explain_needs_no_agent() {
 }
 
 #[test]
+fn explain_names_the_orphan_that_holds_a_readers_pipe() {
+    require_root();
+    let subject = Subject::python("orphan_holds_pipe.py", &[]);
+    let (reader, orphan) = (subject.pid("reader"), subject.pid("orphan"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = exitwatch(&["explain", &reader.to_string(), "--hang-after", "1s"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("pipe_held_by_orphan"), "{text}");
+    assert!(
+        text.contains(&format!("sleep (pid {orphan}) is no child of")),
+        "{text}"
+    );
+}
+
+#[test]
 fn explain_names_a_permission_error_as_such() {
     require_root();
     let output = as_nobody(Path::new(env!("CARGO_BIN_EXE_exitwatch")))

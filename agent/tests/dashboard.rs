@@ -503,7 +503,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn alert_rules_pass_promtool_check_and_unit_tests() {
     let checked = promtool(&["check", "rules", "alerts.yml"]);
-    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
     let tested = promtool(&["test", "rules", "alerts.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
@@ -535,6 +535,7 @@ fn alert_rules_name_only_exported_metrics() {
     let expected: BTreeSet<String> = [
         "ExitwatchPipeDeadlock",
         "ExitwatchExitHang",
+        "ExitwatchPipeHeldByOrphan",
         "ExitwatchDroppingEvents",
         "ExitwatchScansStale",
         "ExitwatchScanErrors",

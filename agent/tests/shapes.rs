@@ -120,6 +120,89 @@ fn epoll_on_stdout_while_child_fills_stderr() {
     polling_one_pipe("epoll");
 }
 
+#[test]
+fn select_on_stdout_while_child_fills_stderr() {
+    polling_one_pipe("select");
+}
+
+/// A reader waiting for EOF on a pipe that a background process, left behind by the
+/// reader's exited child, holds open without writing.
+fn pipe_held_by_an_orphan(start: impl FnOnce() -> Subject, reader_wait: &str) {
+    let agent = Agent::start();
+    let subject = start();
+    let (reader, child, orphan) = (
+        subject.pid("reader"),
+        subject.pid("child"),
+        subject.pid("orphan"),
+    );
+    let incident = expect(&agent, "pipe_held_by_orphan", &[reader, orphan]);
+    assert_eq!(incident["pids"], serde_json::json!([reader, orphan]));
+    assert!(has_wait(&incident, reader, reader_wait), "{incident:#}");
+    let summary = incident["summary"].as_str().unwrap_or_default();
+    for part in [
+        format!("no child of {}", process_name(&incident, reader)),
+        format!("child sh (pid {child}), which has exited"),
+        "start_new_session=True".to_string(),
+    ] {
+        assert!(summary.contains(&part), "{part:?} in {summary}");
+    }
+    assert_eq!(
+        incident["pipes"],
+        serde_json::json!(pipes_of(orphan, reader_wait)),
+        "{incident:#}"
+    );
+}
+
+/// `comm (pid N)` as summaries name a process.
+fn process_name(incident: &Value, pid: i32) -> String {
+    let comm = incident["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["pid"] == pid)
+        .and_then(|p| p["comm"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    format!("{comm} (pid {pid})")
+}
+
+/// The orphan's output pipes that the reader waits on: stdout, and stderr for a poller
+/// (communicate() polls both).
+fn pipes_of(orphan: i32, reader_wait: &str) -> Vec<u64> {
+    let mut pipes = vec![pipe_inode(orphan, 1)];
+    if reader_wait == "poll" {
+        pipes.push(pipe_inode(orphan, 2));
+    }
+    pipes.sort_unstable();
+    pipes
+}
+
+#[test]
+fn subprocess_run_capturing_output_of_a_shell_that_left_a_daemon_behind() {
+    pipe_held_by_an_orphan(|| Subject::python("orphan_holds_pipe.py", &[]), "poll");
+}
+
+#[test]
+fn c_popen_read_to_eof_of_a_shell_that_left_a_daemon_behind() {
+    pipe_held_by_an_orphan(|| Subject::c("orphan_holds_popen.c", &[]), "pipe_read");
+}
+
+#[test]
+fn c_atexit_handler_in_futex_wait_without_timeout() {
+    exit_blocked_on_threads(
+        || Subject::c("futex_wait_at_exit.c", &["wait"]),
+        "libc_exit",
+    );
+}
+
+#[test]
+fn c_atexit_handler_in_futex_waitv_without_timeout() {
+    exit_blocked_on_threads(
+        || Subject::c("futex_wait_at_exit.c", &["waitv"]),
+        "libc_exit",
+    );
+}
+
 /// The agent starts first: an exit marker that fired before it attached is not seen.
 fn exit_blocked_on_threads(start: impl FnOnce() -> Subject, marker: &str) {
     let agent = Agent::start();
@@ -246,6 +329,31 @@ fn idle_reader_and_condition_variable_server_stay_silent() {
             Subject::python("condvar_server.py", &[]),
         ],
         HANG_AFTER * 2 + SCAN_INTERVAL * 2,
+    );
+}
+
+#[test]
+fn futex2_waits_with_a_timeout_and_a_select_loop_with_a_timeout_stay_silent() {
+    silent(
+        vec![
+            Subject::c("futex_wait_at_exit.c", &["wait-timed"]),
+            Subject::c("futex_wait_at_exit.c", &["waitv-timed"]),
+            Subject::python("poll_stdout_only.py", &["select-timeout"]),
+        ],
+        HANG_AFTER * 2 + SCAN_INTERVAL * 2,
+    );
+}
+
+#[test]
+fn a_daemon_that_keeps_writing_into_the_inherited_pipe_is_no_hang() {
+    let agent = Agent::start();
+    let mut chatty = Subject::python("orphan_holds_pipe.py", &["chatty"]);
+    let pids: Vec<i32> = chatty.pids.values().copied().collect();
+    assert!(chatty.wait(Duration::from_secs(30)).success());
+    let noisy = agent.incidents_involving(&pids);
+    assert!(
+        noisy.is_empty(),
+        "a reader that keeps getting data raised incidents: {noisy:#?}"
     );
 }
 

@@ -119,6 +119,7 @@ fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
                 }
             });
         }
+        event_kind::EXIT => shared.zombies().exited(event.pid as i32, event.ts_ns),
         event_kind::EXIT_PHASE => {
             if let Some((_, name)) = exit_reason::ALL.iter().find(|(bit, _)| *bit == event.arg) {
                 shared.metrics.exit_phase_entered(name);

@@ -1,6 +1,7 @@
 //! `exitwatch run`: probes, scanner, event loop and HTTP server in one process.
 mod events;
 mod scanner;
+mod zombies;
 
 use std::{
     net::SocketAddr,
@@ -82,6 +83,8 @@ pub struct Shared {
     pub store: Mutex<crate::incidents::Store>,
     /// Exit-phase evidence from stacks, remembered across scans.
     pub exit_stacks: Mutex<ExitStacks>,
+    /// Exited processes not reaped yet, whose parents scans look at.
+    pub zombies: Mutex<zombies::Zombies>,
     pub metrics: Metrics,
     pub health: Health,
 }
@@ -98,6 +101,10 @@ impl Shared {
 
     pub fn exit_stacks(&self) -> MutexGuard<'_, ExitStacks> {
         self.exit_stacks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn zombies(&self) -> MutexGuard<'_, zombies::Zombies> {
+        self.zombies.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -154,6 +161,7 @@ async fn serve(config: Config) -> Result<()> {
         probes: Mutex::new(probes),
         store: Mutex::new(Store::starting_at(first_incident_id())),
         exit_stacks: Mutex::new(ExitStacks::default()),
+        zombies: Mutex::default(),
         metrics: Metrics::new().context("registering metrics")?,
         health: Health::new(config.scan_interval),
     });

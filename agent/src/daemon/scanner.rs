@@ -1,7 +1,7 @@
 //! The scan loop: kernel maps → verified snapshot → findings → incidents and metrics.
 use std::{sync::Arc, time::Instant};
 
-use super::Shared;
+use super::{zombies, Shared};
 use crate::{
     clock::Clock,
     graph::analyze,
@@ -31,12 +31,20 @@ fn scan_once(shared: &Shared) {
     };
     let timeouts = shared.procfs.timeouts();
     let view = shared.probes().kernel_view();
+    let exited = shared.zombies().pending();
+    let (unreaping_parents, reaped) = zombies::parents(
+        &shared.procfs,
+        &exited,
+        clock.monotonic_ns,
+        options.hang_after_ns,
+    );
+    shared.zombies().forget(&reaped);
     let scan = collect(
         &shared.procfs,
         &view,
         clock.monotonic_ns,
         options,
-        &[],
+        &unreaping_parents,
         &mut shared.exit_stacks(),
     );
     shared.probes().forget(&scan.gone_tids, &scan.gone_pids);

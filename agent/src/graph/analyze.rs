@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     explain,
     model::{ChildTarget, Pid, Process, Snapshot, Thread, Wait},
+    orphan,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -16,14 +17,16 @@ pub enum Kind {
     ExitBlockedOnThreads,
     ExitBlockedOnPipe,
     StuckAfterSignal,
+    PipeHeldByOrphan,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::PipeDeadlock,
         Kind::ExitBlockedOnThreads,
         Kind::ExitBlockedOnPipe,
         Kind::StuckAfterSignal,
+        Kind::PipeHeldByOrphan,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Kind {
             Kind::ExitBlockedOnThreads => "exit_blocked_on_threads",
             Kind::ExitBlockedOnPipe => "exit_blocked_on_pipe",
             Kind::StuckAfterSignal => "stuck_after_signal",
+            Kind::PipeHeldByOrphan => "pipe_held_by_orphan",
         }
     }
 }
@@ -60,6 +64,13 @@ pub struct Finding {
 
 pub fn analyze(snapshot: &Snapshot) -> Vec<Finding> {
     let mut findings = knots(snapshot);
+    let covered = |findings: &[Finding]| -> BTreeSet<Pid> {
+        findings
+            .iter()
+            .flat_map(|f| f.pids.iter().chain(&f.behind).copied())
+            .collect()
+    };
+    findings.extend(orphan::findings(snapshot, &covered(&findings)));
     let covered: BTreeSet<Pid> = findings.iter().flat_map(|f| f.pids.clone()).collect();
     findings.extend(
         snapshot

@@ -4,6 +4,7 @@ use exitwatch_common::exit_reason;
 use super::{
     analyze::{Finding, Kind, Link},
     model::{ChildTarget, Pid, Snapshot, Wait},
+    orphan::exited_children,
 };
 
 /// A sentence stays readable, and its size linear in the processes involved, however
@@ -53,7 +54,56 @@ pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
             who(snapshot, first_pid(finding)),
             seconds(snapshot.now_ns.saturating_sub(finding.started_ns)),
         ),
+        Kind::PipeHeldByOrphan => pipe_held_by_orphan(snapshot, finding, &clauses),
     }
+}
+
+fn pipe_held_by_orphan(snapshot: &Snapshot, finding: &Finding, clauses: &str) -> String {
+    let reader = first_pid(finding);
+    let orphans: Vec<Pid> = finding
+        .pids
+        .iter()
+        .copied()
+        .filter(|&pid| pid != reader)
+        .collect();
+    let parents: std::collections::BTreeSet<Pid> = orphans
+        .iter()
+        .filter_map(|pid| Some(snapshot.processes.get(pid)?.ppid))
+        .collect();
+    let adopted = match parents.iter().next() {
+        Some(&parent) if parents.len() == 1 => {
+            format!(" (re-parented to {})", who(snapshot, parent))
+        }
+        _ => String::new(),
+    };
+    let exited: Vec<Pid> = exited_children(snapshot, reader).map(|c| c.pid).collect();
+    // Which child started the orphan is nowhere in /proc: only unreaped children are seen.
+    let origin = match exited.len() {
+        0 => "The child that started it in the background has already been reaped, so \
+              exitwatch cannot name it."
+            .to_string(),
+        1 => format!(
+            "It was most likely started in the background by the reader's child {}, which \
+             has exited (not yet reaped).",
+            who(snapshot, exited[0])
+        ),
+        n => format!(
+            "It was most likely started in the background by one of the reader's {n} exited \
+             (not yet reaped) children {}.",
+            holders(snapshot, &exited)
+        ),
+    };
+    format!(
+        "Pipe held open by an orphan: {clauses}; {} {} of {}{adopted} and {} not writing, \
+         so end-of-file never comes. {origin} Fix: redirect the background \
+         process's output (cmd >/dev/null 2>&1 &; from Python, stdin/stdout/stderr=DEVNULL \
+         and start_new_session=True), or do not let it inherit the pipe (close_fds, or close \
+         the pipe's fds before starting it).",
+        holders(snapshot, &orphans),
+        pick(orphans.len(), "is no child", "are no children"),
+        who(snapshot, reader),
+        pick(orphans.len(), "is", "are"),
+    )
 }
 
 fn exit_blocked_on_threads(snapshot: &Snapshot, finding: &Finding, clauses: &str) -> String {

@@ -4,6 +4,7 @@
 mod analyze;
 mod explain;
 mod model;
+mod orphan;
 
 pub use analyze::{analyze, Finding, Kind};
 pub use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};

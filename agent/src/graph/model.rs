@@ -179,3 +179,9 @@ pub struct Snapshot {
     pub processes: BTreeMap<Pid, Process>,
     pub pipes: BTreeMap<u64, PipeEnds>,
 }
+
+impl Snapshot {
+    pub fn children_of(&self, parent: Pid) -> impl Iterator<Item = &Process> {
+        self.processes.values().filter(move |p| p.ppid == parent)
+    }
+}

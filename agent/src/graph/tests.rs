@@ -405,3 +405,140 @@ fn a_long_chain_ending_in_a_running_process_is_no_knot() {
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].pids.len(), 10_000);
 }
+
+/// `subprocess.run(capture_output=True)` of a shell that left `sleep` behind: the reader
+/// polls both pipes, the shell (10's child) has exited unreaped, and the orphan, now
+/// init's child, holds both write ends.
+fn orphan_case(reader: Thread, orphan_ppid: i32, reader_children: Vec<Process>) -> Snapshot {
+    let mut processes = vec![
+        process(10, 5, vec![reader]),
+        process(12, orphan_ppid, vec![waiting(12, TIMED_FUTEX)]),
+    ];
+    processes.extend(reader_children);
+    snapshot(
+        processes,
+        vec![(77, vec![10], vec![12]), (78, vec![10], vec![12])],
+    )
+}
+
+fn zombie(pid: i32, ppid: i32) -> Process {
+    let mut child = process(pid, ppid, vec![running(pid)]);
+    child.threads[0].state = 'Z';
+    child.comm = "sh".into();
+    child
+}
+
+fn poll_both() -> Wait {
+    Wait::PollRead {
+        pipes: vec![77, 78],
+    }
+}
+
+#[test]
+fn a_reader_waiting_on_an_idle_orphan_is_a_pipe_held_by_an_orphan() {
+    let snap = orphan_case(stuck(10, poll_both()), 1, vec![zombie(11, 10)]);
+    let findings = analyze(&snap);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let finding = &findings[0];
+    assert_eq!(finding.kind, Kind::PipeHeldByOrphan);
+    assert_eq!(finding.pids, vec![10, 12]);
+    assert_eq!(finding.chain[0].waits_on, vec![12]);
+    let summary = &finding.summary;
+    for part in [
+        "prog12 (pid 12) is no child of prog10 (pid 10) (re-parented to pid 1)",
+        "child sh (pid 11), which has exited",
+        "DEVNULL",
+        "start_new_session=True",
+    ] {
+        assert!(summary.contains(part), "{part:?} in {summary}");
+    }
+    assert!(summary.len() < 1024, "{summary}");
+}
+
+#[test]
+fn a_reaped_child_is_not_named_but_said_to_be_unknown() {
+    // bash reaps `$(...)` children while it reads: only the orphan is left to see.
+    let snap = orphan_case(stuck(10, Wait::PipeRead { fd: 3, pipe: 77 }), 1, vec![]);
+    let findings = analyze(&snap);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0].summary.contains("cannot name it"),
+        "{}",
+        findings[0].summary
+    );
+}
+
+#[test]
+fn a_reader_that_keeps_getting_data_from_a_daemon_is_silent() {
+    // The daemon writes now and then: every read returns, so the reader is never stuck.
+    let snap = orphan_case(waiting(10, poll_both()), 1, vec![zombie(11, 10)]);
+    assert_eq!(analyze(&snap), vec![]);
+}
+
+#[test]
+fn a_quiet_pipeline_producer_is_no_orphan() {
+    // `tail -f log | grep x` on a quiet log: the producer is the consumer's sibling.
+    let quiet = orphan_case(stuck(10, Wait::PipeRead { fd: 0, pipe: 77 }), 5, vec![]);
+    assert_eq!(analyze(&quiet), vec![]);
+    // Unless the reader left a child unreaped: its parent is the subreaper that adopted
+    // the orphan (a container's init, a service manager).
+    let adopted = orphan_case(stuck(10, poll_both()), 5, vec![zombie(11, 10)]);
+    let findings = analyze(&adopted);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].kind, Kind::PipeHeldByOrphan);
+}
+
+#[test]
+fn pipes_held_by_the_readers_own_family_or_a_writer_are_no_orphans() {
+    let read = |pipe| Wait::PipeRead { fd: 0, pipe };
+    // A quiet child of the reader (Popen still running), the reader's parent
+    // (idle_reader.py), the reader itself (forgot to close its write end), and a holder
+    // blocked writing into the pipe.
+    let child = snapshot(
+        vec![
+            process(10, 5, vec![stuck(10, read(77))]),
+            process(12, 10, vec![waiting(12, TIMED_FUTEX)]),
+        ],
+        vec![(77, vec![10], vec![12])],
+    );
+    let parent = snapshot(
+        vec![
+            process(10, 5, vec![stuck(10, read(77))]),
+            process(5, 1, vec![waiting(5, TIMED_FUTEX)]),
+        ],
+        vec![(77, vec![10], vec![5])],
+    );
+    let mut itself = orphan_case(stuck(10, read(77)), 1, vec![zombie(11, 10)]);
+    if let Some(ends) = itself.pipes.get_mut(&77) {
+        ends.writers.insert(10);
+    }
+    let writing = snapshot(
+        vec![
+            process(10, 5, vec![stuck(10, poll_both())]),
+            process(
+                12,
+                1,
+                vec![waiting(12, Wait::PipeWrite { fd: 1, pipe: 77 })],
+            ),
+            zombie(11, 10),
+        ],
+        vec![(77, vec![10], vec![12]), (78, vec![10], vec![12])],
+    );
+    for snap in [child, parent, itself, writing] {
+        assert_eq!(analyze(&snap), vec![], "{:?}", snap.processes);
+    }
+}
+
+#[test]
+fn a_reader_behind_a_deadlock_is_reported_with_the_knot_not_as_an_orphan_case() {
+    let snap = snapshot(
+        vec![
+            process(10, 1, vec![stuck(10, wait_for(11))]),
+            process(11, 10, vec![stuck(11, WRITE_PIPE)]),
+            process(12, 3, vec![stuck(12, Wait::PipeRead { fd: 0, pipe: 90 })]),
+        ],
+        vec![(77, vec![10], vec![11]), (90, vec![12], vec![10])],
+    );
+    let kinds: Vec<Kind> = analyze(&snap).iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, vec![Kind::PipeDeadlock]);
+}

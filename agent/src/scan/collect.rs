@@ -124,6 +124,7 @@ pub fn collect(
     let mut builder = Builder {
         procfs,
         now_ns,
+        sched_lag_ns: procfs.sched_clock_lag_ns(),
         hang_after_ns,
         cmdlines,
         exiting: &exiting,
@@ -188,7 +189,8 @@ fn verify(
         return Ok(None);
     }
     Ok(
-        decode(procfs, pid, stat.pgrp, entry.syscall, entry.args).map(|wait| Verified {
+        // The record has four arguments; /proc has all six (futex_wait's timeout is the fifth).
+        decode(procfs, pid, stat.pgrp, entry.syscall, args).map(|wait| Verified {
             // A wait with a timeout ends by itself: however long, it is no hang.
             stuck: stuck && !wait.ends_by_itself(),
             wait,
@@ -202,6 +204,8 @@ fn verify(
 struct Builder<'a> {
     procfs: &'a ProcFs,
     now_ns: u64,
+    /// Added to `se.exec_start` to put it on the monotonic clock.
+    sched_lag_ns: u64,
     hang_after_ns: u64,
     cmdlines: bool,
     exiting: &'a BTreeMap<i32, ExitState>,
@@ -303,22 +307,17 @@ impl Builder<'_> {
                 let poll = decode_poll(self.procfs, pid, nr, args);
                 if poll.is_some() || describe {
                     // When it last ran: the start of its current sleep, near enough.
-                    let last_ran = self.procfs.sched_exec_start_ns(pid, tid)?;
+                    let last_ran = self
+                        .procfs
+                        .sched_exec_start_ns(pid, tid)?
+                        .map(|ns| ns.saturating_add(self.sched_lag_ns));
                     thread.since_ns = last_ran.map_or(self.now_ns, |ns| ns.min(self.now_ns));
                     // The probes do not track polls; not having run since is the proof
                     // of no progress (and without that proof, it is not stuck).
                     thread.stuck = poll.is_some()
                         && last_ran.is_some()
                         && self.now_ns.saturating_sub(thread.since_ns) >= self.hang_after_ns;
-                    thread.wait = poll.or_else(|| {
-                        decode(
-                            self.procfs,
-                            pid,
-                            pgrp,
-                            nr,
-                            [args[0], args[1], args[2], args[3]],
-                        )
-                    });
+                    thread.wait = poll.or_else(|| decode(self.procfs, pid, pgrp, nr, args));
                 }
             }
         }
@@ -329,12 +328,12 @@ impl Builder<'_> {
     }
 
     /// Adds every process that could release a stuck thread: holders of the other end
-    /// of its pipes, and the children it waits for. Passes over `/proc` only when a stuck
-    /// thread needs them, again while newly added processes bring new pipes (a poller
-    /// found among the holders).
+    /// of its pipes, and the children of waiters and readers. Passes over `/proc` only
+    /// when a stuck thread needs them, again while newly added processes bring new pipes
+    /// (a poller found among the holders).
     fn add_releasers(&mut self) -> BTreeMap<u64, PipeEnds> {
         let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
-        let mut waiters_done = false;
+        let mut waiters_done: BTreeSet<i32> = BTreeSet::new();
         for _ in 0..MAX_RELEASER_ROUNDS {
             let stuck: Vec<(i32, Wait)> = self
                 .processes
@@ -347,15 +346,23 @@ impl Builder<'_> {
                 .flat_map(|(_, w)| w.pipes())
                 .filter(|pipe| !pipes.contains_key(pipe))
                 .collect();
+            // A pipe reader's children too: one that exited unreaped tells a parent reading
+            // its child's output to EOF (see `graph::orphan`).
             let waiters: BTreeSet<i32> = stuck
                 .iter()
-                .filter(|(_, w)| matches!(w, Wait::Child { .. }) && !waiters_done)
+                .filter(|(_, w)| {
+                    matches!(
+                        w,
+                        Wait::Child { .. } | Wait::PipeRead { .. } | Wait::PollRead { .. }
+                    )
+                })
                 .map(|(pid, _)| *pid)
+                .filter(|pid| !waiters_done.contains(pid))
                 .collect();
             if wanted_pipes.is_empty() && waiters.is_empty() {
                 break;
             }
-            waiters_done = true;
+            waiters_done.extend(&waiters);
             let mut releasers: BTreeSet<i32> = stuck
                 .iter()
                 .filter_map(|(_, wait)| match wait {

@@ -5,12 +5,13 @@ use crate::procfs::{ProcFs, Syscall};
 
 /// Every thread now sleeping in a tracked wait, as the kernel probe would have recorded
 /// it. The sleep's start is estimated from the scheduler's last run of the thread
-/// (`se.exec_start`, on the monotonic clock), or `now_ns` where that is not exposed.
+/// (`se.exec_start`, put on the monotonic clock), or `now_ns` where that is not exposed.
 pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)> {
     let mut found = Vec::new();
     let Ok(pids) = procfs.pids() else {
         return found;
     };
+    let lag_ns = procfs.sched_clock_lag_ns();
     for pid in pids {
         for tid in procfs.tids(pid).unwrap_or_default() {
             // Threads that vanish or deny access while we look are simply not seeded.
@@ -28,7 +29,7 @@ pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)
                 .sched_exec_start_ns(pid, tid)
                 .ok()
                 .flatten()
-                .map_or(now_ns, |ns| ns.min(now_ns));
+                .map_or(now_ns, |ns| ns.saturating_add(lag_ns).min(now_ns));
             found.push((
                 tid as u32,
                 BlockedWait {
