@@ -6,8 +6,9 @@ mod explain;
 mod model;
 mod orphan;
 
-pub use analyze::{analyze, Finding, Kind};
-pub use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};
+pub use analyze::Kind;
+pub(crate) use analyze::{analyze, Finding};
+pub(crate) use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};
 
 #[cfg(test)]
 mod tests;
