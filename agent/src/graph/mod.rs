@@ -1,6 +1,6 @@
 //! The wait-for graph: who waits on whom, and which blocked threads nothing can release.
 //!
-//! Pure functions over a [`Snapshot`], so every rule is unit-tested without privileges.
+//! Pure functions over a `Snapshot`, so every rule is unit-tested without privileges.
 mod analyze;
 mod explain;
 mod model;

@@ -3,5 +3,5 @@ mod model;
 pub(crate) mod rfc3339;
 mod store;
 
-pub use model::{Ending, Incident, IncidentProcess, IncidentThread, State};
+pub use model::{Ending, Incident, IncidentList, IncidentProcess, IncidentThread, State};
 pub(crate) use store::{Store, MAX_ACTIVE};

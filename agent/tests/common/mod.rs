@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use exitwatch::incidents::{Incident, IncidentList, IncidentProcess};
 
 pub const HANG_AFTER: Duration = Duration::from_secs(2);
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);
@@ -188,22 +188,20 @@ impl Agent {
             .unwrap_or_else(|| panic!("GET /metrics failed:\n{}", self.log()))
     }
 
-    pub fn incidents(&self) -> Vec<Value> {
+    pub fn incidents(&self) -> Vec<Incident> {
         let body = self
             .get("/api/v1/incidents")
             .unwrap_or_else(|| panic!("GET /api/v1/incidents failed:\n{}", self.log()));
-        let parsed: Value = serde_json::from_str(&body).expect("incidents JSON");
-        parsed["incidents"]
-            .as_array()
-            .cloned()
-            .expect("an `incidents` array")
+        let list: IncidentList = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the incident list does not parse ({e}):\n{body}"));
+        list.incidents
     }
 
     /// Incidents (active or resolved) that name any of `pids`.
-    pub fn incidents_involving(&self, pids: &[i32]) -> Vec<Value> {
+    pub fn incidents_involving(&self, pids: &[i32]) -> Vec<Incident> {
         self.incidents()
             .into_iter()
-            .filter(|i| pids.iter().any(|pid| involves(i, *pid)))
+            .filter(|i| pids.iter().any(|pid| i.pids.contains(pid)))
             .collect()
     }
 
@@ -212,8 +210,8 @@ impl Agent {
         &self,
         within: Duration,
         what: &str,
-        matches: impl Fn(&Value) -> bool,
-    ) -> Value {
+        matches: impl Fn(&Incident) -> bool,
+    ) -> Incident {
         let deadline = Instant::now() + within;
         loop {
             let incidents = self.incidents();
@@ -430,11 +428,13 @@ pub fn exitwatch(args: &[&str]) -> Output {
         .expect("running exitwatch")
 }
 
-/// Incidents whose pids include `pid`.
-pub fn involves(incident: &Value, pid: i32) -> bool {
-    incident["pids"]
-        .as_array()
-        .is_some_and(|pids| pids.iter().any(|p| p.as_i64() == Some(i64::from(pid))))
+/// How `incident` describes `pid`, or a panic that shows the incident.
+pub fn process_of(incident: &Incident, pid: i32) -> &IncidentProcess {
+    incident
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not described: {incident:#?}"))
 }
 
 /// A hanging (or healthy) program under test. It prints `READY key=pid ...` on stderr;
