@@ -6,11 +6,12 @@ mod common;
 
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
 
-use common::{exitwatch, process_of, programs_dir, python, signal, Agent, Subject, HANG_AFTER};
+use common::{exitwatch, process_of, programs_dir, python, Agent, Subject, HANG_AFTER};
 use exitwatch::{
     graph::Kind,
     incidents::{Ending, Incident, State},
 };
+use exitwatch_testkit::signal;
 
 const SLACK: Duration = Duration::from_secs(3);
 /// Command lines are read up to 4 KiB; what is shown adds the cut marker.

@@ -143,10 +143,10 @@ fn rearming_timer_blocks_interpreter_exit() {
 fn healthy_pipeline_moving_hundreds_of_mib_raises_nothing() {
     let agent = Agent::start();
     let mut pipeline = Subject::python("healthy_pipeline.py", &["1024"]);
-    let pids: Vec<i32> = pipeline.pids.values().copied().collect();
+    let pids = pipeline.pids();
     assert!(pipeline.wait(Duration::from_secs(60)).success());
     let mut slow = Subject::python("slow_consumer.py", &["6"]);
-    let slow_pids: Vec<i32> = slow.pids.values().copied().collect();
+    let slow_pids = slow.pids();
     assert!(slow.wait(Duration::from_secs(30)).success());
     // One more threshold for anything that was about to be reported.
     std::thread::sleep(HANG_AFTER + common::SCAN_INTERVAL);

@@ -274,10 +274,7 @@ fn sigterm_noted_but_still_blocked() {
 /// Runs healthy programs for longer than the threshold and asserts no incident names them.
 fn silent(subjects: Vec<Subject>, run_for: Duration) {
     let agent = Agent::start();
-    let pids: Vec<i32> = subjects
-        .iter()
-        .flat_map(|s| s.pids.values().copied())
-        .collect();
+    let pids: Vec<i32> = subjects.iter().flat_map(Subject::pids).collect();
     std::thread::sleep(run_for);
     let noisy = agent.incidents_involving(&pids);
     assert!(
@@ -313,7 +310,7 @@ fn futex2_waits_with_a_timeout_and_a_select_loop_with_a_timeout_stay_silent() {
 fn a_daemon_that_keeps_writing_into_the_inherited_pipe_is_no_hang() {
     let agent = Agent::start();
     let mut chatty = Subject::python("orphan_holds_pipe.py", &["chatty"]);
-    let pids: Vec<i32> = chatty.pids.values().copied().collect();
+    let pids = chatty.pids();
     assert!(chatty.wait(Duration::from_secs(30)).success());
     let noisy = agent.incidents_involving(&pids);
     assert!(
@@ -326,7 +323,7 @@ fn a_daemon_that_keeps_writing_into_the_inherited_pipe_is_no_hang() {
 fn slow_consumer_at_exit_is_progress_not_a_hang() {
     let agent = Agent::start();
     let mut slow = Subject::python("slow_consumer.py", &["5", "--at-exit"]);
-    let pids: Vec<i32> = slow.pids.values().copied().collect();
+    let pids = slow.pids();
     assert!(slow.wait(Duration::from_secs(30)).success());
     let noisy = agent.incidents_involving(&pids);
     assert!(
