@@ -1,6 +1,8 @@
 //! Harness for the privileged integration tests: a real agent binary, real hanging
-//! programs, and polling of the agent's HTTP API. Every failure panics with the context
-//! needed to understand it (the agent's log, the incidents it had).
+//! programs, and polling of the agent's HTTP API. Starting and stopping them is
+//! `exitwatch-testkit`'s, shared with the bench; this adds the test settings, the HTTP
+//! client, the fixtures and the panics: every failure panics with the context needed to
+//! understand it (the agent's log, the incidents it had).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::{
