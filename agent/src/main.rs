@@ -1,21 +1,8 @@
-//! exitwatch: finds processes hung at exit, says why, exports it to Prometheus.
-mod clock;
-mod commands;
-mod daemon;
-mod elf;
-mod graph;
-mod http;
-mod incidents;
-mod logging;
-mod metrics;
-mod probes;
-mod procfs;
-mod scan;
-mod text;
-
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+//! The `exitwatch` command: parses the command line and hands over to the library.
+use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use exitwatch::{args::parse_duration, commands, daemon, logging};
 
 #[derive(Parser)]
 #[command(
@@ -41,20 +28,6 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         hang_after: Duration,
     },
-}
-
-/// Parses `10s`, `1500ms`, `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    if duration.is_zero() {
-        return Err("must be greater than zero".into());
-    }
-    Ok(duration)
-}
-
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|e| format!("{e}: expected ADDRESS:PORT, e.g. 0.0.0.0:9977 or [::1]:9977"))
 }
 
 fn main() -> ExitCode {

@@ -4,9 +4,8 @@ mod common;
 
 use std::{path::Path, process::Output, time::Duration};
 
-use common::{
-    as_nobody, exitwatch, involves, pipe_inode, require_root, Agent, Subject, HANG_AFTER,
-};
+use common::{as_nobody, exitwatch, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
+use exitwatch::{graph::Kind, incidents::IncidentList};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -71,9 +70,9 @@ fn a_deadlock_that_began_before_the_agent_is_found_in_the_first_scans() {
     std::thread::sleep(HANG_AFTER + Duration::from_secs(1));
     let agent = Agent::start();
     let incident = agent.wait_for(Duration::from_secs(2), "for the older deadlock", |i| {
-        i["kind"] == "pipe_deadlock" && involves(i, parent) && involves(i, child)
+        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child)
     });
-    assert_eq!(incident["pipes"], serde_json::json!([pipe_inode(child, 1)]));
+    assert_eq!(incident.pipes, [pipe_inode(child, 1)]);
 }
 
 #[test]
@@ -133,7 +132,7 @@ fn incidents_command_prints_a_table_and_json() {
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
     let parent = subject.pid("parent");
     agent.wait_for(HANG_AFTER + Duration::from_secs(3), "pipe_deadlock", |i| {
-        involves(i, parent)
+        i.pids.contains(&parent)
     });
     let table = exitwatch(&["incidents", "--agent", &agent.url]);
     let text = String::from_utf8_lossy(&table.stdout);
@@ -154,10 +153,13 @@ fn incidents_command_prints_a_table_and_json() {
         "{text}"
     );
     let json = exitwatch(&["incidents", "--agent", &agent.url, "--json"]);
-    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
-    assert!(parsed["incidents"]
-        .as_array()
-        .is_some_and(|i| !i.is_empty()));
+    let parsed: IncidentList = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`incidents --json` is no incident list ({e}): {}",
+            String::from_utf8_lossy(&json.stdout)
+        )
+    });
+    assert!(!parsed.incidents.is_empty());
 
     let nobody = exitwatch(&["incidents", "--agent", "http://127.0.0.1:9"]);
     assert_eq!(nobody.status.code(), Some(1));

@@ -10,9 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    as_nobody, compile_c, involves, programs_dir, Agent, Subject, HANG_AFTER, SCAN_INTERVAL,
-};
+use common::{as_nobody, compile_c, programs_dir, Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
+use exitwatch::graph::Kind;
 
 const NOBODY: u32 = 65534;
 const SLACK: Duration = Duration::from_secs(3);
@@ -81,7 +80,9 @@ fn disguised_fifo_and_sparse_libc_neither_stall_nor_inflate_the_agent() {
     // its stack was searched through the hostile "libc".
     for attacker in &attackers {
         let pid = attacker.pid("pid");
-        agent.wait_for(HANG_AFTER + SLACK, "for the attacker", |i| involves(i, pid));
+        agent.wait_for(HANG_AFTER + SLACK, "for the attacker", |i| {
+            i.pids.contains(&pid)
+        });
     }
     for attacker in &attackers {
         explain_finishes(attacker.pid("pid"));
@@ -110,7 +111,7 @@ fn a_mapping_named_in_non_utf8_does_not_hide_an_exit_hang() {
     agent.wait_for(
         HANG_AFTER + SLACK,
         "exit hang despite an odd mapping",
-        |i| i["kind"] == "exit_blocked_on_threads" && involves(i, pid),
+        |i| i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&pid),
     );
 }
 
@@ -161,7 +162,7 @@ fn detection_still_works(agent: &Agent) {
     let seed = Subject::python("seed_pipe_deadlock.py", &[]);
     let (parent, child) = (seed.pid("parent"), seed.pid("child"));
     agent.wait_for(HANG_AFTER + SLACK, "pipe deadlock during the attack", |i| {
-        i["kind"] == "pipe_deadlock" && involves(i, parent) && involves(i, child)
+        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child)
     });
 }
 

@@ -6,8 +6,12 @@ mod common;
 
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
 
-use common::{exitwatch, involves, programs_dir, python, signal, Agent, Subject, HANG_AFTER};
-use serde_json::Value;
+use common::{exitwatch, process_of, programs_dir, python, Agent, Subject, HANG_AFTER};
+use exitwatch::{
+    graph::Kind,
+    incidents::{Ending, Incident, State},
+};
+use exitwatch_testkit::signal;
 
 const SLACK: Duration = Duration::from_secs(3);
 /// Command lines are read up to 4 KiB; what is shown adds the cut marker.
@@ -36,13 +40,6 @@ fn seed_deadlock_with_args(args: &[String]) -> Subject {
     Subject::spawn("seed_pipe_deadlock.py (2 MiB of arguments)", command)
 }
 
-fn process_of(incident: &Value, pid: i32) -> &Value {
-    incident["processes"]
-        .as_array()
-        .and_then(|all| all.iter().find(|p| p["pid"] == pid))
-        .unwrap_or_else(|| panic!("pid {pid} not described: {incident:#}"))
-}
-
 #[test]
 fn deadlocks_with_megabytes_of_command_line_stay_small_and_keep_secrets() {
     let agent = Agent::start();
@@ -52,12 +49,9 @@ fn deadlocks_with_megabytes_of_command_line_stay_small_and_keep_secrets() {
     for subject in &subjects {
         let parent = subject.pid("parent");
         let incident = agent.wait_for(HANG_AFTER + SLACK, "for a big-cmdline deadlock", |i| {
-            i["kind"] == "pipe_deadlock" && involves(i, parent)
+            i.kind == Kind::PipeDeadlock && i.pids.contains(&parent)
         });
-        let cmdline = process_of(&incident, parent)["cmdline"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let cmdline = &process_of(&incident, parent).cmdline;
         assert!(
             cmdline.len() <= MAX_SHOWN_CMDLINE,
             "{} bytes",
@@ -93,15 +87,13 @@ fn a_knot_of_hundreds_of_processes_is_one_bounded_incident() {
     let subject = Subject::c("inherited_pipes_knot.c", &["500"]);
     let parent = subject.pid("parent");
     let incident = agent.wait_for(Duration::from_secs(60), "for the 501-process knot", |i| {
-        i["kind"] == "pipe_deadlock"
-            && involves(i, parent)
-            && i["pids"].as_array().is_some_and(|pids| pids.len() == 501)
+        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.len() == 501
     });
-    let summary = incident["summary"].as_str().unwrap_or_default();
+    let summary = &incident.summary;
     assert!(summary.len() < 4096, "{} bytes: {summary}", summary.len());
     assert!(summary.contains("other processes"), "{summary}");
-    assert_eq!(incident["processes"].as_array().map(Vec::len), Some(32));
-    assert_eq!(incident["processes_omitted"], 501 - 32);
+    assert_eq!(incident.processes.len(), 32);
+    assert_eq!(incident.processes_omitted, 501 - 32);
     let body = agent.get("/api/v1/incidents").expect("the incident API");
     assert!(
         body.len() < 128 * 1024,
@@ -131,10 +123,10 @@ fn control_characters_in_a_process_name_are_shown_not_obeyed() {
     let subject = Subject::python("control_chars_comm.py", &[]);
     let parent = subject.pid("parent");
     let incident = agent.wait_for(HANG_AFTER + SLACK, "for the deadlock", |i| {
-        i["kind"] == "pipe_deadlock" && involves(i, parent)
+        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent)
     });
     // JSON carries the real name; text outputs escape it.
-    assert_eq!(process_of(&incident, parent)["comm"], "ev\nINFO x\u{1b}[2J");
+    assert_eq!(process_of(&incident, parent).comm, "ev\nINFO x\u{1b}[2J");
     let forged = |text: &str| text.lines().any(|line| line.starts_with("INFO x"));
     let log = agent.log();
     assert!(log.contains("ev\\nINFO x\\x1b[2J"), "{log}");
@@ -163,20 +155,19 @@ fn a_killed_process_left_a_zombie_has_exited() {
     let subject = Subject::python("seed_timer_exit.py", &["0.3"]);
     let pid = subject.pid("pid");
     let incident = agent.wait_for(HANG_AFTER + SLACK, "exit_blocked_on_threads", |i| {
-        i["kind"] == "exit_blocked_on_threads" && involves(i, pid)
+        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&pid)
     });
     // Not reaped: the subject stays a zombie until it drops.
     signal(pid, libc::SIGKILL);
-    let id = incident["id"].clone();
     let resolved = agent.wait_for(Duration::from_secs(5), "resolved after kill", |i| {
-        i["id"] == id && i["state"] == "resolved"
+        i.id == incident.id && i.state == State::Resolved
     });
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(
         stat.contains(") Z "),
         "pid {pid} should still be a zombie: {stat}"
     );
-    assert_eq!(resolved["ended"], "exited", "{resolved:#}");
+    assert_eq!(resolved.ended, Some(Ending::Exited), "{resolved:#?}");
 }
 
 #[test]
@@ -184,17 +175,14 @@ fn incident_ids_are_unique_across_restarts_and_cmdlines_can_be_left_out() {
     let first = Agent::start();
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
     let parent = subject.pid("parent");
-    let deadlock = |i: &Value| i["kind"] == "pipe_deadlock" && involves(i, parent);
+    let deadlock = |i: &Incident| i.kind == Kind::PipeDeadlock && i.pids.contains(&parent);
     let before = first.wait_for(HANG_AFTER + SLACK, "pipe_deadlock", deadlock);
     assert!(first.stop().success());
 
     let second = Agent::start_with(&["--no-cmdlines"]);
     let after = second.wait_for(HANG_AFTER + SLACK, "the same deadlock again", deadlock);
-    let (before, after) = (before["id"].as_u64(), after["id"].as_u64());
-    assert!(
-        before.is_some() && after > before,
-        "ids {before:?} then {after:?}"
-    );
+    let (before, after) = (before.id, after.id);
+    assert!(after > before, "ids {before} then {after}");
     let body = second.get("/api/v1/incidents").expect("the incident API");
     assert!(!body.contains("seed_pipe_deadlock.py"), "{body}");
 }

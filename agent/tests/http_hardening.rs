@@ -14,7 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{involves, Agent, Setup, Subject, TlsFixture, HANG_AFTER};
+use common::{Agent, Setup, Subject, TlsFixture, HANG_AFTER};
+use exitwatch::{graph::Kind, incidents::IncidentList};
 
 /// The agent's header-read timeout, and how late a disconnect may come after it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -263,12 +264,10 @@ fn held_connections_neither_lock_out_scrapers_nor_exhaust_descriptors() {
     let incident =
         loop {
             let found = agent.get("/api/v1/incidents").and_then(|body| {
-                let parsed: serde_json::Value = serde_json::from_str(&body).ok()?;
-                parsed["incidents"]
-                    .as_array()?
-                    .iter()
-                    .find(|i| i["kind"] == "pipe_deadlock" && involves(i, parent))
-                    .cloned()
+                let list: IncidentList = serde_json::from_str(&body).ok()?;
+                list.incidents
+                    .into_iter()
+                    .find(|i| i.kind == Kind::PipeDeadlock && i.pids.contains(&parent))
             });
             if let Some(found) = found {
                 break found;
@@ -304,7 +303,7 @@ fn held_connections_neither_lock_out_scrapers_nor_exhaust_descriptors() {
          peak (limit {OPEN_FILES}); peak RSS {peak_rss} KiB",
         slowest.as_secs_f64(),
         found_after.as_secs_f64(),
-        incident["detected_at"],
+        humantime::format_rfc3339_millis(incident.detected_at),
     );
     assert!(
         (peak_fds as u64) < OPEN_FILES - 16,
@@ -356,7 +355,7 @@ fn sigterm_with_a_half_sent_request_exits_within_five_seconds() {
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
     let parent = subject.pid("parent");
     next.wait_for(HANG_AFTER + SLACK, "for the new deadlock", |i| {
-        involves(i, parent)
+        i.pids.contains(&parent)
     });
 }
 

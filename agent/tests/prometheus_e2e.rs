@@ -12,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{involves, Agent, Subject, TlsFixture, HANG_AFTER};
+use common::{Agent, Subject, TlsFixture, HANG_AFTER};
+use exitwatch::graph::Kind;
 use serde_json::Value;
 
 /// How long every expression gets to return data after Prometheus is ready.
@@ -211,7 +212,7 @@ fn prometheus_scrapes_the_agent_answers_every_panel_and_fires_the_deadlock_alert
     agent.wait_for(
         HANG_AFTER + Duration::from_secs(5),
         "of kind pipe_deadlock",
-        |i| i["kind"] == "pipe_deadlock" && involves(i, parent) && involves(i, child),
+        |i| i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child),
     );
 
     // Every panel expression, as Grafana would send it, until each returns data.

@@ -4,17 +4,15 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{involves, programs_dir, Agent, Subject, HANG_AFTER};
+use common::{programs_dir, Agent, Subject, HANG_AFTER};
+use exitwatch::graph::Kind;
 
 fn timer_hang_is_caught(agent: &Agent, subject: &Subject) {
     let pid = subject.pid("pid");
     let incident = agent.wait_for(HANG_AFTER + Duration::from_secs(3), "exit hang", |i| {
-        i["kind"] == "exit_blocked_on_threads" && involves(i, pid)
+        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&pid)
     });
-    assert!(
-        incident["thread_spawns"].as_u64().unwrap_or(0) >= 2,
-        "{incident:#}"
-    );
+    assert!(incident.thread_spawns.unwrap_or(0) >= 2, "{incident:#?}");
 }
 
 #[test]

@@ -4,37 +4,26 @@ mod common;
 
 use std::time::Duration;
 
-use common::{involves, pipe_inode, Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
-use serde_json::Value;
+use common::{pipe_inode, process_of, Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
+use exitwatch::{
+    graph::Kind,
+    incidents::{Incident, State},
+};
 
 const SLACK: Duration = Duration::from_secs(3);
 
-fn waits(incident: &Value) -> Vec<(i64, String)> {
-    incident["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|p| {
-            let pid = p["pid"].as_i64().unwrap_or(0);
-            p["threads"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |t| (pid, t["wait"].as_str().unwrap_or("").to_string()))
-        })
-        .collect()
-}
-
-fn has_wait(incident: &Value, pid: i32, wait: &str) -> bool {
-    waits(incident)
+fn has_wait(incident: &Incident, pid: i32, wait: &str) -> bool {
+    incident
+        .processes
         .iter()
-        .any(|(p, w)| *p == i64::from(pid) && w == wait)
+        .filter(|p| p.pid == pid)
+        .flat_map(|p| &p.threads)
+        .any(|t| t.wait == wait)
 }
 
-fn expect(agent: &Agent, kind: &str, pids: &[i32]) -> Value {
-    agent.wait_for(HANG_AFTER + SLACK, kind, |i| {
-        i["kind"] == kind && i["state"] == "active" && pids.iter().all(|p| involves(i, *p))
+fn expect(agent: &Agent, kind: Kind, pids: &[i32]) -> Incident {
+    agent.wait_for(HANG_AFTER + SLACK, kind.as_str(), |i| {
+        i.kind == kind && i.state == State::Active && pids.iter().all(|p| i.pids.contains(p))
     })
 }
 
@@ -44,16 +33,16 @@ fn pipe_deadlock(
     start: impl FnOnce() -> Subject,
     parent_waits: &[&str],
     child_waits: &[&str],
-) -> (Value, Subject) {
+) -> (Incident, Subject) {
     let agent = Agent::start();
     let subject = start();
     let (parent, child) = (subject.pid("parent"), subject.pid("child"));
-    let incident = expect(&agent, "pipe_deadlock", &[parent, child]);
+    let incident = expect(&agent, Kind::PipeDeadlock, &[parent, child]);
     for (pid, wanted) in [(parent, parent_waits), (child, child_waits)] {
         for wait in wanted {
             assert!(
                 has_wait(&incident, pid, wait),
-                "pid {pid} in {wait}: {incident:#}"
+                "pid {pid} in {wait}: {incident:#?}"
             );
         }
     }
@@ -61,11 +50,11 @@ fn pipe_deadlock(
 }
 
 /// Both of the child's output pipes, sorted as the incident lists them.
-fn output_pipes(subject: &Subject) -> Value {
+fn output_pipes(subject: &Subject) -> Vec<u64> {
     let child = subject.pid("child");
-    let mut pipes = [pipe_inode(child, 1), pipe_inode(child, 2)];
+    let mut pipes = vec![pipe_inode(child, 1), pipe_inode(child, 2)];
     pipes.sort_unstable();
-    serde_json::json!(pipes)
+    pipes
 }
 
 #[test]
@@ -75,7 +64,7 @@ fn multiprocessing_queue_join_before_get() {
         &["wait_child"],
         &["pipe_write", "futex"],
     );
-    let summary = incident["summary"].as_str().unwrap_or_default();
+    let summary = &incident.summary;
     assert!(summary.contains("cancel_join_thread()"), "{summary}");
 }
 
@@ -95,8 +84,8 @@ fn reading_stderr_to_eof_while_child_fills_stdout() {
         &["pipe_read"],
         &["pipe_write"],
     );
-    assert_eq!(incident["pipes"], output_pipes(&subject), "{incident:#}");
-    let summary = incident["summary"].as_str().unwrap_or_default();
+    assert_eq!(incident.pipes, output_pipes(&subject), "{incident:#?}");
+    let summary = &incident.summary;
     assert!(summary.contains("read all pipes concurrently"), "{summary}");
 }
 
@@ -107,7 +96,7 @@ fn polling_one_pipe(mode: &str) {
         &["poll"],
         &["pipe_write"],
     );
-    assert_eq!(incident["pipes"], output_pipes(&subject), "{incident:#}");
+    assert_eq!(incident.pipes, output_pipes(&subject), "{incident:#?}");
 }
 
 #[test]
@@ -135,10 +124,10 @@ fn pipe_held_by_an_orphan(start: impl FnOnce() -> Subject, reader_wait: &str) {
         subject.pid("child"),
         subject.pid("orphan"),
     );
-    let incident = expect(&agent, "pipe_held_by_orphan", &[reader, orphan]);
-    assert_eq!(incident["pids"], serde_json::json!([reader, orphan]));
-    assert!(has_wait(&incident, reader, reader_wait), "{incident:#}");
-    let summary = incident["summary"].as_str().unwrap_or_default();
+    let incident = expect(&agent, Kind::PipeHeldByOrphan, &[reader, orphan]);
+    assert_eq!(incident.pids, [reader, orphan]);
+    assert!(has_wait(&incident, reader, reader_wait), "{incident:#?}");
+    let summary = &incident.summary;
     for part in [
         format!("no child of {}", process_name(&incident, reader)),
         format!("child sh (pid {child}), which has exited"),
@@ -147,23 +136,15 @@ fn pipe_held_by_an_orphan(start: impl FnOnce() -> Subject, reader_wait: &str) {
         assert!(summary.contains(&part), "{part:?} in {summary}");
     }
     assert_eq!(
-        incident["pipes"],
-        serde_json::json!(pipes_of(orphan, reader_wait)),
-        "{incident:#}"
+        incident.pipes,
+        pipes_of(orphan, reader_wait),
+        "{incident:#?}"
     );
 }
 
 /// `comm (pid N)` as summaries name a process.
-fn process_name(incident: &Value, pid: i32) -> String {
-    let comm = incident["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["pid"] == pid)
-        .and_then(|p| p["comm"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    format!("{comm} (pid {pid})")
+fn process_name(incident: &Incident, pid: i32) -> String {
+    format!("{} (pid {pid})", process_of(incident, pid).comm)
 }
 
 /// The orphan's output pipes that the reader waits on: stdout, and stderr for a poller
@@ -208,25 +189,19 @@ fn exit_blocked_on_threads(start: impl FnOnce() -> Subject, marker: &str) {
     let agent = Agent::start();
     let subject = start();
     let pid = subject.pid("pid");
-    let incident = expect(&agent, "exit_blocked_on_threads", &[pid]);
-    assert_eq!(incident["pids"], serde_json::json!([pid]));
-    let process = &incident["processes"][0];
+    let incident = expect(&agent, Kind::ExitBlockedOnThreads, &[pid]);
+    assert_eq!(incident.pids, [pid]);
+    let process = process_of(&incident, pid);
     assert!(
-        process["exiting"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m == marker)),
-        "expected exit marker {marker}: {incident:#}"
+        process.exiting.iter().any(|m| m == marker),
+        "expected exit marker {marker}: {incident:#?}"
     );
-    let threads = process["threads"].as_array().cloned().unwrap_or_default();
-    assert!(threads.len() >= 2, "{incident:#}");
+    assert!(process.threads.len() >= 2, "{incident:#?}");
     assert!(
-        threads.iter().all(|t| t["wait"] == "futex"),
-        "every remaining thread's wait is reported: {incident:#}"
+        process.threads.iter().all(|t| t.wait == "futex"),
+        "every remaining thread's wait is reported: {incident:#?}"
     );
-    assert!(incident["summary"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("daemon=True"));
+    assert!(incident.summary.contains("daemon=True"));
     drop(subject);
 }
 
@@ -253,23 +228,19 @@ fn exiting_writer_blocked_on_a_stopped_reader(start: impl FnOnce() -> Subject, m
     let agent = Agent::start();
     let subject = start();
     let (writer, reader) = (subject.pid("writer"), subject.pid("reader"));
-    let incident = expect(&agent, "exit_blocked_on_pipe", &[writer, reader]);
-    assert!(has_wait(&incident, writer, "pipe_write"), "{incident:#}");
-    let process = |pid: i32| {
-        incident["processes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["pid"] == pid)
-            .cloned()
-            .unwrap_or_default()
-    };
-    assert_eq!(process(reader)["threads"][0]["state"], "T", "{incident:#}");
+    let incident = expect(&agent, Kind::ExitBlockedOnPipe, &[writer, reader]);
+    assert!(has_wait(&incident, writer, "pipe_write"), "{incident:#?}");
+    let reader_state = process_of(&incident, reader)
+        .threads
+        .first()
+        .map(|t| t.state.as_str());
+    assert_eq!(reader_state, Some("T"), "{incident:#?}");
     assert!(
-        process(writer)["exiting"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m == marker)),
-        "expected exit marker {marker}: {incident:#}"
+        process_of(&incident, writer)
+            .exiting
+            .iter()
+            .any(|m| m == marker),
+        "expected exit marker {marker}: {incident:#?}"
     );
 }
 
@@ -296,23 +267,14 @@ fn sigterm_noted_but_still_blocked() {
     let pid = subject.pid("pid");
     std::thread::sleep(Duration::from_millis(300));
     subject.signal("pid", libc::SIGTERM);
-    let incident = expect(&agent, "stuck_after_signal", &[pid]);
-    assert!(
-        incident["summary"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("SIGTERM"),
-        "{incident:#}"
-    );
+    let incident = expect(&agent, Kind::StuckAfterSignal, &[pid]);
+    assert!(incident.summary.contains("SIGTERM"), "{incident:#?}");
 }
 
 /// Runs healthy programs for longer than the threshold and asserts no incident names them.
 fn silent(subjects: Vec<Subject>, run_for: Duration) {
     let agent = Agent::start();
-    let pids: Vec<i32> = subjects
-        .iter()
-        .flat_map(|s| s.pids.values().copied())
-        .collect();
+    let pids: Vec<i32> = subjects.iter().flat_map(Subject::pids).collect();
     std::thread::sleep(run_for);
     let noisy = agent.incidents_involving(&pids);
     assert!(
@@ -348,7 +310,7 @@ fn futex2_waits_with_a_timeout_and_a_select_loop_with_a_timeout_stay_silent() {
 fn a_daemon_that_keeps_writing_into_the_inherited_pipe_is_no_hang() {
     let agent = Agent::start();
     let mut chatty = Subject::python("orphan_holds_pipe.py", &["chatty"]);
-    let pids: Vec<i32> = chatty.pids.values().copied().collect();
+    let pids = chatty.pids();
     assert!(chatty.wait(Duration::from_secs(30)).success());
     let noisy = agent.incidents_involving(&pids);
     assert!(
@@ -361,7 +323,7 @@ fn a_daemon_that_keeps_writing_into_the_inherited_pipe_is_no_hang() {
 fn slow_consumer_at_exit_is_progress_not_a_hang() {
     let agent = Agent::start();
     let mut slow = Subject::python("slow_consumer.py", &["5", "--at-exit"]);
-    let pids: Vec<i32> = slow.pids.values().copied().collect();
+    let pids = slow.pids();
     assert!(slow.wait(Duration::from_secs(30)).success());
     let noisy = agent.incidents_involving(&pids);
     assert!(

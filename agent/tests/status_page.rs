@@ -12,7 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{involves, Agent, Subject, HANG_AFTER};
+use common::{Agent, Subject, HANG_AFTER};
+use exitwatch::{graph::Kind, incidents::State};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,14 +120,13 @@ fn status_page_shows_the_active_deadlock_in_a_browser() {
         HANG_AFTER + Duration::from_secs(5),
         "of kind pipe_deadlock",
         |i| {
-            i["kind"] == "pipe_deadlock"
-                && i["state"] == "active"
-                && involves(i, parent)
-                && involves(i, child)
+            i.kind == Kind::PipeDeadlock
+                && i.state == State::Active
+                && i.pids.contains(&parent)
+                && i.pids.contains(&child)
         },
     );
-    let id = incident["id"].as_u64().expect("incident id");
-    let summary = incident["summary"].as_str().unwrap_or_default().to_string();
+    let (id, summary) = (incident.id, incident.summary);
 
     let profile = tempfile::tempdir().expect("creating the browser profile directory");
     let url = format!("{}/", agent.url);

@@ -10,10 +10,9 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Args;
 use rustls::{pki_types::pem::PemObject, pki_types::CertificateDer, RootCertStore};
-use serde::Deserialize;
 
 use crate::{
-    incidents::{rfc3339, Incident, State},
+    incidents::{rfc3339, Incident, IncidentList, State},
     text::printable,
 };
 
@@ -41,11 +40,6 @@ pub struct Options {
     json: bool,
 }
 
-#[derive(Deserialize)]
-struct Response {
-    incidents: Vec<Incident>,
-}
-
 pub fn print(options: &Options) -> Result<()> {
     let agent = &options.agent;
     let url = format!("{}/api/v1/incidents", agent.trim_end_matches('/'));
@@ -66,7 +60,7 @@ pub fn print(options: &Options) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    let response: Response = serde_json::from_reader(io::BufReader::new(body))
+    let response: IncidentList = serde_json::from_reader(io::BufReader::new(body))
         .context("the agent's answer is not an incident list")?;
     print!("{}", table(&response.incidents));
     Ok(())

@@ -27,10 +27,10 @@ use crate::{
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// Address for /metrics, /api/v1/incidents, /healthz and the status page.
-    #[arg(long, default_value = "127.0.0.1:9977", value_parser = crate::parse_listen)]
+    #[arg(long, default_value = "127.0.0.1:9977", value_parser = crate::args::parse_listen)]
     pub listen: SocketAddr,
     /// A wait counts as hung once it lasts this long without progress.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
     pub hang_after: Duration,
     /// How often blocked threads are verified and incidents updated (at least 100ms).
     #[arg(long, default_value = "1s", value_parser = parse_scan_interval)]
@@ -65,7 +65,7 @@ pub struct Config {
 const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
 fn parse_scan_interval(text: &str) -> Result<Duration, String> {
-    let interval = crate::parse_duration(text)?;
+    let interval = crate::args::parse_duration(text)?;
     if interval < MIN_SCAN_INTERVAL {
         return Err(format!(
             "must be at least {} (each scan reads /proc)",
@@ -76,7 +76,7 @@ fn parse_scan_interval(text: &str) -> Result<Duration, String> {
 }
 
 /// State shared by the scanner, the event loop and the HTTP handlers.
-pub struct Shared {
+pub(crate) struct Shared {
     pub config: Config,
     pub procfs: ProcFs,
     pub probes: Mutex<Probes>,

@@ -1,13 +1,14 @@
 //! The wait-for graph: who waits on whom, and which blocked threads nothing can release.
 //!
-//! Pure functions over a [`Snapshot`], so every rule is unit-tested without privileges.
+//! Pure functions over a `Snapshot`, so every rule is unit-tested without privileges.
 mod analyze;
 mod explain;
 mod model;
 mod orphan;
 
-pub use analyze::{analyze, Finding, Kind};
-pub use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};
+pub use analyze::Kind;
+pub(crate) use analyze::{analyze, Finding};
+pub(crate) use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ pub use health::Health;
 pub use server::Listener;
 pub use web_config::WebConfig;
 
-use crate::daemon::Shared;
+use crate::{daemon::Shared, incidents::IncidentList};
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -73,7 +73,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<impl IntoResponse,
 async fn incidents(State(shared): State<Arc<Shared>>) -> Result<impl IntoResponse, StatusCode> {
     // Serialized on the blocking pool too: with many incidents the answer is large.
     let body = off_thread(shared, |shared| {
-        serde_json::to_vec(&serde_json::json!({ "incidents": shared.store().list() }))
+        serde_json::to_vec(&IncidentList {
+            incidents: shared.store().list(),
+        })
     })
     .await?
     .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;

@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 use super::rfc3339;
 use crate::graph::Kind;
 
+/// The body of `/api/v1/incidents`: active first, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IncidentList {
+    pub incidents: Vec<Incident>,
+}
+
 /// The JSON shape served at `/api/v1/incidents`; `exitwatch incidents` reads it back.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Incident {

@@ -1,18 +1,18 @@
 //! Harness for the privileged integration tests: a real agent binary, real hanging
-//! programs, and polling of the agent's HTTP API. Every failure panics with the context
-//! needed to understand it (the agent's log, the incidents it had).
+//! programs, and polling of the agent's HTTP API. Starting and stopping them is
+//! `exitwatch-testkit`'s, shared with the bench; this adds the test settings, the HTTP
+//! client, the fixtures and the panics: every failure panics with the context needed to
+//! understand it (the agent's log, the incidents it had).
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::mpsc,
+    process::{Command, ExitStatus, Output},
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use exitwatch::incidents::{Incident, IncidentList, IncidentProcess};
+use exitwatch_testkit::{self as testkit, AgentProcess};
 
 pub const HANG_AFTER: Duration = Duration::from_secs(2);
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);
@@ -35,9 +35,10 @@ pub fn programs_dir() -> PathBuf {
 }
 
 pub struct Agent {
-    child: Child,
+    process: AgentProcess,
     pub url: String,
-    log: tempfile::NamedTempFile,
+    /// Where `process` logs; kept here because the file is removed when this drops.
+    _log_file: tempfile::NamedTempFile,
     client: ureq::Agent,
     /// Basic auth credentials sent with every request of `get`.
     credentials: Option<(String, String)>,
@@ -81,9 +82,7 @@ impl Agent {
                 &format!("{}ms", SCAN_INTERVAL.as_millis()),
             ])
             .args(&setup.args)
-            .env("EXITWATCH_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().expect("reopening the agent log"));
+            .env("EXITWATCH_LOG", "debug");
         if let Some(limit) = setup.open_files {
             use std::os::unix::process::CommandExt;
             // SAFETY: only an async-signal-safe syscall between fork and exec.
@@ -100,35 +99,22 @@ impl Agent {
                 });
             }
         }
-        let child = command.spawn().expect("starting the exitwatch binary");
-        let mut agent = Agent {
-            child,
-            url: String::new(),
-            log,
-            client: http_client(setup.ca_file.as_deref()),
+        let client = http_client(setup.ca_file.as_deref());
+        // Serving; a 503 (first scans slower than three intervals) still counts.
+        let serving = |url: &str| request(&client, url, "/healthz", None).is_ok();
+        let process = AgentProcess::start(command, log.path(), Duration::from_secs(30), serving)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Agent {
+            url: process.url().to_string(),
+            process,
+            _log_file: log,
+            client,
             credentials: setup.credentials,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = agent.child.try_wait().expect("polling the agent") {
-                panic!("the agent exited at start-up ({status}):\n{}", agent.log());
-            }
-            if agent.url.is_empty() {
-                agent.url = bound_url(&agent.log()).unwrap_or_default();
-            } else if agent.request("/healthz", None).is_ok() {
-                // Serving; a 503 (first scans slower than three intervals) still counts.
-                return agent;
-            }
-            std::thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "the agent did not log its address and serve /healthz within 30 s:\n{}",
-            agent.log()
-        );
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.process.pid() as i32
     }
 
     /// Panics unless the agent's peak resident memory so far (`VmHWM`) is within
@@ -153,7 +139,7 @@ impl Agent {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        self.process.log()
     }
 
     pub fn get(&self, path: &str) -> Option<String> {
@@ -170,17 +156,7 @@ impl Agent {
         path: &str,
         credentials: Option<(&str, &str)>,
     ) -> Result<ureq::Response, String> {
-        let mut request = self
-            .client
-            .get(&format!("{}{path}", self.url))
-            .timeout(Duration::from_secs(5));
-        if let Some((user, password)) = credentials {
-            request = request.set("Authorization", &basic_authorization(user, password));
-        }
-        match request.call() {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(response),
-            Err(ureq::Error::Transport(transport)) => Err(transport.to_string()),
-        }
+        request(&self.client, &self.url, path, credentials)
     }
 
     pub fn metrics(&self) -> String {
@@ -188,22 +164,20 @@ impl Agent {
             .unwrap_or_else(|| panic!("GET /metrics failed:\n{}", self.log()))
     }
 
-    pub fn incidents(&self) -> Vec<Value> {
+    pub fn incidents(&self) -> Vec<Incident> {
         let body = self
             .get("/api/v1/incidents")
             .unwrap_or_else(|| panic!("GET /api/v1/incidents failed:\n{}", self.log()));
-        let parsed: Value = serde_json::from_str(&body).expect("incidents JSON");
-        parsed["incidents"]
-            .as_array()
-            .cloned()
-            .expect("an `incidents` array")
+        let list: IncidentList = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("the incident list does not parse ({e}):\n{body}"));
+        list.incidents
     }
 
     /// Incidents (active or resolved) that name any of `pids`.
-    pub fn incidents_involving(&self, pids: &[i32]) -> Vec<Value> {
+    pub fn incidents_involving(&self, pids: &[i32]) -> Vec<Incident> {
         self.incidents()
             .into_iter()
-            .filter(|i| pids.iter().any(|pid| involves(i, *pid)))
+            .filter(|i| pids.iter().any(|pid| i.pids.contains(pid)))
             .collect()
     }
 
@@ -212,8 +186,8 @@ impl Agent {
         &self,
         within: Duration,
         what: &str,
-        matches: impl Fn(&Value) -> bool,
-    ) -> Value {
+        matches: impl Fn(&Incident) -> bool,
+    ) -> Incident {
         let deadline = Instant::now() + within;
         loop {
             let incidents = self.incidents();
@@ -246,23 +220,31 @@ impl Agent {
 
     /// As `stop`, with the agent's whole log.
     pub fn terminate(mut self) -> (ExitStatus, String) {
-        signal(self.child.id() as i32, libc::SIGTERM);
-        let log = &self.log;
-        let status = wait_for_exit(&mut self.child, Duration::from_secs(15), || {
-            let log = std::fs::read_to_string(log.path()).unwrap_or_default();
-            format!("the agent did not stop within 15 s of SIGTERM:\n{log}")
-        });
+        let status = self
+            .process
+            .stop(Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{e}"));
         (status, self.log())
     }
 }
 
-/// The address the agent logged as bound: `serving http://127.0.0.1:PORT/`.
-pub fn bound_url(log: &str) -> Option<String> {
-    let start = log.find("serving http")? + "serving ".len();
-    let url = &log[start..];
-    let host = url.find("://")? + 3;
-    let end = host + url[host..].find('/')?;
-    Some(url[..end].to_string())
+/// One GET of `url` + `path` through `client`; 4xx and 5xx answers are `Ok`.
+fn request(
+    client: &ureq::Agent,
+    url: &str,
+    path: &str,
+    credentials: Option<(&str, &str)>,
+) -> Result<ureq::Response, String> {
+    let mut request = client
+        .get(&format!("{url}{path}"))
+        .timeout(Duration::from_secs(5));
+    if let Some((user, password)) = credentials {
+        request = request.set("Authorization", &basic_authorization(user, password));
+    }
+    match request.call() {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(response),
+        Err(ureq::Error::Transport(transport)) => Err(transport.to_string()),
+    }
 }
 
 /// A client without connection reuse, trusting `ca_file` for https.
@@ -400,13 +382,6 @@ impl TlsFixture {
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `program` to be run as `nobody`, with no supplementary groups and no capabilities.
 pub fn as_nobody(program: &Path) -> Command {
     let mut command = Command::new("setpriv");
@@ -430,20 +405,21 @@ pub fn exitwatch(args: &[&str]) -> Output {
         .expect("running exitwatch")
 }
 
-/// Incidents whose pids include `pid`.
-pub fn involves(incident: &Value, pid: i32) -> bool {
-    incident["pids"]
-        .as_array()
-        .is_some_and(|pids| pids.iter().any(|p| p.as_i64() == Some(i64::from(pid))))
+/// How `incident` describes `pid`, or a panic that shows the incident.
+pub fn process_of(incident: &Incident, pid: i32) -> &IncidentProcess {
+    incident
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not described: {incident:#?}"))
 }
 
-/// A hanging (or healthy) program under test. It prints `READY key=pid ...` on stderr;
-/// every pid named there is killed when the subject drops.
-pub struct Subject {
-    child: Child,
-    pub pids: BTreeMap<String, i32>,
-    name: String,
-}
+/// A hanging (or healthy) program under test, as the harness's [`testkit::Subject`]
+/// with the test's panics.
+pub struct Subject(testkit::Subject);
+
+/// How long a program gets to set up its hang and print READY.
+const READY_WITHIN: Duration = Duration::from_secs(15);
 
 impl Subject {
     pub fn python(script: &str, args: &[&str]) -> Subject {
@@ -460,91 +436,36 @@ impl Subject {
     }
 
     /// Any command whose program prints the READY line.
-    pub fn spawn(name: &str, mut command: Command) -> Subject {
-        command
-            .env_remove("PYTHONUNBUFFERED")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.starts_with("READY") {
-                    let _ = sender.send(line);
-                }
-            }
-        });
-        let ready = receiver
-            .recv_timeout(Duration::from_secs(15))
-            .unwrap_or_else(|_| panic!("{name} did not print READY within 15 s"));
-        let pids = ready
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                Some((key.to_string(), value.parse().ok()?))
-            })
-            .collect();
-        Subject {
-            child,
-            pids,
-            name: name.to_string(),
-        }
+    pub fn spawn(name: &str, command: Command) -> Subject {
+        Subject(
+            testkit::Subject::spawn(name, command, READY_WITHIN).unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     pub fn pid(&self, key: &str) -> i32 {
-        *self
-            .pids
+        let pids = self.0.pids();
+        *pids
             .get(key)
-            .unwrap_or_else(|| panic!("{} printed no {key}= in READY: {:?}", self.name, self.pids))
+            .unwrap_or_else(|| panic!("{} printed no {key}= in READY: {pids:?}", self.0.name()))
+    }
+
+    /// Every pid the READY line named.
+    pub fn pids(&self) -> Vec<i32> {
+        self.0.pids().values().copied().collect()
     }
 
     pub fn signal(&self, key: &str, signal_number: i32) {
-        signal(self.pid(key), signal_number);
+        testkit::signal(self.pid(key), signal_number);
     }
 
     /// Waits for the program to end by itself.
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
-        let name = &self.name;
-        wait_for_exit(&mut self.child, within, || {
-            format!("{name} did not finish within {within:?}")
-        })
+        self.0.wait(within).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn kill(&mut self) {
-        for pid in self.pids.values() {
-            signal(*pid, libc::SIGKILL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.kill();
     }
-}
-
-impl Drop for Subject {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The child's exit status, or a panic with `failure()` once `within` has passed.
-fn wait_for_exit(child: &mut Child, within: Duration, failure: impl Fn() -> String) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("polling a child process") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "{}", failure());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-pub fn signal(pid: i32, signal_number: i32) {
-    // SAFETY: plain syscall; a pid that is already gone only yields ESRCH.
-    unsafe { libc::kill(pid, signal_number) };
 }
 
 /// Debian's interpreter (statically linked libpython, what a fresh machine has), else

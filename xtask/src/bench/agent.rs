@@ -1,22 +1,15 @@
 //! The agent under test: started pinned to its own CPU, read through its HTTP API and
 //! its `/proc` entries, stopped with SIGTERM.
-use std::{
-    collections::BTreeMap,
-    fs,
-    net::{SocketAddr, TcpListener},
-    process::{Child, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context, Result};
+use exitwatch_testkit::AgentProcess;
 
 use super::{http, proc, Layout};
 
 pub struct Agent {
-    child: Child,
-    pub addr: SocketAddr,
-    log: std::path::PathBuf,
+    process: AgentProcess,
+    addr: SocketAddr,
 }
 
 /// What the agent had spent and counted at one instant.
@@ -83,41 +76,22 @@ impl Agent {
         cpu: Option<usize>,
         log_name: &str,
     ) -> Result<Agent> {
-        let addr = free_addr()?;
-        let log = layout.work.join(log_name);
-        let log_file =
-            fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = super::pinned(&layout.agent, cpu);
-        command
-            .args(["run", "--listen", &addr.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let child = command.spawn().context("starting the agent")?;
-        let mut agent = Agent { child, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(status) = agent.child.try_wait()? {
-                bail!("the agent exited at start-up ({status}):\n{}", agent.log());
-            }
-            if http::get(addr, "/healthz").is_ok() {
-                return Ok(agent);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "the agent did not serve /healthz within 60 s:\n{}",
-            agent.log()
-        )
+        command.args(["run", "--listen", "127.0.0.1:0"]).args(args);
+        let serving = |url: &str| address(url).is_some_and(|a| http::get(a, "/healthz").is_ok());
+        let log = layout.work.join(log_name);
+        let process = AgentProcess::start(command, &log, Duration::from_secs(60), serving)?;
+        let addr = address(process.url())
+            .with_context(|| format!("the agent serves at {}, not over http", process.url()))?;
+        Ok(Agent { process, addr })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     pub fn get(&self, path: &str) -> Result<String> {
@@ -137,33 +111,15 @@ impl Agent {
 
     /// SIGTERM, then waits for the agent to detach its probes and exit.
     pub fn stop(mut self) -> Result<()> {
-        proc::signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("the agent exited with {status}:\n{}", self.log());
-                }
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
+        let status = self.process.stop(Duration::from_secs(20))?;
+        if !status.success() {
+            bail!("the agent exited with {status}:\n{}", self.log());
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        bail!("the agent did not stop within 20 s of SIGTERM")
+        Ok(())
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn free_addr() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?)
+/// `127.0.0.1:PORT` of `http://127.0.0.1:PORT`; the bench's agents serve without TLS.
+fn address(url: &str) -> Option<SocketAddr> {
+    url.strip_prefix("http://")?.parse().ok()
 }

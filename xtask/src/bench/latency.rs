@@ -1,20 +1,21 @@
 //! Detection latency: how long after a real deadlock starts the agent reports it.
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
+use exitwatch_testkit::Subject;
 use serde_json::Value;
 
-use super::{agent::Agent, proc, Layout};
+use super::{agent::Agent, Layout};
 
 pub const PROGRAM: &str = "agent/tests/programs/seed_pipe_deadlock.py";
 pub const PYTHON: &str = "/usr/bin/python3";
 const POLL: Duration = Duration::from_millis(20);
+/// How long the program gets to set up its deadlock and print READY.
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// One detection, in seconds.
 #[derive(Clone, Copy, Debug)]
@@ -32,8 +33,10 @@ pub struct Trial {
 pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> {
     let started = SystemTime::now();
     let clock = Instant::now();
-    let mut subject = Subject::start(layout)?;
-    let pids = subject.pids.clone();
+    let mut command = Command::new(PYTHON);
+    command.arg(layout.root.join(PROGRAM));
+    let mut subject = Subject::spawn(PROGRAM, command, READY_WITHIN)?;
+    let pids: Vec<i32> = subject.pids().values().copied().collect();
     let found = loop {
         let body = agent.get("/api/v1/incidents")?;
         let parsed: Value = serde_json::from_str(&body).context("incidents JSON")?;
@@ -67,10 +70,10 @@ pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> 
     })
 }
 
-fn involves(incident: &Value, pid: u32) -> bool {
+fn involves(incident: &Value, pid: i32) -> bool {
     incident["pids"]
         .as_array()
-        .is_some_and(|pids| pids.iter().any(|p| p.as_u64() == Some(u64::from(pid))))
+        .is_some_and(|pids| pids.iter().any(|p| p.as_i64() == Some(i64::from(pid))))
 }
 
 fn seconds(t: SystemTime) -> f64 {
@@ -105,60 +108,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
-}
-
-/// The hanging program; every pid of its READY line is SIGKILLed at the end.
-struct Subject {
-    child: Child,
-    pids: Vec<u32>,
-}
-
-impl Subject {
-    fn start(layout: &Layout) -> Result<Subject> {
-        let mut child = Command::new(PYTHON)
-            .arg(layout.root.join(PROGRAM))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {PYTHON} {PROGRAM}"))?;
-        let stderr = child.stderr.take().context("subject stderr")?;
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("READY ") {
-                    let pids: Vec<u32> = rest
-                        .split_whitespace()
-                        .filter_map(|kv| kv.split_once('=')?.1.parse().ok())
-                        .collect();
-                    let _ = tx.send(pids);
-                }
-            }
-        });
-        let pids = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(pids) => pids,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{PROGRAM} printed no READY line within 30 s");
-            }
-        };
-        Ok(Subject { child, pids })
-    }
-
-    fn kill(&mut self) {
-        for pid in &self.pids {
-            proc::signal(*pid, "KILL");
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Subject {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[cfg(test)]

@@ -44,14 +44,6 @@ pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
-/// Sends `signal` (a name: TERM, INT, KILL) to `pid` with the shell's `kill` builtin (a
-/// minimal Debian has no /bin/kill); a process already gone is fine.
-pub fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("sh")
-        .args(["-c", &format!("kill -{signal} {pid} 2>/dev/null")])
-        .status();
-}
-
 /// The 1-minute load average.
 pub fn load1() -> f64 {
     fs::read_to_string("/proc/loadavg")

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::{proc, Layout};
+use super::Layout;
 
 pub const SCRIPT: &str = include_str!("reference.bt");
 const ATTACHED: &str = "REFERENCE-ATTACHED";
@@ -64,16 +64,7 @@ impl Reference {
 
     /// SIGINT (bpftrace's normal stop), SIGKILL if it lingers.
     pub fn stop(mut self) -> Result<()> {
-        proc::signal(self.child.id(), "INT");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        exitwatch_testkit::stop(&mut self.child, libc::SIGINT, Duration::from_secs(30))?;
         Ok(())
     }
 }
