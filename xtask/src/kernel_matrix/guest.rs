@@ -75,10 +75,15 @@ pub fn run(kernel: &Path, initramfs: &Path, log: &Path) -> Result<Timings> {
         std::thread::sleep(Duration::from_millis(250));
     };
     let tests = testing.map(|since| since.elapsed());
-    // The guest powers off right after its status; a kill only ends one that hangs.
-    let powered_off = Instant::now();
+    // A guest with a status powers off by itself right after it; one without is stuck.
+    let grace = if outcome.is_ok() {
+        Duration::from_secs(30)
+    } else {
+        Duration::ZERO
+    };
+    let stopping = Instant::now();
     while qemu.try_wait().context("polling qemu")?.is_none() {
-        if powered_off.elapsed() > Duration::from_secs(30) {
+        if stopping.elapsed() >= grace {
             qemu.kill().context("killing qemu")?;
         }
         std::thread::sleep(Duration::from_millis(250));
