@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask build-ebpf | lint-ebpf | run | test | bench`.
+//! Developer tasks: `cargo xtask build-ebpf | lint-ebpf | run | test | kernel-matrix | bench`.
 mod bench;
 mod build_ebpf;
 mod ebpf_fingerprint;
+mod kernel_matrix;
 mod lint_ebpf;
 mod system;
 mod toolchain;
@@ -32,6 +33,9 @@ enum Task {
     },
     /// Build everything and run the whole test suite, privileged tests included.
     Test,
+    /// Run the seed hangs and the healthy control on Debian's stock 6.1 and 6.12 kernels
+    /// under QEMU.
+    KernelMatrix,
     /// Measure the agent's overhead, footprint and detection latency; write BENCHMARKS.md.
     Bench(bench::Options),
 }
@@ -53,12 +57,16 @@ fn main() -> Result<()> {
             system::run_as_root(&root, &command)
         }
         Task::Test => {
-            system::ensure_commands(TEST_COMMANDS)?;
+            system::ensure_commands(TEST_COMMANDS, "the test suite's programs and servers")?;
             build_ebpf::build(&root)?;
             // Integration tests start real agents and hang real programs; one at a time
             // keeps their probes and timings from interfering.
             let test = ["cargo", "test", "--workspace", "--", "--test-threads=1"];
             system::run_as_root(&root, &test.map(String::from))
+        }
+        Task::KernelMatrix => {
+            build_ebpf::build(&root)?;
+            kernel_matrix::run(&root)
         }
         Task::Bench(options) => bench::run(&root, &options),
     }

@@ -65,6 +65,26 @@ pub fn have(program: &str) -> bool {
 
 static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 
+/// `apt-get ARGS` as root (through `sudo` when we are not), non-interactively.
+fn apt_get(args: &[&str]) -> Result<()> {
+    let mut command = if is_root() {
+        Command::new("apt-get")
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("apt-get");
+        sudo
+    };
+    run_command(command.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Refreshes the package lists, at most once per xtask run.
+pub fn apt_update_once() -> Result<()> {
+    if APT_UPDATED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    apt_get(&["update", "-q"])
+}
+
 /// Installs Debian packages, saying which and why; fails with the manual command where
 /// apt is not available.
 pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
@@ -73,28 +93,14 @@ pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
         bail!("{why} needs the packages `{list}` (or their equivalent); install them and retry");
     }
     say(format!("installing {list} ({why})"));
-    let root_prefix: &[&str] = if is_root() { &[] } else { &["sudo"] };
-    let apt = |args: &[&str]| -> Result<()> {
-        let mut argv: Vec<&str> = root_prefix.to_vec();
-        argv.push("apt-get");
-        argv.extend_from_slice(args);
-        let (program, rest) = argv.split_first().context("empty apt command")?;
-        run_command(
-            Command::new(program)
-                .args(rest)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    if !APT_UPDATED.swap(true, Ordering::SeqCst) {
-        apt(&["update", "-q"])?;
-    }
+    apt_update_once()?;
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
     install.extend_from_slice(packages);
-    apt(&install)
+    apt_get(&install)
 }
 
 /// Installs the Debian packages of whichever `(command, package)` is missing.
-pub fn ensure_commands(needed: &[(&str, &str)]) -> Result<()> {
+pub fn ensure_commands(needed: &[(&str, &str)], why: &str) -> Result<()> {
     let mut missing: Vec<&str> = needed
         .iter()
         .filter(|(command, _)| !have(command))
@@ -104,5 +110,5 @@ pub fn ensure_commands(needed: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    apt_install(&missing, "the test suite's programs and servers")
+    apt_install(&missing, why)
 }
