@@ -38,16 +38,6 @@ fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
 }
 
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status:\n{status}"))
-}
-
 /// Whether the peer closed the connection (EOF or reset, after any last words).
 fn closed_by_peer(mut stream: &TcpStream) -> bool {
     stream
@@ -296,11 +286,10 @@ fn held_connections_neither_lock_out_scrapers_nor_exhaust_descriptors() {
     assert_eq!(slow_open, 0, "slow clients are still connected");
     stop_watching.store(true, Ordering::Relaxed);
     let peak_fds = fds.join().expect("the descriptor watcher");
-    let peak_rss = peak_rss_kib(pid);
     eprintln!(
         "held-connection attack: slowest of 5 scrapes {:.2} s; deadlock found within {:.1} s \
          ({}); {evicted} idle connections evicted; descriptors {idle_fds} idle, {peak_fds} at \
-         peak (limit {OPEN_FILES}); peak RSS {peak_rss} KiB",
+         peak (limit {OPEN_FILES})",
         slowest.as_secs_f64(),
         found_after.as_secs_f64(),
         humantime::format_rfc3339_millis(incident.detected_at),
@@ -314,10 +303,7 @@ fn held_connections_neither_lock_out_scrapers_nor_exhaust_descriptors() {
         "the agent ran out of descriptors:\n{}",
         agent.log()
     );
-    assert!(
-        peak_rss <= 64 * 1024,
-        "peak RSS {peak_rss} KiB during the attack"
-    );
+    agent.assert_peak_rss_bounded();
     drop(held);
 }
 
