@@ -21,7 +21,7 @@ use crate::{
     metrics::Metrics,
     probes::Probes,
     procfs::ProcFs,
-    scan::{blocked_from_proc, ExitStacks},
+    scan::{blocked_from_proc, Lifecycle, ScanState},
 };
 
 #[derive(Args, Clone, Debug)]
@@ -81,8 +81,11 @@ pub(crate) struct Shared {
     pub procfs: ProcFs,
     pub probes: Mutex<Probes>,
     pub store: Mutex<crate::incidents::Store>,
-    /// Exit-phase evidence from stacks, remembered across scans.
-    pub exit_stacks: Mutex<ExitStacks>,
+    /// What scans learnt and later scans reuse.
+    pub scan_state: Mutex<ScanState>,
+    /// Processes that exec'd or exited since the last scan (from the event loop, which
+    /// must not wait for a scan to finish).
+    pub lifecycle: Mutex<Lifecycle>,
     /// Exited processes not reaped yet, whose parents scans look at.
     pub zombies: Mutex<zombies::Zombies>,
     pub metrics: Metrics,
@@ -99,8 +102,12 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn exit_stacks(&self) -> MutexGuard<'_, ExitStacks> {
-        self.exit_stacks.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn scan_state(&self) -> MutexGuard<'_, ScanState> {
+        self.scan_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn zombies(&self) -> MutexGuard<'_, zombies::Zombies> {
@@ -160,7 +167,8 @@ async fn serve(config: Config) -> Result<()> {
         procfs,
         probes: Mutex::new(probes),
         store: Mutex::new(Store::starting_at(first_incident_id())),
-        exit_stacks: Mutex::new(ExitStacks::default()),
+        scan_state: Mutex::default(),
+        lifecycle: Mutex::default(),
         zombies: Mutex::default(),
         metrics: Metrics::new().context("registering metrics")?,
         health: Health::new(config.scan_interval),
