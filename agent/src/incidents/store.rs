@@ -498,6 +498,38 @@ mod tests {
     }
 
     #[test]
+    fn changes_are_in_what_is_stuck_not_in_the_seconds() {
+        let mut store = Store::starting_at(1);
+        let (mut snapshot, finding) = deadlock(10, 2, 1);
+        let findings = [finding];
+        store.update(&snapshot, &findings, &clock(), |_, _| true);
+        snapshot.now_ns += 5 * SECOND;
+        let later = store.update(&snapshot, &findings, &clock(), |_, _| true);
+        assert!(later.changed.is_empty(), "only durations grew");
+        for process in snapshot.processes.values_mut() {
+            process.threads[0].stuck = true;
+        }
+        let stuck = store.update(&snapshot, &findings, &clock(), |_, _| true);
+        assert_eq!(stuck.changed.len(), 1);
+        assert!(stuck.changed[0].processes[0].threads[0].stuck);
+    }
+
+    #[test]
+    fn the_workload_follows_the_kind_in_the_summary() {
+        assert_eq!(
+            with_workload(
+                "Pipe deadlock: a waits; none can proceed.",
+                "unit x.service"
+            ),
+            "Pipe deadlock in unit x.service: a waits; none can proceed."
+        );
+        assert_eq!(
+            with_workload("Odd", "unit x.service"),
+            "Odd (in unit x.service)"
+        );
+    }
+
+    #[test]
     fn resolved_history_is_bounded_in_bytes() {
         let mut store = Store::starting_at(1);
         for n in 0..100 {
