@@ -132,3 +132,87 @@ fn write_lines(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::fd::AsRawFd,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    fn counters() -> EventCounters {
+        let counter = |name: &str| IntCounter::new(name, "test").expect("a valid counter");
+        EventCounters {
+            dropped: counter("dropped"),
+            write_errors: counter("write_errors"),
+        }
+    }
+
+    /// An incident whose summary is `summary_bytes` long.
+    fn incident(id: u64, summary_bytes: usize) -> Incident {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "kind": "pipe_deadlock", "state": "active", "pids": [1, 2],
+            "blocked_behind": [], "processes": [], "pipes": [], "thread_spawns": null,
+            "thread_spawns_per_second": null, "summary": "x".repeat(summary_bytes),
+            "started_at": "2026-11-30T08:00:00.000Z", "detected_at": "2026-11-30T08:00:02.000Z",
+            "resolved_at": null, "ended": null
+        }))
+        .expect("a valid incident")
+    }
+
+    #[test]
+    fn each_change_is_one_json_line_with_its_event() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("events.jsonl");
+        let stream = EventStream::open(Some(&path), counters())?;
+        let changes = Changes {
+            opened: vec![incident(7, 10)],
+            changed: vec![incident(8, 10)],
+            resolved: vec![(incident(9, 10), 3.0)],
+            untracked: 0,
+        };
+        stream.publish(&changes);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&path)?;
+            if text.lines().count() == 3 || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let events: Vec<(String, u64)> = text
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).expect("JSON lines");
+                let id = event["id"].as_u64().expect("the incident's id");
+                (event["event"].as_str().unwrap_or_default().to_string(), id)
+            })
+            .collect();
+        let expected = [("opened", 7), ("changed", 8), ("resolved", 9)];
+        assert_eq!(events, expected.map(|(e, id)| (e.to_string(), id)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_reader_that_never_reads_costs_drops_not_a_stuck_scan() -> io::Result<()> {
+        let (reader, writer) = std::io::pipe()?;
+        let path = format!("/proc/self/fd/{}", writer.as_raw_fd());
+        let counters = counters();
+        let stream = EventStream::open(Some(Path::new(&path)), counters.clone())?;
+        let changes = Changes {
+            opened: vec![incident(1, 64 * 1024)],
+            ..Changes::default()
+        };
+        // The pipe holds 64 KiB and the queue 8 MiB: well before this many, publishing
+        // must have started to drop rather than wait.
+        for _ in 0..2 * QUEUE_BYTES / (64 * 1024) {
+            stream.publish(&changes);
+        }
+        assert!(counters.dropped.get() > 0);
+        assert!(stream.queued.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        drop(reader);
+        Ok(())
+    }
+}
