@@ -50,6 +50,20 @@ fn a_bad_value_from_the_environment_names_its_variable() {
 }
 
 #[test]
+fn an_event_file_that_cannot_be_opened_stops_start_up() {
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let path = dir.path().join("missing/events.jsonl");
+    let path = path.display().to_string();
+    let output = exitwatch(&["run", "--listen", "127.0.0.1:0", "--events", &path]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains(&format!("opening the event file {path}")),
+        "{message}"
+    );
+}
+
+#[test]
 fn version_shows_the_revision() {
     let output = exitwatch(&["--version"]);
     assert!(output.status.success(), "{}", stderr(&output));

@@ -102,7 +102,7 @@ fn pods_and_units_are_named_in_incidents_metrics_and_events() {
         "{}",
         pod_incident.summary
     );
-    assert_eq!(pod_incident.node, hostname());
+    assert_eq!(pod_incident.node, node_name());
 
     let unit_incident = expect_deadlock(&agent, &in_unit);
     let expected_unit = Workload {
@@ -274,11 +274,15 @@ fn ids() -> (String, String) {
     (hex, uid)
 }
 
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .expect("reading the hostname")
-        .trim()
-        .to_string()
+/// What the agent, started with the test's environment, calls this node.
+fn node_name() -> String {
+    match std::env::var("NODE_NAME") {
+        Ok(node) if !node.is_empty() => node,
+        _ => fs::read_to_string("/proc/sys/kernel/hostname")
+            .expect("reading the hostname")
+            .trim()
+            .to_string(),
+    }
 }
 
 /// A test-owned cgroup in the host's cgroup2 hierarchy, removed with everything created

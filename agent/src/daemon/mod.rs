@@ -162,6 +162,13 @@ pub fn run(config: Config) -> Result<()> {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    // Before the probes load: a bad event path stops start-up at once.
+    let metrics = Metrics::new().context("registering metrics")?;
+    let incident_events = EventStream::open(config.events.as_deref(), metrics.incident_events())
+        .with_context(|| match &config.events {
+            Some(path) => format!("opening the event file {}", path.display()),
+            None => "starting the event writer".into(),
+        })?;
     let web = match &config.web_config_file {
         Some(file) => WebConfig::load(file)?,
         None => WebConfig::plain(),
@@ -194,12 +201,6 @@ async fn serve(config: Config) -> Result<()> {
         listener.url(),
     );
 
-    let metrics = Metrics::new().context("registering metrics")?;
-    let incident_events = EventStream::open(config.events.as_deref(), metrics.incident_events())
-        .with_context(|| match &config.events {
-            Some(path) => format!("opening the event file {}", path.display()),
-            None => "starting the event writer".into(),
-        })?;
     let workloads = Workloads::new(
         procfs.clone(),
         workload::Roots {
