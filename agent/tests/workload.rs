@@ -152,6 +152,12 @@ fn pods_and_units_are_named_in_incidents_metrics_and_events() {
         assert!(unit_series.contains(label), "{label} in {unit_series}");
     }
 
+    let build = metrics
+        .lines()
+        .find(|line| line.starts_with("exitwatch_build_info{"))
+        .unwrap_or_else(|| panic!("no exitwatch_build_info:\n{metrics}"));
+    assert!(build.contains("revision=\""), "{build}");
+
     let page = agent
         .get("/")
         .unwrap_or_else(|| panic!("GET / failed:\n{}", agent.log()));
