@@ -642,6 +642,23 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_files_are_read_in_whole_lines_up_to_the_limit() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        fs::create_dir(root.path().join("7"))?;
+        let line = format!("0::/{}\n", "deep/".repeat(100));
+        let lines = 2 * CGROUP_MAX_BYTES / line.len();
+        fs::write(root.path().join("7/cgroup"), line.repeat(lines))?;
+        let text = ProcFs::new(root.path())
+            .cgroup(7)
+            .map_err(io::Error::other)?;
+        assert!(text.len() <= CGROUP_MAX_BYTES && !text.is_empty());
+        assert!(text.lines().all(|l| format!("{l}\n") == line));
+        let own = ProcFs::default().cgroup(std::process::id() as i32);
+        assert!(own.map_err(io::Error::other)?.contains("::"));
+        Ok(())
+    }
+
+    #[test]
     fn long_cmdlines_are_cut() {
         let long = "x".repeat(2 * CMDLINE_MAX_BYTES);
         // `; :` keeps sh from exec'ing sleep, which would replace the command line.
