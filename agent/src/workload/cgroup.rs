@@ -98,6 +98,9 @@ pub fn parse_path(path: &str) -> CgroupIdentity {
         if let Some((runtime, id)) = container(component, parent, &identity) {
             identity.runtime = runtime;
             identity.container_id = Some(id.to_string());
+            // The runtime made the cgroups down to here; a container with delegated
+            // cgroups names those below, and could name them like another container.
+            break;
         } else if component.ends_with(".service") || component.ends_with(".scope") {
             unit = Some((*component).to_string());
         }
@@ -337,6 +340,21 @@ mod tests {
         assert_eq!(units.unit.as_deref(), Some("nightly.service"));
         let v1_only = identify(&format!("3:cpu,cpuacct:/docker/{ID}\n2:pids:/\n"));
         assert_eq!(v1_only.runtime, Some(Runtime::Docker));
+    }
+
+    #[test]
+    fn cgroups_a_container_nests_below_its_own_do_not_rename_it() {
+        let other = "a".repeat(64);
+        let identity = parse_path(&format!(
+            "/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{ID}.scope/\
+             kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/docker-{other}.scope",
+            "1".repeat(32)
+        ));
+        assert_eq!(identity.container_id.as_deref(), Some(ID));
+        assert_eq!(identity.runtime, Some(Runtime::Containerd));
+        assert_eq!(identity.pod_uid.as_deref(), Some(UID));
+        assert_eq!(identity.qos_class, Some("guaranteed"));
+        assert_eq!(identity.slice, Some(format!("kubepods-pod{UID_}.slice")));
     }
 
     #[test]
