@@ -115,6 +115,7 @@ fn scan_once(shared: &Shared) {
             .stat(pid, pid)
             .is_ok_and(|stat| stat.start_ticks == start && !matches!(stat.state, 'Z' | 'X'))
     });
+    shared.incident_events.publish(&changes);
     for incident in &changes.opened {
         shared.metrics.incident_opened(incident);
         log::warn!(
