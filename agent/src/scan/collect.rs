@@ -6,7 +6,7 @@
 //! process ([`HolderIndex`]), and blocked processes known to be live ([`QuietSeeds`]).
 //! [`Fresh`] names the processes read anew regardless: those of open incidents and of
 //! new findings, which `/proc` confirms before anything is reported.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use exitwatch_common::{exit_reason, BlockedWait, ExitState};
 
@@ -135,7 +135,7 @@ pub struct Scan {
 pub struct Verified {
     wait: Wait,
     since_ns: u64,
-    stuck: bool,
+    pub stuck: bool,
     /// Stack pointer in the syscall, for the exit-phase search.
     sp: u64,
     /// `/proc` state letter, `S` or `D`.
@@ -177,19 +177,15 @@ pub fn collect(
         kernel,
         &exiting,
         fresh,
-        state,
+        &mut state.verdicts,
         old_enough,
         &mut errors,
     );
-    let exits_found = find_exits(
-        procfs,
-        &checked.verified,
-        &mut exiting,
-        &mut state.exit_stacks,
-    );
-
+    let verdicts = &state.verdicts;
+    let exits_found = find_exits(procfs, verdicts, &mut exiting, &mut state.exit_stacks);
     let seed_waits = seed_waits(
-        &checked,
+        verdicts,
+        &checked.active,
         &exiting,
         describe,
         fresh,
@@ -215,7 +211,7 @@ pub fn collect(
         cmdlines,
         fresh,
         exiting: &exiting,
-        verified: &checked.verified,
+        verdicts,
         describe,
         processes: BTreeMap::new(),
         gone_pids: Vec::new(),
@@ -248,7 +244,8 @@ pub fn collect(
 /// how idle thread pools sleep; outside an exit they are looked at only when a pipe or a
 /// child leads to their process.
 fn seed_waits(
-    checked: &Checked,
+    verdicts: &Verdicts,
+    active: &HashSet<i32>,
     exiting: &BTreeMap<i32, ExitState>,
     describe: &[i32],
     fresh: Fresh,
@@ -256,22 +253,14 @@ fn seed_waits(
     now_ns: u64,
 ) -> BTreeMap<i32, Waits> {
     let mut seeds: BTreeMap<i32, Waits> = BTreeMap::new();
-    for ((pid, tid), thread) in &checked.verified {
+    for (pid, tid, record, thread) in verdicts.current() {
         let futex_only = matches!(thread.wait, Wait::Futex { timed: false });
-        if thread.stuck && (!futex_only || exiting.contains_key(pid)) {
-            seeds
-                .entry(*pid)
-                .or_default()
-                .push((*tid as u32, checked.records[&(*pid, *tid)]));
+        if thread.stuck && (!futex_only || exiting.contains_key(&pid)) {
+            seeds.entry(pid).or_default().push((tid as u32, *record));
         }
     }
     quiet.retain(|pid| seeds.contains_key(&pid));
-    let active: HashSet<i32> = checked
-        .active
-        .iter()
-        .chain(exiting.keys())
-        .copied()
-        .collect();
+    let active: HashSet<i32> = active.iter().chain(exiting.keys()).copied().collect();
     seeds.retain(|&pid, waits| {
         waits.sort_unstable_by_key(|(tid, _)| *tid);
         fresh.contains(pid)
@@ -282,11 +271,8 @@ fn seed_waits(
     seeds
 }
 
-/// The recorded waits that `/proc` confirms, by (pid, tid).
+/// What verifying this scan's records found besides the verdicts themselves.
 struct Checked {
-    verified: HashMap<(i32, i32), Verified>,
-    /// The records the verdicts are on.
-    records: HashMap<(i32, i32), BlockedWait>,
     /// Processes with a wait found stuck for the first time in this scan.
     active: HashSet<i32>,
     gone_tids: Vec<u32>,
@@ -299,16 +285,15 @@ fn verify_all(
     kernel: &KernelView,
     exiting: &BTreeMap<i32, ExitState>,
     fresh: Fresh,
-    state: &mut ScanState,
+    verdicts: &mut Verdicts,
     old_enough: impl Fn(u64) -> bool,
     errors: &mut BTreeMap<&'static str, u64>,
 ) -> Checked {
     let mut checked = Checked {
-        verified: HashMap::new(),
-        records: HashMap::new(),
         active: HashSet::new(),
         gone_tids: Vec::new(),
     };
+    verdicts.begin_scan();
     let mut new = Vec::new();
     for (tid, entry) in &kernel.blocked {
         let pid = entry.tgid as i32;
@@ -320,15 +305,8 @@ fn verify_all(
         // are few, and always read. Fresh processes are read whatever was kept.
         let old = old_enough(entry.last_ns);
         let trusted = old && !fresh.contains(pid);
-        match state.verdicts.get(*tid, entry).filter(|_| trusted) {
-            Some(Some(verified)) => {
-                checked
-                    .verified
-                    .insert((pid, *tid as i32), verified.clone());
-                checked.records.insert((pid, *tid as i32), *entry);
-            }
-            Some(None) => {}
-            None => new.push((*tid, *entry, trusted, old)),
+        if !(trusted && verdicts.confirm(*tid, entry)) {
+            new.push((*tid, *entry, trusted, old));
         }
     }
     // Those that must be read go first whatever the budget, then the newest waits.
@@ -343,35 +321,25 @@ fn verify_all(
         }
         let pid = entry.tgid as i32;
         // Already known stuck (a fresh process read again): nothing new about it.
-        let known = state
-            .verdicts
-            .get(tid, &entry)
-            .is_some_and(|verdict| verdict.as_ref().is_some_and(|v| v.stuck));
+        let known = verdicts.known_stuck(tid, &entry);
         match verify(procfs, pid, tid as i32, &entry, old) {
             Ok(verdict) => {
-                if let Some(verified) = &verdict {
-                    if verified.stuck && !known {
-                        checked.active.insert(pid);
-                    }
-                    checked.verified.insert((pid, tid as i32), verified.clone());
-                    checked.records.insert((pid, tid as i32), entry);
+                if verdict.as_ref().is_some_and(|v| v.stuck) && !known {
+                    checked.active.insert(pid);
                 }
                 // What /proc says now is what later scans start from.
-                if old {
-                    state.verdicts.insert(tid, entry, verdict);
-                }
+                verdicts.insert(tid, entry, verdict, old);
             }
             Err(error) => {
                 count(errors, &error);
-                state.verdicts.forget(tid);
+                verdicts.forget(tid);
                 if error.is_gone() {
                     checked.gone_tids.push(tid);
                 }
             }
         }
     }
-    let recorded: HashSet<u32> = kernel.blocked.iter().map(|(tid, _)| *tid).collect();
-    state.verdicts.retain(&recorded);
+    verdicts.end_scan();
     checked
 }
 
@@ -381,13 +349,13 @@ fn verify_all(
 /// Each wait's stack is searched once; returns the processes found in this scan.
 fn find_exits(
     procfs: &ProcFs,
-    verified: &HashMap<(i32, i32), Verified>,
+    verdicts: &Verdicts,
     exiting: &mut BTreeMap<i32, ExitState>,
     exit_stacks: &mut ExitStacks,
 ) -> Vec<i32> {
     let mut unknown = Vec::new();
     let mut inside = Vec::new();
-    for (&(pid, tid), thread) in verified.iter().filter(|(_, v)| v.stuck) {
+    for (pid, tid, _, thread) in verdicts.current().filter(|(.., v)| v.stuck) {
         if tid != pid || exiting.contains_key(&pid) {
             continue;
         }
@@ -413,7 +381,7 @@ fn find_exits(
             ..ExitState::default()
         });
     }
-    exit_stacks.retain(|pid, tid| verified.contains_key(&(pid, tid)));
+    exit_stacks.retain(|pid, tid| verdicts.get(pid, tid).is_some());
     found.sort_unstable();
     found.dedup();
     found
@@ -466,7 +434,7 @@ struct Builder<'a> {
     /// (command line, wait channels).
     fresh: Fresh<'a>,
     exiting: &'a BTreeMap<i32, ExitState>,
-    verified: &'a HashMap<(i32, i32), Verified>,
+    verdicts: &'a Verdicts,
     describe: &'a [i32],
     processes: BTreeMap<i32, Process>,
     gone_pids: Vec<u32>,
@@ -542,7 +510,7 @@ impl Builder<'_> {
         describe: bool,
     ) -> Result<Thread, crate::procfs::Error> {
         // A verified thread's state was read moments ago; the others need theirs now.
-        if let Some(verified) = self.verified.get(&(pid, tid)) {
+        if let Some(verified) = self.verdicts.get(pid, tid) {
             return Ok(Thread {
                 tid,
                 wait: Some(verified.wait.clone()),
