@@ -39,7 +39,8 @@ pub struct HolderIndex {
 
 impl HolderIndex {
     /// Brings the index up to date: drops processes that are gone, reads those not seen
-    /// before, those in `reread`, and those whose entry aged out (all of them if `all`).
+    /// before, those in `reread`, and those whose entry aged out (all of them if `all`),
+    /// except those already read at `now_ns`, the scan's time.
     pub fn refresh(
         &mut self,
         procfs: &ProcFs,
@@ -55,9 +56,12 @@ impl HolderIndex {
         let present: HashSet<i32> = pids.iter().copied().collect();
         self.retain(|pid| present.contains(&pid));
         for pid in pids {
+            // Read in this very scan (`now_ns` is the scan's): as fresh as it gets.
             let current = self.entries.get(&pid).is_some_and(|entry| {
-                !all && !reread.contains(&pid)
-                    && now_ns.saturating_sub(entry.read_ns) < age_limit(pid, MAX_AGE_NS)
+                entry.read_ns == now_ns
+                    || (!all
+                        && !reread.contains(&pid)
+                        && now_ns.saturating_sub(entry.read_ns) < age_limit(pid, MAX_AGE_NS))
             });
             if current {
                 continue;
