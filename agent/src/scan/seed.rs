@@ -39,6 +39,7 @@ pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)
                     first_ns: since,
                     last_ns: since,
                     sleeps: 0,
+                    ..BlockedWait::default()
                 },
             ));
         }
