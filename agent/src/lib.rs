@@ -16,4 +16,5 @@ mod metrics;
 mod probes;
 mod procfs;
 mod scan;
+mod stacks;
 mod text;

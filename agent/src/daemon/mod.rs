@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub store: Mutex<crate::incidents::Store>,
     /// Exit-phase evidence from stacks, remembered across scans.
     pub exit_stacks: Mutex<ExitStacks>,
+    /// Stacks of stuck threads, remembered while their waits last.
+    pub stacks: Mutex<crate::stacks::Stacks>,
     /// Exited processes not reaped yet, whose parents scans look at.
     pub zombies: Mutex<zombies::Zombies>,
     pub metrics: Metrics,
@@ -101,6 +103,10 @@ impl Shared {
 
     pub fn exit_stacks(&self) -> MutexGuard<'_, ExitStacks> {
         self.exit_stacks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stacks(&self) -> MutexGuard<'_, crate::stacks::Stacks> {
+        self.stacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn zombies(&self) -> MutexGuard<'_, zombies::Zombies> {
@@ -161,6 +167,7 @@ async fn serve(config: Config) -> Result<()> {
         probes: Mutex::new(probes),
         store: Mutex::new(Store::starting_at(first_incident_id())),
         exit_stacks: Mutex::new(ExitStacks::default()),
+        stacks: Mutex::default(),
         zombies: Mutex::default(),
         metrics: Metrics::new().context("registering metrics")?,
         health: Health::new(config.scan_interval),

@@ -39,7 +39,7 @@ fn scan_once(shared: &Shared) {
         options.hang_after_ns,
     );
     shared.zombies().forget(&reaped);
-    let scan = collect(
+    let mut scan = collect(
         &shared.procfs,
         &view,
         clock.monotonic_ns,
@@ -58,7 +58,14 @@ fn scan_once(shared: &Shared) {
         shared.metrics.exit_phase_entered("libc_exit");
         log::debug!("pid {pid} is blocked inside exit() (found on its stack)");
     }
-    let findings = analyze(&scan.snapshot);
+    let mut findings = analyze(&scan.snapshot);
+    shared.stacks().attach(
+        &shared.procfs,
+        &view.blocked,
+        &mut scan.snapshot,
+        &mut findings,
+        |result| shared.metrics.stack_captured(result),
+    );
 
     let mut store = shared.store();
     // A zombie has exited: whatever waited on it is released, and it will not run again.

@@ -243,6 +243,7 @@ fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
                         _ => None,
                     },
                     stuck: thread.stuck,
+                    stack: thread.stack.as_deref().cloned(),
                 }
             })
             .collect(),
@@ -276,6 +277,7 @@ mod tests {
                         stuck: n % 2 == 1,
                         state: 'S',
                         wchan: String::new(),
+                        stack: None,
                     })
                     .collect();
                 let process = Process {

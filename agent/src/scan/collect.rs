@@ -293,6 +293,7 @@ impl Builder<'_> {
                 stuck: verified.stuck,
                 state: verified.state,
                 wchan: self.procfs.wchan(pid, tid).unwrap_or_default(),
+                stack: None,
             });
         }
         let stat = self.procfs.stat(pid, tid)?;

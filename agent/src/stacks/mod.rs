@@ -1,0 +1,141 @@
+//! Where stuck code is: native stacks of the stuck threads of every finding, captured
+//! once per wait and remembered while it lasts, then named in the finding's summary.
+mod capture;
+mod debug_file;
+mod model;
+mod symbolize;
+mod unwind;
+
+use std::{
+    collections::{btree_map::Entry, BTreeMap},
+    path::Path,
+    sync::Arc,
+};
+
+use exitwatch_common::BlockedWait;
+
+pub use capture::capture;
+pub use model::Stack;
+pub use unwind::Registers;
+
+use crate::{
+    graph::{summary, Finding, Snapshot},
+    procfs::{Mapping, ProcFs},
+};
+
+/// New captures per scan at most: a knot of hundreds of processes gets its stacks over
+/// a few scans instead of one scan taking seconds.
+const MAX_CAPTURES_PER_SCAN: usize = 16;
+/// Processes of a finding whose threads get stacks: as many as an incident describes.
+const MAX_PROCESSES: usize = 32;
+
+/// A thread's capture, for the wait (its first sleep) it was made in; `None` when the
+/// capture failed (the thread exited, a read timed out): not retried in the same wait.
+struct Captured {
+    first_ns: u64,
+    stack: Option<Arc<Stack>>,
+}
+
+/// Captured stacks by (pid, tid).
+#[derive(Default)]
+pub struct Stacks {
+    captured: BTreeMap<(i32, i32), Captured>,
+}
+
+impl Stacks {
+    /// Gives the stuck threads of `findings` their stacks (capturing those not captured
+    /// for their current wait yet) and rewrites the summaries that can now name code.
+    /// `blocked` is what the probes recorded (registers included); `counted` is told the
+    /// result of every capture made.
+    pub fn attach(
+        &mut self,
+        procfs: &ProcFs,
+        blocked: &[(u32, BlockedWait)],
+        snapshot: &mut Snapshot,
+        findings: &mut [Finding],
+        mut counted: impl FnMut(&'static str),
+    ) {
+        let waits: BTreeMap<i32, &BlockedWait> = blocked
+            .iter()
+            .map(|(tid, wait)| (*tid as i32, wait))
+            .collect();
+        self.captured.retain(|(_, tid), captured| {
+            waits
+                .get(tid)
+                .is_some_and(|w| w.first_ns == captured.first_ns)
+        });
+        let mut budget = MAX_CAPTURES_PER_SCAN;
+        for finding in findings.iter_mut() {
+            let mut attached = false;
+            for pid in finding.pids.iter().take(MAX_PROCESSES) {
+                let Some(process) = snapshot.processes.get_mut(pid) else {
+                    continue;
+                };
+                for thread in process.threads.iter_mut().filter(|t| t.stuck) {
+                    // Waits found in /proc at start-up have no registers.
+                    let Some(wait) = waits.get(&thread.tid).filter(|w| w.ip != 0) else {
+                        continue;
+                    };
+                    let captured = match self.captured.entry((*pid, thread.tid)) {
+                        Entry::Occupied(entry) => entry.into_mut(),
+                        Entry::Vacant(_) if budget == 0 => continue,
+                        Entry::Vacant(entry) => {
+                            budget -= 1;
+                            entry.insert(Captured {
+                                first_ns: wait.first_ns,
+                                stack: capture_counted(
+                                    procfs,
+                                    *pid,
+                                    thread.tid,
+                                    wait,
+                                    &mut counted,
+                                ),
+                            })
+                        }
+                    };
+                    thread.stack = captured.stack.clone();
+                    attached |= thread.stack.is_some();
+                }
+            }
+            if attached {
+                finding.summary = summary(snapshot, finding);
+            }
+        }
+    }
+}
+
+fn capture_counted(
+    procfs: &ProcFs,
+    pid: i32,
+    tid: i32,
+    wait: &BlockedWait,
+    counted: &mut impl FnMut(&'static str),
+) -> Option<Arc<Stack>> {
+    let regs = Registers {
+        ip: wait.ip,
+        sp: wait.sp,
+        bp: wait.bp,
+    };
+    match capture(procfs, pid, regs) {
+        Ok(stack) => {
+            counted(if stack.complete { "ok" } else { "partial" });
+            Some(Arc::new(stack))
+        }
+        Err(error) => {
+            counted(error.result());
+            log::debug!("no stack for thread {tid} of pid {pid}: {error}");
+            None
+        }
+    }
+}
+
+/// A mapping's file name for display: the last part of the name `maps` printed (the
+/// process chose it), never used to open anything.
+fn module_name(mapping: &Mapping) -> String {
+    mapping
+        .path
+        .as_deref()
+        .and_then(Path::file_name)
+        .map(|name| name.to_string_lossy().chars().take(128).collect())
+        .unwrap_or_default()
+}
