@@ -37,6 +37,10 @@ impl CaptureError {
 pub fn capture(procfs: &ProcFs, pid: i32, regs: Registers) -> Result<Stack, CaptureError> {
     let until = Instant::now() + BUDGET;
     let maps = procfs.mappings(pid)?;
+    if maps.is_empty() {
+        // A zombie: its memory is gone, and so is the thread.
+        return Err(Error::Gone { pid }.into());
+    }
     let stack = maps
         .iter()
         .find(|m| m.start <= regs.sp && regs.sp < m.end)

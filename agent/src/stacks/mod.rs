@@ -116,9 +116,15 @@ fn capture_counted(
         sp: wait.sp,
         bp: wait.bp,
     };
+    let started = std::time::Instant::now();
     match capture(procfs, pid, regs) {
         Ok(stack) => {
             counted(if stack.complete { "ok" } else { "partial" });
+            log::debug!(
+                "stack of thread {tid} of pid {pid}: {} frames in {:?}",
+                stack.frames.len(),
+                started.elapsed()
+            );
             Some(Arc::new(stack))
         }
         Err(error) => {
@@ -138,4 +144,78 @@ fn module_name(mapping: &Mapping) -> String {
         .and_then(Path::file_name)
         .map(|name| name.to_string_lossy().chars().take(128).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+    use crate::graph::{Kind, Process, Thread, Wait};
+
+    /// One stuck thread of `pid` in a finding, as the scanner would hand them over.
+    fn finding_of(pid: i32) -> (Snapshot, Vec<Finding>) {
+        let thread = Thread {
+            tid: pid,
+            wait: Some(Wait::Futex { timed: false }),
+            stuck: true,
+            state: 'S',
+            ..Thread::default()
+        };
+        let process = Process {
+            pid,
+            comm: "true".into(),
+            threads: vec![thread],
+            ..Process::default()
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.processes.insert(pid, process);
+        let finding = Finding {
+            kind: Kind::ExitBlockedOnThreads,
+            pids: vec![pid],
+            chain: Vec::new(),
+            behind: Vec::new(),
+            started_ns: 0,
+            summary: "as analysed".into(),
+        };
+        (snapshot, vec![finding])
+    }
+
+    #[test]
+    fn a_thread_that_exited_before_its_capture_is_counted_gone_once() {
+        for reaped in [true, false] {
+            let mut child = Command::new("true").spawn().expect("running true");
+            let pid = i32::try_from(child.id()).expect("a pid");
+            let procfs = ProcFs::default();
+            if reaped {
+                child.wait().expect("reaping true");
+            } else {
+                // A zombie: exited, not reaped, its pid still in /proc.
+                while procfs.stat(pid, pid).expect("the zombie's stat").state != 'Z' {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            let (mut snapshot, mut findings) = finding_of(pid);
+            let wait = BlockedWait {
+                tgid: pid as u32,
+                first_ns: 1,
+                ip: 0x40_1000,
+                sp: 0x7ffd_0000_0000,
+                ..BlockedWait::default()
+            };
+            let blocked = [(pid as u32, wait)];
+            let mut stacks = Stacks::default();
+            let mut results = Vec::new();
+            for _ in 0..2 {
+                stacks.attach(&procfs, &blocked, &mut snapshot, &mut findings, |r| {
+                    results.push(r)
+                });
+            }
+            assert_eq!(results, ["gone"], "reaped: {reaped}");
+            assert!(snapshot.processes[&pid].threads[0].stack.is_none());
+            assert_eq!(findings[0].summary, "as analysed");
+            // Reaps the zombie (a reaped child's status is remembered).
+            child.wait().expect("reaping true");
+        }
+    }
 }
