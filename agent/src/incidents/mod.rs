@@ -4,4 +4,4 @@ pub(crate) mod rfc3339;
 mod store;
 
 pub use model::{Ending, Incident, IncidentList, IncidentProcess, IncidentThread, State};
-pub(crate) use store::{Store, MAX_ACTIVE};
+pub(crate) use store::{describe, Store, MAX_ACTIVE};

@@ -199,7 +199,8 @@ fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> In
     incident
 }
 
-fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
+/// A process as incidents (and `exitwatch explain --json`) describe it.
+pub(crate) fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
     let exiting = process.exit.map_or_else(Vec::new, |exit| {
         exit_reason::names(exit.reasons).map(String::from).collect()
     });

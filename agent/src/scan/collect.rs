@@ -178,7 +178,7 @@ fn verify(
     entry: &BlockedWait,
     stuck: bool,
 ) -> Result<Option<Verified>, crate::procfs::Error> {
-    let Syscall::In { nr, args, sp } = procfs.syscall(pid, tid)? else {
+    let Syscall::In { nr, args, sp, .. } = procfs.syscall(pid, tid)? else {
         return Ok(None);
     };
     if nr != i64::from(entry.syscall) || args[..4] != entry.args {

@@ -2,7 +2,7 @@
 //! once per wait and remembered while it lasts, then named in the finding's summary.
 mod capture;
 mod debug_file;
-mod model;
+pub mod model;
 mod symbolize;
 mod unwind;
 
@@ -19,15 +19,17 @@ pub use model::Stack;
 pub use unwind::Registers;
 
 use crate::{
-    graph::{summary, Finding, Snapshot},
+    graph::{summary, Finding, Process, Snapshot, Thread},
     procfs::{Mapping, ProcFs},
 };
 
 /// New captures per scan at most: a knot of hundreds of processes gets its stacks over
 /// a few scans instead of one scan taking seconds.
 const MAX_CAPTURES_PER_SCAN: usize = 16;
-/// Processes of a finding whose threads get stacks: as many as an incident describes.
+/// Processes of a finding whose threads get stacks, and threads of the process that
+/// `explain` is asked about: as many as an incident describes.
 const MAX_PROCESSES: usize = 32;
+const MAX_THREADS: usize = 64;
 
 /// A thread's capture, for the wait (its first sleep) it was made in; `None` when the
 /// capture failed (the thread exited, a read timed out): not retried in the same wait.
@@ -55,10 +57,7 @@ impl Stacks {
         findings: &mut [Finding],
         mut counted: impl FnMut(&'static str),
     ) {
-        let waits: BTreeMap<i32, &BlockedWait> = blocked
-            .iter()
-            .map(|(tid, wait)| (*tid as i32, wait))
-            .collect();
+        let waits = by_tid(blocked);
         self.captured.retain(|(_, tid), captured| {
             waits
                 .get(tid)
@@ -68,33 +67,15 @@ impl Stacks {
         for finding in findings.iter_mut() {
             let mut attached = false;
             for pid in finding.pids.iter().take(MAX_PROCESSES) {
-                let Some(process) = snapshot.processes.get_mut(pid) else {
-                    continue;
-                };
-                for thread in process.threads.iter_mut().filter(|t| t.stuck) {
-                    // Waits found in /proc at start-up have no registers.
-                    let Some(wait) = waits.get(&thread.tid).filter(|w| w.ip != 0) else {
-                        continue;
-                    };
-                    let captured = match self.captured.entry((*pid, thread.tid)) {
-                        Entry::Occupied(entry) => entry.into_mut(),
-                        Entry::Vacant(_) if budget == 0 => continue,
-                        Entry::Vacant(entry) => {
-                            budget -= 1;
-                            entry.insert(Captured {
-                                first_ns: wait.first_ns,
-                                stack: capture_counted(
-                                    procfs,
-                                    *pid,
-                                    thread.tid,
-                                    wait,
-                                    &mut counted,
-                                ),
-                            })
-                        }
-                    };
-                    thread.stack = captured.stack.clone();
-                    attached |= thread.stack.is_some();
+                if let Some(process) = snapshot.processes.get_mut(pid) {
+                    attached |= self.give(
+                        procfs,
+                        &waits,
+                        process,
+                        |t| t.stuck,
+                        &mut budget,
+                        &mut counted,
+                    );
                 }
             }
             if attached {
@@ -102,6 +83,65 @@ impl Stacks {
             }
         }
     }
+
+    /// Gives every thread of `pid` that is in a wait its stack (as many as an incident
+    /// describes): for `exitwatch explain`, before its analysis.
+    pub fn attach_waiting(
+        &mut self,
+        procfs: &ProcFs,
+        blocked: &[(u32, BlockedWait)],
+        snapshot: &mut Snapshot,
+        pid: i32,
+    ) {
+        let waits = by_tid(blocked);
+        let mut budget = MAX_THREADS;
+        if let Some(process) = snapshot.processes.get_mut(&pid) {
+            let in_wait = |t: &Thread| t.wait.is_some();
+            self.give(procfs, &waits, process, in_wait, &mut budget, &mut |_| {});
+        }
+    }
+
+    /// Stacks for the `wanted` threads of `process`, captured while `budget` lasts;
+    /// whether any thread got one.
+    fn give(
+        &mut self,
+        procfs: &ProcFs,
+        waits: &BTreeMap<i32, &BlockedWait>,
+        process: &mut Process,
+        wanted: impl Fn(&Thread) -> bool,
+        budget: &mut usize,
+        counted: &mut impl FnMut(&'static str),
+    ) -> bool {
+        let pid = process.pid;
+        let mut attached = false;
+        for thread in process.threads.iter_mut().filter(|t| wanted(t)) {
+            // Waits found in /proc before the probes ran may lack registers.
+            let Some(wait) = waits.get(&thread.tid).filter(|w| w.ip != 0) else {
+                continue;
+            };
+            let captured = match self.captured.entry((pid, thread.tid)) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(_) if *budget == 0 => continue,
+                Entry::Vacant(entry) => {
+                    *budget -= 1;
+                    entry.insert(Captured {
+                        first_ns: wait.first_ns,
+                        stack: capture_counted(procfs, pid, thread.tid, wait, counted),
+                    })
+                }
+            };
+            thread.stack = captured.stack.clone();
+            attached |= thread.stack.is_some();
+        }
+        attached
+    }
+}
+
+fn by_tid(blocked: &[(u32, BlockedWait)]) -> BTreeMap<i32, &BlockedWait> {
+    blocked
+        .iter()
+        .map(|(tid, wait)| (*tid as i32, wait))
+        .collect()
 }
 
 fn capture_counted(
@@ -151,7 +191,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::graph::{Kind, Process, Thread, Wait};
+    use crate::graph::{Kind, Wait};
 
     /// One stuck thread of `pid` in a finding, as the scanner would hand them over.
     fn finding_of(pid: i32) -> (Snapshot, Vec<Finding>) {

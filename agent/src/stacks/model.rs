@@ -76,6 +76,18 @@ impl Frame {
     }
 }
 
+/// `join_worker at atexit_join.c:31 (atexit_join+0x1189)`: the name, where it is in the
+/// source, and where in the module.
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.name(), self.source())?;
+        match (&self.function, &self.module) {
+            (Some(_), Some(module)) => write!(f, " ({module}+{:#x})", self.offset),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Stack {
     /// The innermost frame in the program's own code.
     pub fn user_frame(&self) -> Option<&Frame> {
