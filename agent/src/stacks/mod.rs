@@ -10,6 +10,7 @@ use std::{
     collections::{btree_map::Entry, BTreeMap},
     path::Path,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use exitwatch_common::BlockedWait;
@@ -23,9 +24,11 @@ use crate::{
     procfs::{Mapping, ProcFs},
 };
 
-/// New captures per scan at most: a knot of hundreds of processes gets its stacks over
-/// a few scans instead of one scan taking seconds.
+/// New captures per scan at most, and the time they may take together: a knot of
+/// hundreds of processes gets its stacks over a few scans instead of one scan taking
+/// seconds.
 const MAX_CAPTURES_PER_SCAN: usize = 16;
+const SCAN_CAPTURE_TIME: Duration = Duration::from_millis(200);
 /// Processes of a finding whose threads get stacks, and threads of the process that
 /// `explain` is asked about: as many as an incident describes.
 const MAX_PROCESSES: usize = 32;
@@ -63,7 +66,7 @@ impl Stacks {
                 .get(tid)
                 .is_some_and(|w| w.first_ns == captured.first_ns)
         });
-        let mut budget = MAX_CAPTURES_PER_SCAN;
+        let mut budget = Budget::new(MAX_CAPTURES_PER_SCAN, SCAN_CAPTURE_TIME);
         for finding in findings.iter_mut() {
             let mut attached = false;
             for pid in finding.pids.iter().take(MAX_PROCESSES) {
@@ -94,7 +97,7 @@ impl Stacks {
         pid: i32,
     ) {
         let waits = by_tid(blocked);
-        let mut budget = MAX_THREADS;
+        let mut budget = Budget::new(MAX_THREADS, capture::BUDGET * MAX_THREADS as u32);
         if let Some(process) = snapshot.processes.get_mut(&pid) {
             let in_wait = |t: &Thread| t.wait.is_some();
             self.give(procfs, &waits, process, in_wait, &mut budget, &mut |_| {});
@@ -109,7 +112,7 @@ impl Stacks {
         waits: &BTreeMap<i32, &BlockedWait>,
         process: &mut Process,
         wanted: impl Fn(&Thread) -> bool,
-        budget: &mut usize,
+        budget: &mut Budget,
         counted: &mut impl FnMut(&'static str),
     ) -> bool {
         let pid = process.pid;
@@ -121,19 +124,40 @@ impl Stacks {
             };
             let captured = match self.captured.entry((pid, thread.tid)) {
                 Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(_) if *budget == 0 => continue,
-                Entry::Vacant(entry) => {
-                    *budget -= 1;
-                    entry.insert(Captured {
-                        first_ns: wait.first_ns,
-                        stack: capture_counted(procfs, pid, thread.tid, wait, counted),
-                    })
-                }
+                Entry::Vacant(_) if !budget.spend() => continue,
+                Entry::Vacant(entry) => entry.insert(Captured {
+                    first_ns: wait.first_ns,
+                    stack: capture_counted(procfs, pid, thread.tid, wait, counted),
+                }),
             };
             thread.stack = captured.stack.clone();
             attached |= thread.stack.is_some();
         }
         attached
+    }
+}
+
+/// Captures left, and until when new ones may start.
+struct Budget {
+    captures: usize,
+    until: Instant,
+}
+
+impl Budget {
+    fn new(captures: usize, time: Duration) -> Self {
+        Self {
+            captures,
+            until: Instant::now() + time,
+        }
+    }
+
+    /// Takes one capture, if any is left.
+    fn spend(&mut self) -> bool {
+        let left = self.captures > 0 && Instant::now() < self.until;
+        if left {
+            self.captures -= 1;
+        }
+        left
     }
 }
 
@@ -156,7 +180,7 @@ fn capture_counted(
         sp: wait.sp,
         bp: wait.bp,
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     match capture(procfs, pid, regs) {
         Ok(stack) => {
             counted(if stack.complete { "ok" } else { "partial" });
