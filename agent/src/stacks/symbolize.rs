@@ -56,8 +56,13 @@ pub fn frames(
                 return frame;
             };
             frame.offset = lookup.wrapping_sub(loaded.bias);
-            let symbols = loaded.debug.as_ref().unwrap_or(&loaded.file);
-            let symbol = lookup_in(&symbolizer, root, symbols, false, frame.offset);
+            let symbols = match (&loaded.debug, loaded.symbols) {
+                (Some(debug), _) => Some(debug),
+                (None, true) => Some(&loaded.file),
+                (None, false) => None,
+            };
+            let symbol =
+                symbols.and_then(|file| lookup_in(&symbolizer, root, file, false, frame.offset));
             frame.function = symbol.map(|symbol| cut(&symbol.name));
             // Line tables only where the user's code is: a runtime library's DWARF is
             // large, and its lines are not what anyone fixes.

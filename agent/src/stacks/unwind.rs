@@ -20,6 +20,10 @@ use crate::{
 pub const MAX_FRAMES: usize = 64;
 /// Unwind tables of the largest real libraries are a few MiB.
 const MAX_UNWIND_BYTES: u64 = 16 << 20;
+/// blazesym holds a module's symbols, and the DWARF units it reads, in memory: a file
+/// whose tables are larger than this (any user can map one) gets no names, or no lines.
+const MAX_SYMBOL_BYTES: u64 = 16 << 20;
+const MAX_DWARF_BYTES: u64 = 32 << 20;
 
 /// User registers where the thread entered its wait.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,8 +52,11 @@ pub struct Loaded {
     pub file: File,
     /// Added to an address the file states to get the address in the process.
     pub bias: u64,
+    /// The file's symbol tables are small enough to be read.
+    pub symbols: bool,
     /// The file's DWARF may be read: it names no other file to read it from (a debug
-    /// link's name is the file author's choice, and would be opened by path).
+    /// link's name is the file author's choice, and would be opened by path), and it
+    /// is small enough.
     pub dwarf: bool,
     /// Root's separate debug file for it, if one is installed.
     pub debug: Option<File>,
@@ -161,9 +168,7 @@ fn load(root: &Path, pid: i32, mapping: &Mapping) -> Option<(Module<Vec<u8>>, Lo
         eh_frame,
         ..ExplicitModuleSectionInfo::default()
     };
-    let dwarf = ![".gnu_debuglink", ".gnu_debugaltlink", ".debug_sup"]
-        .iter()
-        .any(|name| elf.has_section(name));
+    let (symbols, dwarf) = readable(&elf);
     let debug = debug_file::open(&elf);
     let name = super::module_name(mapping);
     let module = Module::new(name, mapping.start..mapping.end, bias, info);
@@ -172,8 +177,57 @@ fn load(root: &Path, pid: i32, mapping: &Mapping) -> Option<(Module<Vec<u8>>, Lo
         Loaded {
             file,
             bias,
+            symbols,
             dwarf,
             debug,
         },
     ))
+}
+
+/// Whether blazesym may read `elf`'s symbol tables, and its DWARF.
+fn readable(elf: &Elf) -> (bool, bool) {
+    let size = |names: &[&str]| -> u64 {
+        names
+            .iter()
+            .filter_map(|name| elf.section_range(name))
+            .map(|range| range.end.saturating_sub(range.start))
+            .fold(0, u64::saturating_add)
+    };
+    let symbols = size(&[".symtab", ".strtab", ".dynsym", ".dynstr"]) <= MAX_SYMBOL_BYTES;
+    let links = [".gnu_debuglink", ".gnu_debugaltlink", ".debug_sup"];
+    let dwarf_sections = [
+        ".debug_info",
+        ".debug_line",
+        ".debug_abbrev",
+        ".debug_str",
+        ".debug_ranges",
+        ".debug_rnglists",
+    ];
+    let dwarf = symbols
+        && !links.iter().any(|name| elf.has_section(name))
+        && size(&dwarf_sections) <= MAX_DWARF_BYTES;
+    (symbols, dwarf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::ProcFs;
+
+    #[test]
+    fn a_library_with_a_debug_link_gets_names_but_no_dwarf() {
+        let pid = i32::try_from(std::process::id()).expect("a pid");
+        let maps = ProcFs::default().mappings(pid).expect("own maps");
+        let libc = maps
+            .iter()
+            .find(|m| m.offset == 0 && super::super::module_name(m).starts_with("libc.so"))
+            .expect("this test binary maps libc");
+        let (file, _) = open_mapping(Path::new("/proc"), pid, libc).expect("opening libc");
+        let elf = Elf::parse(&file).expect("libc is ELF");
+        assert!(
+            elf.has_section(".gnu_debuglink"),
+            "Debian's libc links its debug file"
+        );
+        assert_eq!(readable(&elf), (true, false));
+    }
 }
