@@ -120,8 +120,8 @@ pub struct BlockedWait {
     pub last_ns: u64,
     pub sleeps: u64,
     /// User `rip`, `rsp` and `rbp` when the wait was published (not refreshed by later
-    /// sleeps in it): where an unwinder starts. 0 when unknown (waits found in `/proc`
-    /// at start-up).
+    /// sleeps in it): where an unwinder starts. Waits the agent found in `/proc` at
+    /// start-up have `rip` and `rsp` from there, and `rbp` 0 (not shown there).
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
