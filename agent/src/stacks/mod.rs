@@ -33,6 +33,9 @@ const SCAN_CAPTURE_TIME: Duration = Duration::from_millis(200);
 /// `explain` is asked about: as many as an incident describes.
 const MAX_PROCESSES: usize = 32;
 const MAX_THREADS: usize = 64;
+/// Stacks one finding carries, so an open incident stays small (each is up to 64
+/// frames) whatever the knot: the first stuck threads of its first processes.
+const MAX_STACKS_PER_FINDING: usize = 16;
 
 /// A thread's capture, for the wait (its first sleep) it was made in; `None` when the
 /// capture failed (the thread exited, a read timed out): not retried in the same wait.
@@ -69,13 +72,19 @@ impl Stacks {
         let mut budget = Budget::new(MAX_CAPTURES_PER_SCAN, SCAN_CAPTURE_TIME);
         for finding in findings.iter_mut() {
             let mut attached = false;
+            let mut left = MAX_STACKS_PER_FINDING;
+            let mut wanted = |thread: &Thread| {
+                let take = thread.stuck && left > 0;
+                left -= usize::from(take);
+                take
+            };
             for pid in finding.pids.iter().take(MAX_PROCESSES) {
                 if let Some(process) = snapshot.processes.get_mut(pid) {
                     attached |= self.give(
                         procfs,
                         &waits,
                         process,
-                        |t| t.stuck,
+                        &mut wanted,
                         &mut budget,
                         &mut counted,
                     );
@@ -111,7 +120,7 @@ impl Stacks {
         procfs: &ProcFs,
         waits: &BTreeMap<i32, &BlockedWait>,
         process: &mut Process,
-        wanted: impl Fn(&Thread) -> bool,
+        mut wanted: impl FnMut(&Thread) -> bool,
         budget: &mut Budget,
         counted: &mut impl FnMut(&'static str),
     ) -> bool {
@@ -217,10 +226,11 @@ mod tests {
     use super::*;
     use crate::graph::{Kind, Wait};
 
-    /// One stuck thread of `pid` in a finding, as the scanner would hand them over.
-    fn finding_of(pid: i32) -> (Snapshot, Vec<Finding>) {
-        let thread = Thread {
-            tid: pid,
+    /// `threads` stuck threads of `pid` (tids from `pid` up) in a finding, as the scanner
+    /// would hand them over.
+    fn finding_of(pid: i32, threads: i32) -> (Snapshot, Vec<Finding>) {
+        let thread = |tid| Thread {
+            tid,
             wait: Some(Wait::Futex { timed: false }),
             stuck: true,
             state: 'S',
@@ -229,7 +239,7 @@ mod tests {
         let process = Process {
             pid,
             comm: "true".into(),
-            threads: vec![thread],
+            threads: (pid..pid + threads).map(thread).collect(),
             ..Process::default()
         };
         let mut snapshot = Snapshot::default();
@@ -243,6 +253,40 @@ mod tests {
             summary: "as analysed".into(),
         };
         (snapshot, vec![finding])
+    }
+
+    /// A wait the probe published, with registers.
+    fn waiting(pid: i32) -> BlockedWait {
+        BlockedWait {
+            tgid: pid as u32,
+            first_ns: 1,
+            ip: 0x40_1000,
+            sp: 0x7ffd_0000_0000,
+            ..BlockedWait::default()
+        }
+    }
+
+    #[test]
+    fn a_finding_gets_a_bounded_number_of_stacks_over_scans() {
+        // No process has this pid (above pid_max): every capture is a quick "gone".
+        let pid = 1 << 22;
+        let (mut snapshot, mut findings) = finding_of(pid, 40);
+        let blocked: Vec<(u32, BlockedWait)> = (pid..pid + 40)
+            .map(|tid| (tid as u32, waiting(pid)))
+            .collect();
+        let mut stacks = Stacks::default();
+        let mut results = Vec::new();
+        for _ in 0..3 {
+            stacks.attach(
+                &ProcFs::default(),
+                &blocked,
+                &mut snapshot,
+                &mut findings,
+                |r| results.push(r),
+            );
+        }
+        assert_eq!(results.len(), MAX_STACKS_PER_FINDING);
+        assert!(results.iter().all(|r| *r == "gone"), "{results:?}");
     }
 
     #[test]
@@ -259,15 +303,8 @@ mod tests {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
             }
-            let (mut snapshot, mut findings) = finding_of(pid);
-            let wait = BlockedWait {
-                tgid: pid as u32,
-                first_ns: 1,
-                ip: 0x40_1000,
-                sp: 0x7ffd_0000_0000,
-                ..BlockedWait::default()
-            };
-            let blocked = [(pid as u32, wait)];
+            let (mut snapshot, mut findings) = finding_of(pid, 1);
+            let blocked = [(pid as u32, waiting(pid))];
             let mut stacks = Stacks::default();
             let mut results = Vec::new();
             for _ in 0..2 {
