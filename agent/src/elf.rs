@@ -1,15 +1,18 @@
 //! Symbol lookup in ELF files that anyone may have written: only the header, the section
 //! and program headers, and the first symbol table of each kind (dynamic, then full) with
-//! its strings are read, each with a size cap, by `pread` on an already opened file; anything inconsistent is an error. Memory
+//! its strings (and, for unwinding, named sections) are read, each with a size cap, by
+//! `pread` on an already opened file; anything inconsistent is an error. Memory
 //! stays bounded whatever the file claims (a general ELF library sizes its reads by what
 //! the file says).
-use std::{fs::File, io, os::unix::fs::FileExt};
+use std::{fs::File, io, ops::Range, os::unix::fs::FileExt};
 
 /// Real files have a few dozen sections and a dozen segments.
 const MAX_SECTIONS: usize = 1024;
 const MAX_SEGMENTS: usize = 256;
 /// A symbol table's strings are read whole: a few hundred KiB for the largest libraries.
 const MAX_STRINGS: u64 = 4 << 20;
+/// Section names: a few hundred bytes in real files.
+const MAX_SECTION_NAMES: u64 = 64 << 10;
 /// Symbols are streamed in chunks, so this bounds time, not memory.
 const MAX_SYMBOL_BYTES: u64 = 64 << 20;
 const CHUNK_SYMBOLS: usize = 2048;
@@ -21,6 +24,7 @@ const SYMBOL_BYTES: usize = 24;
 
 const SHT_SYMTAB: u32 = 2;
 const SHT_STRTAB: u32 = 3;
+const SHT_NOBITS: u32 = 8;
 const SHT_DYNSYM: u32 = 11;
 const PT_LOAD: u32 = 1;
 const STT_FUNC: u8 = 2;
@@ -52,7 +56,9 @@ pub struct Symbol {
 
 #[derive(Debug)]
 struct Section {
+    name: u32,
     kind: u32,
+    address: u64,
     offset: u64,
     size: u64,
     link: u32,
@@ -73,6 +79,9 @@ pub struct Elf<'a> {
     len: u64,
     sections: Vec<Section>,
     segments: Vec<Segment>,
+    /// The section name table; empty when the file has none that fits the cap (then
+    /// no section is found by name).
+    names: Vec<u8>,
 }
 
 impl<'a> Elf<'a> {
@@ -96,6 +105,7 @@ impl<'a> Elf<'a> {
             len,
             sections: Vec::new(),
             segments: Vec::new(),
+            names: Vec::new(),
         };
         let sections = elf.table(
             u64_at(&header, 40),
@@ -117,7 +127,9 @@ impl<'a> Elf<'a> {
             sections: sections
                 .chunks_exact(SECTION_BYTES)
                 .map(|s| Section {
+                    name: u32_at(s, 0),
                     kind: u32_at(s, 4),
+                    address: u64_at(s, 16),
                     offset: u64_at(s, 24),
                     size: u64_at(s, 32),
                     link: u32_at(s, 40),
@@ -134,7 +146,47 @@ impl<'a> Elf<'a> {
                 })
                 .collect(),
             ..elf
-        })
+        }
+        .with_section_names(usize::from(u16_at(&header, 62))))
+    }
+
+    fn with_section_names(mut self, index: usize) -> Self {
+        let table = self
+            .sections
+            .get(index)
+            .filter(|s| s.kind == SHT_STRTAB && s.size <= MAX_SECTION_NAMES);
+        if let Some(names) = table.and_then(|s| self.read(s.offset, s.size as usize).ok()) {
+            self.names = names;
+        }
+        self
+    }
+
+    fn section(&self, name: &str) -> Option<&Section> {
+        self.sections
+            .iter()
+            .find(|s| name_is(&self.names, s.name, name.as_bytes()))
+    }
+
+    /// The address range section `name` states (as linked, before relocation).
+    pub fn section_range(&self, name: &str) -> Option<Range<u64>> {
+        let section = self.section(name)?;
+        Some(section.address..section.address.checked_add(section.size)?)
+    }
+
+    /// The contents of section `name`, if it has any in the file and they are at most
+    /// `max` bytes.
+    pub fn section_data(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, ElfError> {
+        let Some(section) = self.section(name).filter(|s| s.kind != SHT_NOBITS) else {
+            return Ok(None);
+        };
+        if section.size > max {
+            return Err(ElfError::TooBig("section"));
+        }
+        self.read(section.offset, section.size as usize).map(Some)
+    }
+
+    pub fn has_section(&self, name: &str) -> bool {
+        self.section(name).is_some()
     }
 
     /// The defined function `name`, from the dynamic symbols, else the full symbol table.
@@ -158,6 +210,15 @@ impl<'a> Elf<'a> {
         self.loads().find_map(|segment| {
             let within = address.checked_sub(segment.address)?;
             (within < segment.file_size).then(|| segment.offset.checked_add(within))?
+        })
+    }
+
+    /// The virtual address the byte at file `offset` is loaded at (the inverse of
+    /// [`Elf::file_offset`]).
+    pub fn address_of(&self, offset: u64) -> Option<u64> {
+        self.loads().find_map(|segment| {
+            let within = offset.checked_sub(segment.offset)?;
+            (within < segment.file_size).then(|| segment.address.checked_add(within))?
         })
     }
 
@@ -273,7 +334,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    use object::{Object, ObjectSymbol};
+    use object::{Object, ObjectSection, ObjectSymbol};
 
     use crate::procfs::{open_mapping, ProcFs};
 
@@ -317,7 +378,24 @@ mod tests {
             .expect("exit is in a loaded segment");
         assert!(offset < data.len() as u64);
         assert_eq!(elf.load_base(), Some(0));
+        assert_eq!(elf.address_of(offset), Some(exit.address));
         assert_eq!(elf.function("no_such_function_exitwatch").unwrap(), None);
+        let eh_frame = reference
+            .section_by_name(".eh_frame")
+            .expect("libc has unwind tables");
+        assert_eq!(
+            elf.section_range(".eh_frame"),
+            Some(eh_frame.address()..eh_frame.address() + eh_frame.size())
+        );
+        assert_eq!(
+            elf.section_data(".eh_frame", 64 << 20).unwrap().as_deref(),
+            Some(eh_frame.data().unwrap())
+        );
+        assert!(matches!(
+            elf.section_data(".eh_frame", 16),
+            Err(ElfError::TooBig(_))
+        ));
+        assert!(!elf.has_section(".no_such_section"));
     }
 
     #[test]

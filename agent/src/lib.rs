@@ -16,5 +16,6 @@ mod metrics;
 mod probes;
 mod procfs;
 mod scan;
+mod stacks;
 mod text;
 mod workload;

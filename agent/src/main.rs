@@ -31,6 +31,9 @@ enum Command {
         /// Waits shorter than this are not considered stuck.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         hang_after: Duration,
+        /// Print the process (its threads, waits and stacks) and findings as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -50,7 +53,11 @@ fn main() -> ExitCode {
             daemon::run(config)
         }
         Command::Incidents(options) => commands::incidents::print(&options),
-        Command::Explain { pid, hang_after } => commands::explain::print(pid, hang_after),
+        Command::Explain {
+            pid,
+            hang_after,
+            json,
+        } => commands::explain::print(pid, hang_after, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

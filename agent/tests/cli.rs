@@ -4,7 +4,7 @@ mod common;
 
 use std::{path::Path, process::Output, time::Duration};
 
-use common::{as_nobody, exitwatch, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
+use common::{as_nobody, compile, exitwatch, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
 use exitwatch::{graph::Kind, incidents::IncidentList};
 
 fn stderr(output: &Output) -> String {
@@ -226,4 +226,40 @@ fn explain_finds_a_c_program_stuck_inside_exit() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("exit_blocked_on_threads"), "{text}");
     assert!(text.contains("libc_exit"), "{text}");
+    // The stacks, innermost frame first: the handler under exit().
+    let handler = text
+        .find(" join_worker ")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(text[handler..].contains(" exit "), "{text}");
+}
+
+#[test]
+fn explain_json_gives_each_waiting_thread_its_stack() {
+    require_root();
+    let binary = compile("atexit_join.c", "-g", &["cc", "-O1", "-g", "-pthread"]);
+    let subject = Subject::spawn("atexit_join.c", std::process::Command::new(binary));
+    let pid = subject.pid("pid");
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = exitwatch(&["explain", &pid.to_string(), "--hang-after", "1s", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    let threads = json["process"]["threads"].as_array().expect("threads");
+    assert_eq!(threads.len(), 2, "{json:#}");
+    let handler = threads
+        .iter()
+        .flat_map(|t| t["stack"]["frames"].as_array().into_iter().flatten())
+        .find(|f| f["function"] == "join_worker")
+        .unwrap_or_else(|| panic!("no join_worker frame: {json:#}"));
+    assert_eq!(handler["file"], "atexit_join.c", "{handler:#}");
+    assert_eq!(handler["kind"], "native", "{handler:#}");
+    assert_eq!(
+        json["findings"][0]["kind"], "exit_blocked_on_threads",
+        "{json:#}"
+    );
+    let summary = json["findings"][0]["summary"].as_str().expect("a summary");
+    assert!(
+        summary.contains(&format!("(pid {pid}) in `join_worker` at atexit_join.c:")),
+        "{summary}"
+    );
 }

@@ -119,6 +119,12 @@ pub struct BlockedWait {
     /// `bpf_ktime_get_ns()` of the latest sleep in this syscall.
     pub last_ns: u64,
     pub sleeps: u64,
+    /// User `rip`, `rsp` and `rbp` when the wait was published (not refreshed by later
+    /// sleeps in it): where an unwinder starts. Waits the agent found in `/proc` at
+    /// start-up have `rip` and `rsp` from there, and `rbp` 0 (not shown there).
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
 }
 
 /// Why a process is considered to be exiting (bit flags in [`ExitState::reasons`]).

@@ -108,6 +108,15 @@ fn record_sleep(now: u64) -> Result<(), i32> {
             return Ok(());
         }
     }
+    // Only a new wait pays for these three loads: the agent unwinds the stack from them.
+    // SAFETY: as for `orig_rax` above.
+    let (ip, sp, bp) = unsafe {
+        (
+            read_volatile(addr_of!((*regs).rip)),
+            read_volatile(addr_of!((*regs).rsp)),
+            read_volatile(addr_of!((*regs).rbp)),
+        )
+    };
     let entry = BlockedWait {
         tgid,
         syscall,
@@ -115,6 +124,9 @@ fn record_sleep(now: u64) -> Result<(), i32> {
         first_ns: now,
         last_ns: now,
         sleeps: 1,
+        ip,
+        sp,
+        bp,
     };
     if BLOCKED.insert(tid, entry, 0).is_err() {
         bump(counter::BLOCKED_FULL);

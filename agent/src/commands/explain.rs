@@ -3,15 +3,34 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use serde::Serialize;
+
 use crate::{
     clock::monotonic_ns,
-    graph::{analyze, Process, Snapshot},
+    graph::{analyze, Kind, Process, Snapshot},
+    incidents::{describe as describe_process, IncidentProcess},
     procfs::ProcFs,
     scan::{blocked_from_proc, collect, Fresh, KernelView, Options, ScanState},
+    stacks::Stacks,
     text::printable,
 };
 
-pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
+/// What `--json` prints: the process as an incident describes it (stacks included), and
+/// the findings it is part of.
+#[derive(Serialize)]
+struct Explanation {
+    process: IncidentProcess,
+    findings: Vec<FindingJson>,
+}
+
+#[derive(Serialize)]
+struct FindingJson {
+    kind: Kind,
+    pids: Vec<i32>,
+    summary: String,
+}
+
+pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
     let procfs = ProcFs::default();
     procfs
         .stat(pid, pid)
@@ -21,7 +40,7 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
         blocked: blocked_from_proc(&procfs, now),
         exiting: Vec::new(),
     };
-    let scan = collect(
+    let mut scan = collect(
         &procfs,
         &kernel,
         now,
@@ -33,7 +52,11 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
         Fresh::All,
         &mut ScanState::default(),
     );
-    let Some(process) = scan.snapshot.processes.get(&pid) else {
+    // Registers from /proc: no frame pointer, so some stacks stop early (`complete`
+    // false); the running agent has the probe's.
+    let mut stacks = Stacks::default();
+    stacks.attach_waiting(&procfs, &kernel.blocked, &mut scan.snapshot, pid);
+    if !scan.snapshot.processes.contains_key(&pid) {
         match scan.unreadable.get(&pid) {
             Some(error) if error.is_permission() => bail!(
                 "cannot inspect pid {pid}: {error} (reading another user's threads needs root \
@@ -42,12 +65,41 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
             Some(error) if !error.is_gone() => bail!("cannot inspect pid {pid}: {error}"),
             _ => bail!("pid {pid} exited while being inspected"),
         }
-    };
-    print!("{}", describe(&scan.snapshot, process));
-    let findings: Vec<_> = analyze(&scan.snapshot)
+    }
+    let mut findings: Vec<_> = analyze(&scan.snapshot)
         .into_iter()
         .filter(|f| f.pids.contains(&pid) || f.behind.contains(&pid))
         .collect();
+    // The other processes of its findings (a deadlocked child).
+    stacks.attach(
+        &procfs,
+        &kernel.blocked,
+        &mut scan.snapshot,
+        &mut findings,
+        |_| {},
+    );
+    // Capturing stacks takes nothing out of the snapshot.
+    let process = scan
+        .snapshot
+        .processes
+        .get(&pid)
+        .with_context(|| format!("pid {pid} left the snapshot"))?;
+    if json {
+        let explanation = Explanation {
+            process: describe_process(&scan.snapshot, process),
+            findings: findings
+                .into_iter()
+                .map(|f| FindingJson {
+                    kind: f.kind,
+                    pids: f.pids,
+                    summary: f.summary,
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+        return Ok(());
+    }
+    print!("{}", describe(&scan.snapshot, process));
     if findings.is_empty() {
         println!(
             "\nNo deadlock or exit hang found. `explain` reads /proc only: it sees C programs \
@@ -87,6 +139,17 @@ fn describe(snapshot: &Snapshot, process: &Process) -> String {
             format!(" [{}]", thread.wchan)
         };
         out.push_str(&format!("  tid {}: {what}{wchan}\n", thread.tid));
+        if let Some(stack) = &thread.stack {
+            for (depth, frame) in stack.frames.iter().enumerate() {
+                out.push_str(&format!(
+                    "      #{depth:<2} {}\n",
+                    printable(&frame.to_string())
+                ));
+            }
+            if !stack.complete {
+                out.push_str("      (cut: the rest could not be unwound)\n");
+            }
+        }
     }
     out
 }

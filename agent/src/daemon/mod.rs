@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     /// Processes that exec'd or exited since the last scan (from the event loop, which
     /// must not wait for a scan to finish).
     pub lifecycle: Mutex<Lifecycle>,
+    /// Stacks of stuck threads, remembered while their waits last.
+    pub stacks: Mutex<crate::stacks::Stacks>,
     /// Exited processes not reaped yet, whose parents scans look at.
     pub zombies: Mutex<zombies::Zombies>,
     pub metrics: Metrics,
@@ -146,6 +148,10 @@ impl Shared {
 
     pub fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stacks(&self) -> MutexGuard<'_, crate::stacks::Stacks> {
+        self.stacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn zombies(&self) -> MutexGuard<'_, zombies::Zombies> {
@@ -224,6 +230,7 @@ async fn serve(config: Config) -> Result<()> {
         store: Mutex::new(Store::starting_at(first_incident_id()).with_workloads(workloads)),
         scan_state: Mutex::default(),
         lifecycle: Mutex::default(),
+        stacks: Mutex::default(),
         zombies: Mutex::default(),
         metrics,
         health: Health::new(config.scan_interval),

@@ -61,7 +61,7 @@ fn scan_once(shared: &Shared) {
         .copied()
         .collect();
     let mut passes = 0;
-    let (scan, mut analysis) = loop {
+    let (mut scan, mut analysis) = loop {
         passes += 1;
         let scan = collect(
             &shared.procfs,
@@ -105,7 +105,14 @@ fn scan_once(shared: &Shared) {
         shared.metrics.exit_phase_entered("libc_exit");
         log::debug!("pid {pid} is blocked inside exit() (found on its stack)");
     }
-    let findings = analysis.findings;
+    let mut findings = analysis.findings;
+    shared.stacks().attach(
+        &shared.procfs,
+        &view.blocked,
+        &mut scan.snapshot,
+        &mut findings,
+        |result| shared.metrics.stack_captured(result),
+    );
 
     let mut store = shared.store();
     // A zombie has exited: whatever waited on it is released, and it will not run again.

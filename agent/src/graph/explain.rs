@@ -6,6 +6,7 @@ use super::{
     model::{ChildTarget, Pid, Snapshot, Wait},
     orphan::exited_children,
 };
+use crate::stacks::Stack;
 
 /// A sentence stays readable, and its size linear in the processes involved, however
 /// big the knot: this many clauses, and this many processes named in a list.
@@ -122,12 +123,44 @@ fn exit_blocked_on_threads(snapshot: &Snapshot, finding: &Finding, clauses: &str
     };
     format!(
         "Exit blocked on threads: {} has been exiting for {age:.0} s ({}) but cannot finish: \
-         {clauses}.{spawns} Fix: make background threads daemon=True, cancel() timers and \
-         stop workers (executor.shutdown(cancel_futures=True)) before exit, or do not join \
-         threads that never return in atexit handlers.",
+         {clauses}.{spawns} Fix: {}",
         who(snapshot, pid),
         reasons(exit.reasons),
+        exit_fix(snapshot, pid, exit.reasons),
     )
+}
+
+/// Advice in the program's own language: an interpreter's exit, or C/C++ code blocked
+/// inside `exit()` (found on a stack: an `atexit` handler or a static destructor).
+fn exit_fix(snapshot: &Snapshot, pid: Pid, reasons: u32) -> String {
+    let native_exit =
+        reasons & exit_reason::LIBC_EXIT != 0 && reasons & exit_reason::PY_FINALIZE == 0;
+    if !native_exit {
+        return "make background threads daemon=True, cancel() timers and stop workers \
+                (executor.shutdown(cancel_futures=True)) before exit, or do not join threads \
+                that never return in atexit handlers."
+            .to_string();
+    }
+    let destructor = snapshot
+        .processes
+        .get(&pid)
+        .into_iter()
+        .flat_map(|process| &process.threads)
+        .filter_map(|thread| thread.stack.as_deref()?.under_exit()?)
+        .next();
+    match destructor {
+        Some(frame) => format!(
+            "the static destructor `{}` waits for a thread during exit(): stop and join \
+             that thread before main returns (or exit() is called), make it return when \
+             asked, or do not keep the thread in an object with static storage duration.",
+            frame.name()
+        ),
+        None => "an atexit handler (or static destructor) waits for a thread that never \
+                 returns: tell the thread to stop and join it before calling exit() or \
+                 returning from main, do not join threads that may block in atexit handlers, \
+                 or end with _exit()/quick_exit() when nothing must be flushed."
+            .to_string(),
+    }
 }
 
 fn clause(snapshot: &Snapshot, link: &Link) -> String {
@@ -136,6 +169,10 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
     } else {
         format!("thread {} of {}", link.tid, who(snapshot, link.pid))
     };
+    let code = stack_of(snapshot, link.pid, link.tid)
+        .and_then(Stack::user_frame)
+        .map(|frame| format!(" in `{}`{}", frame.name(), frame.source()))
+        .unwrap_or_default();
     // Only a stuck thread's sleep is timed: others re-block as they go.
     let blocked = snapshot
         .processes
@@ -168,7 +205,11 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         ),
         Wait::Futex { .. } | Wait::Other { .. } => format!("is {}", link.wait),
     };
-    format!("{thread}{blocked} {what}")
+    format!("{thread}{code}{blocked} {what}")
+}
+
+fn stack_of(snapshot: &Snapshot, pid: Pid, tid: Pid) -> Option<&Stack> {
+    snapshot.processes.get(&pid)?.thread(tid)?.stack.as_deref()
 }
 
 fn pipe_fix(chain: &[Link]) -> &'static str {

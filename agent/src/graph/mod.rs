@@ -8,6 +8,7 @@ mod orphan;
 
 pub use analyze::Kind;
 pub(crate) use analyze::{analysis, analyze, Finding};
+pub(crate) use explain::summary;
 pub(crate) use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};
 
 #[cfg(test)]

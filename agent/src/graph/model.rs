@@ -116,6 +116,8 @@ pub struct Thread {
     pub state: char,
     /// Kernel wait channel, a hint for threads in waits exitwatch does not model.
     pub wchan: String,
+    /// Where its code is stuck, once captured (stuck threads of findings only).
+    pub stack: Option<std::sync::Arc<crate::stacks::Stack>>,
 }
 
 /// A process's exit phase as the kernel probes saw it.

@@ -15,6 +15,7 @@ fn stuck(tid: i32, wait: Wait) -> Thread {
         stuck: true,
         state: 'S',
         wchan: String::new(),
+        stack: None,
     }
 }
 

@@ -5,6 +5,7 @@ use crate::{
     clock::Clock,
     daemon::Config,
     incidents::{rfc3339, Incident, State},
+    stacks::Stack,
 };
 
 pub fn render(incidents: &[Incident], config: &Config, host: &str) -> String {
@@ -67,8 +68,11 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
                     .filter(|t| t.wait != "running")
                     .map(|t| {
                         format!(
-                            "<br><small>tid {} · {} · {:.0} s</small>",
-                            t.tid, t.wait, t.blocked_seconds
+                            "<br><small>tid {} · {} · {:.0} s</small>{}",
+                            t.tid,
+                            t.wait,
+                            t.blocked_seconds,
+                            t.stack.as_ref().map(stack_details).unwrap_or_default()
                         )
                     })
                     .collect();
@@ -133,6 +137,21 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
     html.push_str("</table>");
 }
 
+/// A stack, collapsed: one line per frame, innermost first.
+fn stack_details(stack: &Stack) -> String {
+    let frames: Vec<String> = stack
+        .frames
+        .iter()
+        .map(|frame| escape(&frame.to_string()))
+        .collect();
+    format!(
+        "<details><summary><small>stack ({} frames{})</small></summary><pre>{}</pre></details>",
+        frames.len(),
+        if stack.complete { "" } else { ", cut" },
+        frames.join("\n")
+    )
+}
+
 /// "… and N more things", for the parts of an incident it does not describe.
 fn more(count: usize, thing: &str) -> Option<String> {
     let plural = match (count, thing.ends_with('s')) {
@@ -152,7 +171,29 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::more;
+    use super::{more, stack_details, Stack};
+
+    #[test]
+    fn stacks_are_collapsed_and_their_names_escaped() {
+        use crate::stacks::model::{Frame, FrameKind};
+        let frame = |function: &str| Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: Some("prog.c".into()),
+            line: Some(12),
+            module: Some("prog".into()),
+            offset: 0x1189,
+        };
+        let stack = Stack {
+            frames: vec![frame("<script>alert(1)</script>"), frame("main")],
+            complete: false,
+        };
+        let html = stack_details(&stack);
+        assert!(html.starts_with("<details><summary>"), "{html}");
+        assert!(html.contains("stack (2 frames, cut)"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; at prog.c:12 (prog+0x1189)\nmain at prog.c:12"), "{html}");
+        assert!(!html.contains("<script>"), "{html}");
+    }
 
     #[test]
     fn omitted_parts_are_counted_in_words() {

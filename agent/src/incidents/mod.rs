@@ -6,5 +6,5 @@ mod stream;
 
 pub use crate::workload::Workload;
 pub use model::{Ending, Incident, IncidentList, IncidentProcess, IncidentThread, State};
-pub(crate) use store::{Store, MAX_ACTIVE};
+pub(crate) use store::{describe, Store, MAX_ACTIVE};
 pub(crate) use stream::{EventCounters, EventStream};

@@ -126,4 +126,7 @@ pub struct IncidentThread {
     pub timed: Option<bool>,
     /// Blocked past the threshold with no progress.
     pub stuck: bool,
+    /// Where a stuck thread's code is, innermost frame first, when it could be captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<crate::stacks::Stack>,
 }

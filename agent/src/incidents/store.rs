@@ -294,7 +294,8 @@ fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> In
     incident
 }
 
-fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
+/// A process as incidents (and `exitwatch explain --json`) describe it.
+pub(crate) fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
     let exiting = process.exit.map_or_else(Vec::new, |exit| {
         exit_reason::names(exit.reasons).map(String::from).collect()
     });
@@ -339,6 +340,7 @@ fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
                         _ => None,
                     },
                     stuck: thread.stuck,
+                    stack: thread.stack.as_deref().cloned(),
                 }
             })
             .collect(),
@@ -372,6 +374,7 @@ mod tests {
                         stuck: n % 2 == 1,
                         state: 'S',
                         wchan: String::new(),
+                        stack: None,
                     })
                     .collect();
                 let process = Process {

@@ -43,6 +43,9 @@ const SCAN_ERROR_REASONS: [&str; 6] = [
     "scan_failed",
 ];
 
+/// Results of `exitwatch_stack_captures_total`.
+const STACK_CAPTURE_RESULTS: [&str; 5] = ["ok", "partial", "gone", "timeout", "error"];
+
 /// The active-incident info series carries pids, so its cardinality is capped.
 const MAX_INFO_SERIES: usize = 50;
 
@@ -63,6 +66,7 @@ pub struct Metrics {
     bpf_runs: IntCounterVec,
     scan_duration: Histogram,
     scan_errors: IntCounterVec,
+    stack_captures: IntCounterVec,
     uprobe_targets: IntGauge,
     uprobe_refusals: IntCounterVec,
     discovery_dropped: IntCounter,
@@ -273,6 +277,21 @@ impl Metrics {
                     SCAN_ERROR_REASONS,
                 ),
             )?,
+            stack_captures: register(
+                r,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "exitwatch_stack_captures_total",
+                            "Stacks of stuck threads captured, by result (partial: cut at \
+                             a frame that could not be unwound, the frame cap or the time \
+                             budget; gone: the thread exited while being read).",
+                        ),
+                        &["result"],
+                    )?,
+                    STACK_CAPTURE_RESULTS,
+                ),
+            )?,
             uprobe_targets: register(
                 r,
                 IntGauge::new(
@@ -382,6 +401,10 @@ impl Metrics {
 
     pub fn scan_failed(&self) {
         self.scan_errors.with_label_values(&["scan_failed"]).inc();
+    }
+
+    pub fn stack_captured(&self, result: &str) {
+        self.stack_captures.with_label_values(&[result]).inc();
     }
 
     pub fn scan_errors(&self, errors: &BTreeMap<&'static str, u64>) {

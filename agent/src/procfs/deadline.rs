@@ -26,6 +26,9 @@ const SLOW_FOR: Duration = Duration::from_secs(30);
 const MAX_ABANDONED: usize = 8;
 /// Processes remembered as slow; beyond this, the oldest entries are dropped.
 const MAX_SLOW: usize = 1024;
+/// Unwinding and symbolizing a stack (DWARF parsing) run on the worker too, and need
+/// more than the small reads do; only the pages touched are ever backed.
+const WORKER_STACK_BYTES: usize = 4 << 20;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -144,7 +147,7 @@ impl Deadline {
             let flag = ended.clone();
             thread::Builder::new()
                 .name("exitwatch-read".into())
-                .stack_size(64 * 1024)
+                .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || {
                     while let Ok(job) = queue.recv() {
                         job();

@@ -104,7 +104,12 @@ pub struct TaskStat {
 pub enum Syscall {
     Running,
     User,
-    In { nr: i64, args: [u64; 6], sp: u64 },
+    In {
+        nr: i64,
+        args: [u64; 6],
+        sp: u64,
+        pc: u64,
+    },
 }
 
 /// One line of `/proc/PID/maps`.
@@ -522,7 +527,8 @@ mod tests {
             Syscall::In {
                 nr: 230,
                 args,
-                sp: 0x7fff1a0497c8
+                sp: 0x7fff1a0497c8,
+                pc: 0x7fbab0c98503
             }
         );
     }

@@ -64,7 +64,8 @@ pub(super) fn syscall(text: &str) -> Result<Syscall, String> {
         *arg = hex(fields.next().ok_or("fewer than 6 arguments")?)?;
     }
     let sp = hex(fields.next().ok_or("no stack pointer")?)?;
-    Ok(Syscall::In { nr, args, sp })
+    let pc = hex(fields.next().ok_or("no instruction pointer")?)?;
+    Ok(Syscall::In { nr, args, sp, pc })
 }
 
 pub(super) fn exec_start_ns(text: &str) -> Result<Option<u64>, String> {

@@ -400,7 +400,7 @@ fn verify(
     entry: &BlockedWait,
     stuck: bool,
 ) -> Result<Option<Verified>, crate::procfs::Error> {
-    let Syscall::In { nr, args, sp } = procfs.syscall(pid, tid)? else {
+    let Syscall::In { nr, args, sp, .. } = procfs.syscall(pid, tid)? else {
         return Ok(None);
     };
     if nr != i64::from(entry.syscall) || args[..4] != entry.args {
@@ -518,6 +518,7 @@ impl Builder<'_> {
                 stuck: verified.stuck,
                 state: verified.state,
                 wchan: self.wchan(pid, tid),
+                stack: None,
             });
         }
         let stat = self.procfs.stat(pid, tid)?;

@@ -15,7 +15,7 @@ pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)
     for pid in pids {
         for tid in procfs.tids(pid).unwrap_or_default() {
             // Threads that vanish or deny access while we look are simply not seeded.
-            let Ok(Syscall::In { nr, args, .. }) = procfs.syscall(pid, tid) else {
+            let Ok(Syscall::In { nr, args, sp, pc }) = procfs.syscall(pid, tid) else {
                 continue;
             };
             let (Ok(syscall), args) = (u32::try_from(nr), [args[0], args[1], args[2], args[3]])
@@ -39,6 +39,11 @@ pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)
                     first_ns: since,
                     last_ns: since,
                     sleeps: 0,
+                    // /proc has no frame pointer: unwinding through code that needs
+                    // it stops there (the stack is `partial`).
+                    ip: pc,
+                    sp,
+                    bp: 0,
                 },
             ));
         }

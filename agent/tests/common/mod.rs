@@ -486,17 +486,29 @@ pub fn python() -> PathBuf {
 
 /// `source` (in the programs directory) built once per test binary; the binary's path.
 pub fn compile_c(source: &str) -> PathBuf {
+    compile(source, "", &["cc", "-O1", "-pthread"])
+}
+
+/// `source` from the programs directory built by `command` (the compiler and its flags),
+/// into a binary named for the source and `variant`, once per test process.
+pub fn compile(source: &str, variant: &str, command: &[&str]) -> PathBuf {
     let out_dir = std::env::temp_dir().join(format!("exitwatch-tests-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).expect("creating the C build directory");
-    let binary = out_dir.join(source.trim_end_matches(".c"));
+    let stem = source.split('.').next().unwrap_or(source);
+    let binary = out_dir.join(format!("{stem}{variant}"));
     if !binary.exists() {
-        let status = Command::new("cc")
-            .args(["-O1", "-pthread", "-o"])
+        let (compiler, flags) = command.split_first().expect("a compiler");
+        let status = Command::new(compiler)
+            .args(flags)
+            .arg("-o")
             .arg(&binary)
             .arg(programs_dir().join(source))
             .status()
-            .expect("running cc (install gcc)");
-        assert!(status.success(), "compiling {source} failed");
+            .unwrap_or_else(|e| panic!("running {compiler} (install gcc and g++): {e}"));
+        assert!(
+            status.success(),
+            "compiling {source} with {command:?} failed"
+        );
     }
     binary
 }

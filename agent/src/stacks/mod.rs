@@ -1,0 +1,322 @@
+//! Where stuck code is: native stacks of the stuck threads of every finding, captured
+//! once per wait and remembered while it lasts, then named in the finding's summary.
+mod capture;
+mod debug_file;
+pub mod model;
+mod symbolize;
+mod unwind;
+
+use std::{
+    collections::{btree_map::Entry, BTreeMap},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use exitwatch_common::BlockedWait;
+
+pub use capture::capture;
+pub use model::Stack;
+pub use unwind::Registers;
+
+use crate::{
+    graph::{summary, Finding, Process, Snapshot, Thread},
+    procfs::{Mapping, ProcFs},
+};
+
+/// New captures per scan at most, and the time they may take together: a knot of
+/// hundreds of processes gets its stacks over a few scans instead of one scan taking
+/// seconds.
+const MAX_CAPTURES_PER_SCAN: usize = 16;
+const SCAN_CAPTURE_TIME: Duration = Duration::from_millis(200);
+/// Processes of a finding whose threads get stacks, and threads of the process that
+/// `explain` is asked about: as many as an incident describes.
+const MAX_PROCESSES: usize = 32;
+const MAX_THREADS: usize = 64;
+/// Stacks one finding carries, so an open incident stays small (each is up to 64
+/// frames) whatever the knot: the first stuck threads of its first processes.
+const MAX_STACKS_PER_FINDING: usize = 16;
+
+/// A thread's capture, for the wait (its first sleep) it was made in; `None` when the
+/// capture failed (the thread exited, a read timed out): not retried in the same wait.
+struct Captured {
+    first_ns: u64,
+    stack: Option<Arc<Stack>>,
+}
+
+/// Captured stacks by (pid, tid).
+#[derive(Default)]
+pub struct Stacks {
+    captured: BTreeMap<(i32, i32), Captured>,
+}
+
+impl Stacks {
+    /// Gives the stuck threads of `findings` their stacks (capturing those not captured
+    /// for their current wait yet) and rewrites the summaries that can now name code.
+    /// `blocked` is what the probes recorded (registers included); `counted` is told the
+    /// result of every capture made.
+    pub fn attach(
+        &mut self,
+        procfs: &ProcFs,
+        blocked: &[(u32, BlockedWait)],
+        snapshot: &mut Snapshot,
+        findings: &mut [Finding],
+        mut counted: impl FnMut(&'static str),
+    ) {
+        let waits = by_tid(blocked);
+        self.captured.retain(|(_, tid), captured| {
+            waits
+                .get(tid)
+                .is_some_and(|w| w.first_ns == captured.first_ns)
+        });
+        let mut budget = Budget::new(MAX_CAPTURES_PER_SCAN, SCAN_CAPTURE_TIME);
+        for finding in findings.iter_mut() {
+            let mut attached = false;
+            let mut left = MAX_STACKS_PER_FINDING;
+            let mut wanted = |thread: &Thread| {
+                let take = thread.stuck && left > 0;
+                left -= usize::from(take);
+                take
+            };
+            for pid in finding.pids.iter().take(MAX_PROCESSES) {
+                if let Some(process) = snapshot.processes.get_mut(pid) {
+                    attached |= self.give(
+                        procfs,
+                        &waits,
+                        process,
+                        &mut wanted,
+                        &mut budget,
+                        &mut counted,
+                    );
+                }
+            }
+            if attached {
+                finding.summary = summary(snapshot, finding);
+            }
+        }
+    }
+
+    /// Gives every thread of `pid` that is in a wait its stack (as many as an incident
+    /// describes): for `exitwatch explain`, before its analysis.
+    pub fn attach_waiting(
+        &mut self,
+        procfs: &ProcFs,
+        blocked: &[(u32, BlockedWait)],
+        snapshot: &mut Snapshot,
+        pid: i32,
+    ) {
+        let waits = by_tid(blocked);
+        let mut budget = Budget::new(MAX_THREADS, capture::BUDGET * MAX_THREADS as u32);
+        if let Some(process) = snapshot.processes.get_mut(&pid) {
+            let in_wait = |t: &Thread| t.wait.is_some();
+            self.give(procfs, &waits, process, in_wait, &mut budget, &mut |_| {});
+        }
+    }
+
+    /// Stacks for the `wanted` threads of `process`, captured while `budget` lasts;
+    /// whether any thread got one.
+    fn give(
+        &mut self,
+        procfs: &ProcFs,
+        waits: &BTreeMap<i32, &BlockedWait>,
+        process: &mut Process,
+        mut wanted: impl FnMut(&Thread) -> bool,
+        budget: &mut Budget,
+        counted: &mut impl FnMut(&'static str),
+    ) -> bool {
+        let pid = process.pid;
+        let mut attached = false;
+        for thread in process.threads.iter_mut().filter(|t| wanted(t)) {
+            // Waits found in /proc before the probes ran may lack registers.
+            let Some(wait) = waits.get(&thread.tid).filter(|w| w.ip != 0) else {
+                continue;
+            };
+            let captured = match self.captured.entry((pid, thread.tid)) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(_) if !budget.spend() => continue,
+                Entry::Vacant(entry) => entry.insert(Captured {
+                    first_ns: wait.first_ns,
+                    stack: capture_counted(procfs, pid, thread.tid, wait, counted),
+                }),
+            };
+            thread.stack = captured.stack.clone();
+            attached |= thread.stack.is_some();
+        }
+        attached
+    }
+}
+
+/// Captures left, and until when new ones may start.
+struct Budget {
+    captures: usize,
+    until: Instant,
+}
+
+impl Budget {
+    fn new(captures: usize, time: Duration) -> Self {
+        Self {
+            captures,
+            until: Instant::now() + time,
+        }
+    }
+
+    /// Takes one capture, if any is left.
+    fn spend(&mut self) -> bool {
+        let left = self.captures > 0 && Instant::now() < self.until;
+        if left {
+            self.captures -= 1;
+        }
+        left
+    }
+}
+
+fn by_tid(blocked: &[(u32, BlockedWait)]) -> BTreeMap<i32, &BlockedWait> {
+    blocked
+        .iter()
+        .map(|(tid, wait)| (*tid as i32, wait))
+        .collect()
+}
+
+fn capture_counted(
+    procfs: &ProcFs,
+    pid: i32,
+    tid: i32,
+    wait: &BlockedWait,
+    counted: &mut impl FnMut(&'static str),
+) -> Option<Arc<Stack>> {
+    let regs = Registers {
+        ip: wait.ip,
+        sp: wait.sp,
+        bp: wait.bp,
+    };
+    let started = Instant::now();
+    match capture(procfs, pid, regs) {
+        Ok(stack) => {
+            counted(if stack.complete { "ok" } else { "partial" });
+            log::debug!(
+                "stack of thread {tid} of pid {pid}: {} frames in {:?}",
+                stack.frames.len(),
+                started.elapsed()
+            );
+            Some(Arc::new(stack))
+        }
+        Err(error) => {
+            counted(error.result());
+            log::debug!("no stack for thread {tid} of pid {pid}: {error}");
+            None
+        }
+    }
+}
+
+/// A mapping's file name for display: the last part of the name `maps` printed (the
+/// process chose it), never used to open anything.
+fn module_name(mapping: &Mapping) -> String {
+    mapping
+        .path
+        .as_deref()
+        .and_then(Path::file_name)
+        .map(|name| name.to_string_lossy().chars().take(128).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+    use crate::graph::{Kind, Wait};
+
+    /// `threads` stuck threads of `pid` (tids from `pid` up) in a finding, as the scanner
+    /// would hand them over.
+    fn finding_of(pid: i32, threads: i32) -> (Snapshot, Vec<Finding>) {
+        let thread = |tid| Thread {
+            tid,
+            wait: Some(Wait::Futex { timed: false }),
+            stuck: true,
+            state: 'S',
+            ..Thread::default()
+        };
+        let process = Process {
+            pid,
+            comm: "true".into(),
+            threads: (pid..pid + threads).map(thread).collect(),
+            ..Process::default()
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.processes.insert(pid, process);
+        let finding = Finding {
+            kind: Kind::ExitBlockedOnThreads,
+            pids: vec![pid],
+            chain: Vec::new(),
+            behind: Vec::new(),
+            started_ns: 0,
+            summary: "as analysed".into(),
+        };
+        (snapshot, vec![finding])
+    }
+
+    /// A wait the probe published, with registers.
+    fn waiting(pid: i32) -> BlockedWait {
+        BlockedWait {
+            tgid: pid as u32,
+            first_ns: 1,
+            ip: 0x40_1000,
+            sp: 0x7ffd_0000_0000,
+            ..BlockedWait::default()
+        }
+    }
+
+    #[test]
+    fn a_finding_gets_a_bounded_number_of_stacks_over_scans() {
+        // No process has this pid (above pid_max): every capture is a quick "gone".
+        let pid = 1 << 22;
+        let (mut snapshot, mut findings) = finding_of(pid, 40);
+        let blocked: Vec<(u32, BlockedWait)> = (pid..pid + 40)
+            .map(|tid| (tid as u32, waiting(pid)))
+            .collect();
+        let mut stacks = Stacks::default();
+        let mut results = Vec::new();
+        for _ in 0..3 {
+            stacks.attach(
+                &ProcFs::default(),
+                &blocked,
+                &mut snapshot,
+                &mut findings,
+                |r| results.push(r),
+            );
+        }
+        assert_eq!(results.len(), MAX_STACKS_PER_FINDING);
+        assert!(results.iter().all(|r| *r == "gone"), "{results:?}");
+    }
+
+    #[test]
+    fn a_thread_that_exited_before_its_capture_is_counted_gone_once() {
+        for reaped in [true, false] {
+            let mut child = Command::new("true").spawn().expect("running true");
+            let pid = i32::try_from(child.id()).expect("a pid");
+            let procfs = ProcFs::default();
+            if reaped {
+                child.wait().expect("reaping true");
+            } else {
+                // A zombie: exited, not reaped, its pid still in /proc.
+                while procfs.stat(pid, pid).expect("the zombie's stat").state != 'Z' {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            let (mut snapshot, mut findings) = finding_of(pid, 1);
+            let blocked = [(pid as u32, waiting(pid))];
+            let mut stacks = Stacks::default();
+            let mut results = Vec::new();
+            for _ in 0..2 {
+                stacks.attach(&procfs, &blocked, &mut snapshot, &mut findings, |r| {
+                    results.push(r)
+                });
+            }
+            assert_eq!(results, ["gone"], "reaped: {reaped}");
+            assert!(snapshot.processes[&pid].threads[0].stack.is_none());
+            assert_eq!(findings[0].summary, "as analysed");
+            // Reaps the zombie (a reaped child's status is remembered).
+            child.wait().expect("reaping true");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Native unwinding with framehop over a copy of the stack: DWARF CFI (`.eh_frame`, or
+//! `.debug_frame` where there is none) of the modules the walk actually passes through,
+//! frame pointers where a module has no unwind table. Modules are opened only through
+//! their mappings ([`open_mapping`]) and read with size caps.
+use std::{collections::BTreeMap, fs::File, path::Path, time::Instant};
+
+use framehop::{
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
+};
+
+use super::debug_file;
+use crate::{
+    elf::Elf,
+    procfs::{open_mapping, Mapping},
+};
+
+/// Frames walked at most: hangs sit in short call chains, and a corrupt stack could
+/// otherwise loop through its own words.
+pub const MAX_FRAMES: usize = 64;
+/// Unwind tables of the largest real libraries are a few MiB.
+const MAX_UNWIND_BYTES: u64 = 16 << 20;
+/// blazesym holds a module's symbols, and the DWARF units it reads, in memory: a file
+/// whose tables are larger than this (any user can map one) gets no names, or no lines.
+const MAX_SYMBOL_BYTES: u64 = 16 << 20;
+const MAX_DWARF_BYTES: u64 = 32 << 20;
+
+/// User registers where the thread entered its wait.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Registers {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// Stack memory copied from the process: `bytes` from address `start` up.
+pub struct StackCopy {
+    pub start: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl StackCopy {
+    fn word(&self, address: u64) -> Option<u64> {
+        let at = usize::try_from(address.checked_sub(self.start)?).ok()?;
+        let word = self.bytes.get(at..at.checked_add(8)?)?;
+        Some(u64::from_le_bytes(word.try_into().ok()?))
+    }
+}
+
+/// A module file opened for one capture, and where it is loaded.
+pub struct Loaded {
+    pub file: File,
+    /// Added to an address the file states to get the address in the process.
+    pub bias: u64,
+    /// The file's symbol tables are small enough to be read.
+    pub symbols: bool,
+    /// The file's DWARF may be read: it names no other file to read it from (a debug
+    /// link's name is the file author's choice, and would be opened by path), and it
+    /// is small enough.
+    pub dwarf: bool,
+    /// Root's separate debug file for it, if one is installed.
+    pub debug: Option<File>,
+}
+
+/// The walk's return addresses (innermost first: the instruction pointer, then return
+/// addresses), whether it reached the outermost frame, and the modules it opened, by the
+/// start of their executable mapping.
+pub struct Walk {
+    pub addresses: Vec<FrameAddress>,
+    pub complete: bool,
+    pub modules: BTreeMap<u64, Loaded>,
+}
+
+/// Unwinds from `regs` until the outermost frame, [`MAX_FRAMES`], a frame it cannot
+/// unwind, or `until`. Each module is added once the walk reaches an address in it, and
+/// the walk then starts over (a walk costs microseconds; a module's tables, a file read).
+pub fn walk(
+    root: &Path,
+    pid: i32,
+    maps: &[Mapping],
+    regs: Registers,
+    stack: &StackCopy,
+    until: Instant,
+) -> Walk {
+    let mut unwinder = UnwinderX86_64::<Vec<u8>>::new();
+    let mut cache = CacheX86_64::<_>::new();
+    let mut modules = BTreeMap::new();
+    let mut tried = Vec::new();
+    loop {
+        let (addresses, complete, missing) = frames(&unwinder, &mut cache, regs, stack, |pc| {
+            code_mapping(maps, pc).filter(|m| !tried.contains(&m.start))
+        });
+        match missing {
+            Some(mapping) if Instant::now() < until => {
+                tried.push(mapping.start);
+                if let Some((module, loaded)) = load(root, pid, mapping) {
+                    unwinder.add_module(module);
+                    modules.insert(mapping.start, loaded);
+                }
+            }
+            _ => {
+                return Walk {
+                    addresses,
+                    // A walk cut short to load a module it had no time for is not whole.
+                    complete: complete && missing.is_none(),
+                    modules,
+                };
+            }
+        }
+    }
+}
+
+/// The executable file mapping holding `address`.
+pub fn code_mapping(maps: &[Mapping], address: u64) -> Option<&Mapping> {
+    maps.iter()
+        .find(|m| m.start <= address && address < m.end && m.perms[2] == b'x' && m.inode != 0)
+}
+
+/// One walk; stops early at the first frame in a mapping `unloaded` returns.
+fn frames<'m>(
+    unwinder: &UnwinderX86_64<Vec<u8>>,
+    cache: &mut CacheX86_64,
+    regs: Registers,
+    stack: &StackCopy,
+    unloaded: impl Fn(u64) -> Option<&'m Mapping>,
+) -> (Vec<FrameAddress>, bool, Option<&'m Mapping>) {
+    let mut read = |address| stack.word(address).ok_or(());
+    let start = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+    let mut iter = unwinder.iter_frames(regs.ip, start, cache, &mut read);
+    let mut addresses = Vec::new();
+    loop {
+        match iter.next() {
+            Ok(Some(frame)) => {
+                if let Some(mapping) = unloaded(frame.address_for_lookup()) {
+                    return (addresses, false, Some(mapping));
+                }
+                addresses.push(frame);
+                if addresses.len() >= MAX_FRAMES {
+                    return (addresses, false, None);
+                }
+            }
+            Ok(None) => return (addresses, true, None),
+            Err(_) => return (addresses, false, None),
+        }
+    }
+}
+
+/// The module behind `mapping`, with its unwind tables; `None` if it cannot be opened or
+/// is no ELF file for this machine (then frame pointers carry the walk through it).
+fn load(root: &Path, pid: i32, mapping: &Mapping) -> Option<(Module<Vec<u8>>, Loaded)> {
+    let (file, _) = open_mapping(root, pid, mapping).ok()?;
+    let elf = Elf::parse(&file).ok()?;
+    let bias = mapping.start.wrapping_sub(elf.address_of(mapping.offset)?);
+    let section = |name| elf.section_data(name, MAX_UNWIND_BYTES).ok().flatten();
+    let eh_frame = section(".eh_frame");
+    let info = ExplicitModuleSectionInfo {
+        base_svma: 0,
+        text_svma: elf.section_range(".text"),
+        got_svma: elf.section_range(".got"),
+        eh_frame_svma: elf.section_range(".eh_frame"),
+        eh_frame_hdr_svma: elf.section_range(".eh_frame_hdr"),
+        eh_frame_hdr: section(".eh_frame_hdr"),
+        debug_frame: if eh_frame.is_none() {
+            section(".debug_frame")
+        } else {
+            None
+        },
+        eh_frame,
+        ..ExplicitModuleSectionInfo::default()
+    };
+    let (symbols, dwarf) = readable(&elf);
+    let debug = debug_file::open(&elf);
+    let name = super::module_name(mapping);
+    let module = Module::new(name, mapping.start..mapping.end, bias, info);
+    Some((
+        module,
+        Loaded {
+            file,
+            bias,
+            symbols,
+            dwarf,
+            debug,
+        },
+    ))
+}
+
+/// Whether blazesym may read `elf`'s symbol tables, and its DWARF.
+fn readable(elf: &Elf) -> (bool, bool) {
+    let size = |names: &[&str]| -> u64 {
+        names
+            .iter()
+            .filter_map(|name| elf.section_range(name))
+            .map(|range| range.end.saturating_sub(range.start))
+            .fold(0, u64::saturating_add)
+    };
+    let symbols = size(&[".symtab", ".strtab", ".dynsym", ".dynstr"]) <= MAX_SYMBOL_BYTES;
+    let links = [".gnu_debuglink", ".gnu_debugaltlink", ".debug_sup"];
+    let dwarf_sections = [
+        ".debug_info",
+        ".debug_line",
+        ".debug_abbrev",
+        ".debug_str",
+        ".debug_ranges",
+        ".debug_rnglists",
+    ];
+    let dwarf = symbols
+        && !links.iter().any(|name| elf.has_section(name))
+        && size(&dwarf_sections) <= MAX_DWARF_BYTES;
+    (symbols, dwarf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::ProcFs;
+
+    #[test]
+    fn a_library_with_a_debug_link_gets_names_but_no_dwarf() {
+        let pid = i32::try_from(std::process::id()).expect("a pid");
+        let maps = ProcFs::default().mappings(pid).expect("own maps");
+        let libc = maps
+            .iter()
+            .find(|m| m.offset == 0 && super::super::module_name(m).starts_with("libc.so"))
+            .expect("this test binary maps libc");
+        let (file, _) = open_mapping(Path::new("/proc"), pid, libc).expect("opening libc");
+        let elf = Elf::parse(&file).expect("libc is ELF");
+        assert!(
+            elf.has_section(".gnu_debuglink"),
+            "Debian's libc links its debug file"
+        );
+        assert_eq!(readable(&elf), (true, false));
+    }
+}
