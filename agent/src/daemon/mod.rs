@@ -42,6 +42,12 @@ pub struct Config {
     /// BPF program on the host pay two clock reads per run.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Time every completed sleep in the tracked syscalls, for the
+    /// exitwatch_blocked_wait_duration_seconds histogram (the dashboard's wait-duration
+    /// panels). Off by default: it adds a task-local storage lookup to every context
+    /// switch on the host.
+    #[arg(long)]
+    pub wait_histogram: bool,
     /// Leave command lines out of incidents entirely (by default they are kept with
     /// secret-looking values redacted, cut at 4 KiB).
     #[arg(long)]
@@ -129,7 +135,8 @@ async fn serve(config: Config) -> Result<()> {
         None => WebConfig::plain(),
     };
     let listener = Listener::bind(config.listen, web, config.web_max_connections).await?;
-    let (mut probes, mut streams) = Probes::load().context("cannot start the kernel probes")?;
+    let (mut probes, mut streams) =
+        Probes::load(config.wait_histogram).context("cannot start the kernel probes")?;
     // Keeps the kernel counting run time per BPF program while the agent runs.
     let _bpf_stats = config
         .bpf_stats
