@@ -252,7 +252,10 @@ pub fn summary_table(results: &Results) -> String {
             out,
             "| ring-buffer drops, all agent runs (pipe runs: {} tracked sleeps/s) | | | {drops:.0} (map insert failures: {failures:.0}) | | 0 at ≥ 100k sleeps/s | {} | | | | | |",
             rate.map_or("–".into(), |r| format!("{:.0}k", r / 1000.0)),
-            verdict(drops == 0.0 && rate.is_some_and(|r| r >= 100_000.0))
+            match rate {
+                Some(rate) => verdict(drops == 0.0 && rate >= 100_000.0),
+                None => "– (no pipe runs)",
+            }
         );
     }
     for set in &results.latency {
@@ -577,7 +580,9 @@ fn agent_cost(out: &mut String, results: &Results) {
             workload.name(),
             median(&cpu).unwrap_or(f64::NAN),
             median(&share).unwrap_or(f64::NAN),
-            if cpu_per_op >= 1000.0 {
+            if cpu_per_op >= 1e6 {
+                format!("{:.0} ms", cpu_per_op / 1e6)
+            } else if cpu_per_op >= 1000.0 {
                 format!("{:.0} µs", cpu_per_op / 1000.0)
             } else {
                 format!("{cpu_per_op:.0} ns")
