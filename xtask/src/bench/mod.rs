@@ -43,8 +43,9 @@ pub struct Options {
     /// or 2 with --quick].
     #[arg(long)]
     rounds: Option<usize>,
-    /// A short run for development: 2 rounds, quarter-size workloads, 10 s idle, fewer
-    /// detection trials. Its numbers are not for BENCHMARKS.md.
+    /// A short run for development: 2 rounds, quarter-size workloads (one build), 10 s
+    /// idle, fewer detection trials, a host-size sweep up to a tenth of the full host.
+    /// Its numbers are not for BENCHMARKS.md.
     #[arg(long)]
     quick: bool,
     /// Skip the bpftrace reference runs.
