@@ -46,4 +46,47 @@ fn main() {
         .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=EXITWATCH_RUSTC={version}");
+    println!("cargo:rustc-env=EXITWATCH_REVISION={}", revision(root));
+}
+
+/// The commit the agent is built from (`git rev-parse --short=12 HEAD`); outside a git
+/// checkout (a source tarball, a container build without `.git`), `EXITWATCH_REVISION`
+/// from the build's environment, else "unknown".
+fn revision(root: &std::path::Path) -> String {
+    println!("cargo:rerun-if-env-changed=EXITWATCH_REVISION");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|text| text.trim().to_string())
+            .filter(|text| !text.is_empty())
+    };
+    // A commit moves HEAD (a branch checkout) or the ref it points to; in a worktree
+    // HEAD lives in its own git dir, the refs in the common one.
+    if let (Some(dir), Some(common)) = (
+        git(&["rev-parse", "--absolute-git-dir"]),
+        git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]),
+    ) {
+        let watched = [
+            format!("{dir}/HEAD"),
+            format!("{common}/refs"),
+            format!("{common}/packed-refs"),
+        ];
+        // cargo reruns the script on every build for a path that does not exist.
+        for path in watched.iter().filter(|p| std::path::Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    git(&["rev-parse", "--short=12", "HEAD"])
+        .or_else(|| {
+            env::var("EXITWATCH_REVISION")
+                .ok()
+                .filter(|r| !r.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }

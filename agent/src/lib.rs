@@ -17,3 +17,4 @@ mod probes;
 mod procfs;
 mod scan;
 mod text;
+mod workload;

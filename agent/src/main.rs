@@ -1,13 +1,16 @@
 //! The `exitwatch` command: parses the command line and hands over to the library.
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
-use exitwatch::{args::parse_duration, commands, daemon, logging};
+use clap::{CommandFactory, Parser, Subcommand};
+use exitwatch::{
+    args::{parse_duration, variable_behind},
+    commands, daemon, logging,
+};
 
 #[derive(Parser)]
 #[command(
     name = "exitwatch",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("EXITWATCH_REVISION"), ")"),
     about = "Finds processes hung at exit and says why"
 )]
 struct Cli {
@@ -23,6 +26,7 @@ enum Command {
     Incidents(commands::incidents::Options),
     /// Explain, from /proc alone, why a process does not exit (no agent needed).
     Explain {
+        /// The process that does not exit.
         pid: i32,
         /// Waits shorter than this are not considered stuck.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -31,7 +35,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        let variable = variable_behind(&error, &Cli::command());
+        // --help and --version arrive here too, and print to stdout.
+        let _ = error.print();
+        if let Some(variable) = variable {
+            eprintln!("note: the value comes from the environment variable {variable}");
+        }
+        std::process::exit(error.exit_code())
+    });
     let result = match cli.command {
         Command::Run(config) => {
             logging::init(config.log_format);

@@ -37,6 +37,51 @@ fn bad_flags_are_named() {
 }
 
 #[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_exitwatch"))
+        .arg("run")
+        .env("EXITWATCH_HANG_AFTER", "bogus")
+        .output()
+        .expect("running exitwatch");
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(message.contains("'bogus' for '--hang-after"), "{message}");
+    assert!(message.contains("EXITWATCH_HANG_AFTER"), "{message}");
+}
+
+#[test]
+fn an_event_file_that_cannot_be_opened_stops_start_up() {
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let path = dir.path().join("missing/events.jsonl");
+    let path = path.display().to_string();
+    let output = exitwatch(&["run", "--listen", "127.0.0.1:0", "--events", &path]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains(&format!("opening the event file {path}")),
+        "{message}"
+    );
+}
+
+#[test]
+fn version_shows_the_revision() {
+    let output = exitwatch(&["--version"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let version = String::from_utf8_lossy(&output.stdout);
+    let revision = version
+        .split("(revision ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("no revision in {version:?}"));
+    // Built from a git checkout (as the tests are), the revision is its commit.
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.git")
+        .exists();
+    let commit = revision.len() == 12 && revision.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(commit || (!checkout && !revision.is_empty()), "{version:?}");
+}
+
+#[test]
 fn without_privileges_the_agent_says_which_are_missing() {
     require_root();
     let output = as_nobody(Path::new(env!("CARGO_BIN_EXE_exitwatch")))

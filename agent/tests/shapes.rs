@@ -283,6 +283,25 @@ fn silent(subjects: Vec<Subject>, run_for: Duration) {
     );
 }
 
+/// Scans stop looking at a blocked reader once they found what keeps it live (its
+/// writer, asleep but able to run); the knot that forms when that writer blocks, long
+/// after, must still be found within a threshold.
+#[test]
+fn a_knot_that_forms_long_after_its_reader_blocked() {
+    let agent = Agent::start();
+    let delay = HANG_AFTER * 3;
+    let subject = Subject::python("late_knot.py", &[&delay.as_secs_f64().to_string()]);
+    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    std::thread::sleep(delay - SCAN_INTERVAL);
+    assert!(
+        agent.incidents_involving(&[parent, child]).is_empty(),
+        "a reader whose writer can run is no hang"
+    );
+    let incident = expect(&agent, Kind::PipeDeadlock, &[parent, child]);
+    assert!(has_wait(&incident, parent, "pipe_read"), "{incident:#?}");
+    assert!(has_wait(&incident, child, "pipe_write"), "{incident:#?}");
+}
+
 #[test]
 fn idle_reader_and_condition_variable_server_stay_silent() {
     silent(

@@ -1,6 +1,8 @@
-//! Developer tasks: `cargo xtask build-ebpf | lint-ebpf | run | test | kernel-matrix | bench`.
+//! Developer tasks: `cargo xtask build-ebpf | lint-ebpf | run | test | kernel-matrix | bench |
+//! dist`.
 mod bench;
 mod build_ebpf;
+mod dist;
 mod ebpf_fingerprint;
 mod kernel_matrix;
 mod lint_ebpf;
@@ -31,13 +33,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build everything and run the whole test suite, privileged tests included.
+    /// Build everything and run the whole test suite, privileged tests included, then the
+    /// kernel matrix (`EXITWATCH_SKIP_KERNEL_MATRIX=1` leaves it out, except under CI=true).
     Test,
     /// Run the seed hangs and the healthy control on Debian's stock 6.1 and 6.12 kernels
     /// under QEMU.
     KernelMatrix,
     /// Measure the agent's overhead, footprint and detection latency; write BENCHMARKS.md.
     Bench(bench::Options),
+    /// Build the release tarball (static agent, systemd unit, dashboards, licences) into
+    /// target/dist/.
+    Dist,
 }
 
 fn main() -> Result<()> {
@@ -57,18 +63,36 @@ fn main() -> Result<()> {
             system::run_as_root(&root, &command)
         }
         Task::Test => {
+            // A skip that CI must refuse fails here, before the suite, not after it.
+            let skip_kernel_matrix = kernel_matrix::skipped_by_request()?;
             system::ensure_commands(TEST_COMMANDS, "the test suite's programs and servers")?;
             build_ebpf::build(&root)?;
+            // The release tests unpack and run what users download.
+            let tarball = dist::build(&root)?;
             // Integration tests start real agents and hang real programs; one at a time
             // keeps their probes and timings from interfering.
-            let test = ["cargo", "test", "--workspace", "--", "--test-threads=1"];
-            system::run_as_root(&root, &test.map(String::from))
+            let mut test = vec![
+                "env".to_string(),
+                format!("{}={}", dist::TARBALL_VAR, tarball.display()),
+            ];
+            test.extend(
+                ["cargo", "test", "--workspace", "--", "--test-threads=1"].map(String::from),
+            );
+            system::run_as_root(&root, &test)?;
+            if skip_kernel_matrix {
+                return Ok(());
+            }
+            kernel_matrix::run(&root)
         }
         Task::KernelMatrix => {
             build_ebpf::build(&root)?;
             kernel_matrix::run(&root)
         }
         Task::Bench(options) => bench::run(&root, &options),
+        Task::Dist => {
+            build_ebpf::build(&root)?;
+            dist::build(&root).map(drop)
+        }
     }
 }
 
@@ -80,6 +104,9 @@ const TEST_COMMANDS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("chromium", "chromium"),
     ("openssl", "openssl"),
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+    ("buildah", "buildah"),
 ];
 
 fn workspace_root() -> PathBuf {

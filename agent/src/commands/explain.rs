@@ -7,7 +7,7 @@ use crate::{
     clock::monotonic_ns,
     graph::{analyze, Process, Snapshot},
     procfs::ProcFs,
-    scan::{blocked_from_proc, collect, ExitStacks, KernelView, Options},
+    scan::{blocked_from_proc, collect, Fresh, KernelView, Options, ScanState},
     text::printable,
 };
 
@@ -30,7 +30,8 @@ pub fn print(pid: i32, hang_after: Duration) -> Result<()> {
             cmdlines: true,
         },
         &[pid],
-        &mut ExitStacks::default(),
+        Fresh::All,
+        &mut ScanState::default(),
     );
     let Some(process) = scan.snapshot.processes.get(&pid) else {
         match scan.unreadable.get(&pid) {

@@ -107,6 +107,7 @@ fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
     match event.kind {
         event_kind::EXEC => {
             let pid = event.pid as i32;
+            shared.lifecycle().changed(pid);
             let discovery = discovery.clone();
             tokio::spawn(async move {
                 for (delay, settled) in DISCOVERY_DELAYS {
@@ -119,7 +120,10 @@ fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
                 }
             });
         }
-        event_kind::EXIT => shared.zombies().exited(event.pid as i32, event.ts_ns),
+        event_kind::EXIT => {
+            shared.lifecycle().changed(event.pid as i32);
+            shared.zombies().exited(event.pid as i32, event.ts_ns);
+        }
         event_kind::EXIT_PHASE => {
             if let Some((_, name)) = exit_reason::ALL.iter().find(|(bit, _)| *bit == event.arg) {
                 shared.metrics.exit_phase_entered(name);

@@ -16,55 +16,91 @@ use clap::Args;
 use crate::{
     clock::monotonic_ns,
     http::{Health, Listener, WebConfig},
-    incidents::Store,
+    incidents::{EventStream, Store},
     logging,
     metrics::Metrics,
     probes::Probes,
     procfs::ProcFs,
-    scan::{blocked_from_proc, ExitStacks},
+    scan::{blocked_from_proc, Lifecycle, ScanState},
+    workload::{self, Workloads},
 };
 
+/// Every flag can also be given as `EXITWATCH_<FLAG>` (`--hang-after` is
+/// `EXITWATCH_HANG_AFTER`), as systemd's `EnvironmentFile=` and Kubernetes' `env:` set
+/// them; a flag on the command line wins.
 #[derive(Args, Clone, Debug)]
 pub struct Config {
     /// Address for /metrics, /api/v1/incidents, /healthz and the status page.
-    #[arg(long, default_value = "127.0.0.1:9977", value_parser = crate::args::parse_listen)]
+    #[arg(long, env = "EXITWATCH_LISTEN", default_value = "127.0.0.1:9977", value_parser = crate::args::parse_listen)]
     pub listen: SocketAddr,
     /// A wait counts as hung once it lasts this long without progress.
-    #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
+    #[arg(long, env = "EXITWATCH_HANG_AFTER", default_value = "10s", value_parser = crate::args::parse_duration)]
     pub hang_after: Duration,
     /// How often blocked threads are verified and incidents updated (at least 100ms).
-    #[arg(long, default_value = "1s", value_parser = parse_scan_interval)]
+    #[arg(long, env = "EXITWATCH_SCAN_INTERVAL", default_value = "1s", value_parser = parse_scan_interval)]
     pub scan_interval: Duration,
-    #[arg(long, value_enum, default_value_t = logging::Format::Text)]
+    /// The agent's own log on stderr: text lines for people (with journald priority
+    /// prefixes under systemd), or JSON objects for collectors.
+    #[arg(long, env = "EXITWATCH_LOG_FORMAT", value_enum, default_value_t = logging::Format::Text)]
     pub log_format: logging::Format,
     /// Turn on the kernel's BPF run-time statistics while the agent runs, for the
     /// exitwatch_bpf_program_* metrics. Off by default: they are global, and make every
     /// BPF program on the host pay two clock reads per run.
-    #[arg(long)]
+    #[arg(long, env = "EXITWATCH_BPF_STATS")]
     pub bpf_stats: bool,
     /// Time every completed sleep in the tracked syscalls, for the
     /// exitwatch_blocked_wait_duration_seconds histogram (the dashboard's wait-duration
     /// panels). Off by default: it adds a task-local storage lookup to every context
     /// switch on the host.
-    #[arg(long)]
+    #[arg(long, env = "EXITWATCH_WAIT_HISTOGRAM")]
     pub wait_histogram: bool,
     /// Leave command lines out of incidents entirely (by default they are kept with
     /// secret-looking values redacted, cut at 4 KiB).
-    #[arg(long)]
+    #[arg(long, env = "EXITWATCH_NO_CMDLINES")]
     pub no_cmdlines: bool,
     /// Most interpreter files (python executables, libpython) given the exit-phase
     /// uprobe; each costs a probe in every process that maps it.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, env = "EXITWATCH_MAX_UPROBE_TARGETS", default_value_t = 32)]
     pub max_uprobe_targets: usize,
     /// TLS and basic auth, in the Prometheus exporter-toolkit format (the file
     /// node_exporter's --web.config.file reads).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "EXITWATCH_WEB_CONFIG_FILE", value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
     /// HTTP connections open at once; a new one replaces the oldest idle one, or is
     /// closed at once when all are serving requests. Lowered when the open-file limit
     /// cannot hold them next to the agent's own descriptors.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "EXITWATCH_WEB_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub web_max_connections: u32,
+    /// Append one JSON line per incident opened, changed and resolved to this file (`-`:
+    /// standard output), for log pipelines.
+    #[arg(long, env = "EXITWATCH_EVENTS", value_name = "PATH")]
+    pub events: Option<PathBuf>,
+    /// containerd's state directory: names pods and containers from each container's
+    /// config.json (io.containerd.runtime.v2.task/k8s.io/ID/config.json).
+    #[arg(
+        long,
+        env = "EXITWATCH_CONTAINERD_STATE",
+        value_name = "DIR",
+        default_value = "/run/containerd"
+    )]
+    pub containerd_state: PathBuf,
+    /// CRI-O's storage state directory (overlay-containers/ID/userdata/config.json).
+    #[arg(
+        long,
+        env = "EXITWATCH_CRIO_STATE",
+        value_name = "DIR",
+        default_value = "/run/containers/storage"
+    )]
+    pub crio_state: PathBuf,
+    /// docker's data directory: names containers and their images
+    /// (containers/ID/config.v2.json).
+    #[arg(
+        long,
+        env = "EXITWATCH_DOCKER_STATE",
+        value_name = "DIR",
+        default_value = "/var/lib/docker"
+    )]
+    pub docker_state: PathBuf,
 }
 
 /// Scans walk `/proc`; shorter intervals than this buy no earlier detection worth a core.
@@ -87,12 +123,17 @@ pub(crate) struct Shared {
     pub procfs: ProcFs,
     pub probes: Mutex<Probes>,
     pub store: Mutex<crate::incidents::Store>,
-    /// Exit-phase evidence from stacks, remembered across scans.
-    pub exit_stacks: Mutex<ExitStacks>,
+    /// What scans learnt and later scans reuse.
+    pub scan_state: Mutex<ScanState>,
+    /// Processes that exec'd or exited since the last scan (from the event loop, which
+    /// must not wait for a scan to finish).
+    pub lifecycle: Mutex<Lifecycle>,
     /// Exited processes not reaped yet, whose parents scans look at.
     pub zombies: Mutex<zombies::Zombies>,
     pub metrics: Metrics,
     pub health: Health,
+    /// `--events`: incidents opened, changed and resolved, as JSON lines.
+    pub incident_events: EventStream,
 }
 
 impl Shared {
@@ -105,8 +146,12 @@ impl Shared {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn exit_stacks(&self) -> MutexGuard<'_, ExitStacks> {
-        self.exit_stacks.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn scan_state(&self) -> MutexGuard<'_, ScanState> {
+        self.scan_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn zombies(&self) -> MutexGuard<'_, zombies::Zombies> {
@@ -130,6 +175,13 @@ pub fn run(config: Config) -> Result<()> {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    // Before the probes load: a bad event path stops start-up at once.
+    let metrics = Metrics::new().context("registering metrics")?;
+    let incident_events = EventStream::open(config.events.as_deref(), metrics.incident_events())
+        .with_context(|| match &config.events {
+            Some(path) => format!("opening the event file {}", path.display()),
+            None => "starting the event writer".into(),
+        })?;
     let web = match &config.web_config_file {
         Some(file) => WebConfig::load(file)?,
         None => WebConfig::plain(),
@@ -153,24 +205,36 @@ async fn serve(config: Config) -> Result<()> {
     streams.uprobes.discover_running();
     let seeded = probes.seed(&blocked_from_proc(&procfs, monotonic_ns()));
     log::info!(
-        "exitwatch {} watching: hang-after {}, scan every {}, {} uprobe target(s), \
+        "exitwatch {} ({}) watching: hang-after {}, scan every {}, {} uprobe target(s), \
          {seeded} wait(s) already in progress; serving {}",
         env!("CARGO_PKG_VERSION"),
+        env!("EXITWATCH_REVISION"),
         humantime::format_duration(config.hang_after),
         humantime::format_duration(config.scan_interval),
         streams.uprobes.attached(),
         listener.url(),
     );
 
+    let workloads = Workloads::new(
+        procfs.clone(),
+        workload::Roots {
+            containerd: config.containerd_state.clone(),
+            crio: config.crio_state.clone(),
+            docker: config.docker_state.clone(),
+        },
+        workload::node_name(),
+    );
     let shared = Arc::new(Shared {
         config: config.clone(),
         procfs,
         probes: Mutex::new(probes),
-        store: Mutex::new(Store::starting_at(first_incident_id())),
-        exit_stacks: Mutex::new(ExitStacks::default()),
+        store: Mutex::new(Store::starting_at(first_incident_id()).with_workloads(workloads)),
+        scan_state: Mutex::default(),
+        lifecycle: Mutex::default(),
         zombies: Mutex::default(),
-        metrics: Metrics::new().context("registering metrics")?,
+        metrics,
         health: Health::new(config.scan_interval),
+        incident_events,
     });
     let watched = shared.clone();
     let tasks = [

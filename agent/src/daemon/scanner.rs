@@ -1,12 +1,12 @@
 //! The scan loop: kernel maps → verified snapshot → findings → incidents and metrics.
-use std::{sync::Arc, time::Instant};
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use super::{zombies, Shared};
 use crate::{
     clock::Clock,
-    graph::analyze,
+    graph::{analysis, Finding},
     incidents::{Ending, MAX_ACTIVE},
-    scan::{collect, Options},
+    scan::{collect, Fresh, Options},
 };
 
 pub async fn run(shared: Arc<Shared>) {
@@ -21,6 +21,10 @@ pub async fn run(shared: Arc<Shared>) {
         }
     }
 }
+
+/// Passes over `/proc` per scan at most: the first trusts what earlier scans learnt,
+/// the others read anew the processes of what the first found.
+const MAX_PASSES: usize = 3;
 
 fn scan_once(shared: &Shared) {
     let started = Instant::now();
@@ -39,16 +43,59 @@ fn scan_once(shared: &Shared) {
         options.hang_after_ns,
     );
     shared.zombies().forget(&reaped);
-    let scan = collect(
-        &shared.procfs,
-        &view,
-        clock.monotonic_ns,
-        options,
-        &unreaping_parents,
-        &mut shared.exit_stacks(),
-    );
-    shared.probes().forget(&scan.gone_tids, &scan.gone_pids);
-    shared.metrics.scan_errors(&scan.errors);
+    let dropped = shared.probes().counters().events_dropped;
+    let changed = {
+        let mut lifecycle = shared.lifecycle();
+        lifecycle.dropped(dropped);
+        lifecycle.take()
+    };
+    let mut state = shared.scan_state();
+    state.forget_processes(changed);
+
+    // Open incidents are always read anew: that is how they end. A finding that rests on
+    // anything earlier scans learnt is read again before it counts.
+    let mut fresh: BTreeSet<i32> = shared
+        .store()
+        .active()
+        .flat_map(|incident| incident.pids.iter().chain(&incident.blocked_behind))
+        .copied()
+        .collect();
+    let mut passes = 0;
+    let (scan, mut analysis) = loop {
+        passes += 1;
+        let scan = collect(
+            &shared.procfs,
+            &view,
+            clock.monotonic_ns,
+            options,
+            &unreaping_parents,
+            if passes == 1 {
+                Fresh::Only(&fresh)
+            } else {
+                Fresh::Confirm(&fresh)
+            },
+            &mut state,
+        );
+        shared.metrics.scan_errors(&scan.errors);
+        let analysis = analysis(&scan.snapshot);
+        let unconfirmed: BTreeSet<i32> = involved(&analysis.findings)
+            .filter(|pid| !fresh.contains(pid))
+            .collect();
+        if unconfirmed.is_empty() || passes == MAX_PASSES {
+            break (scan, analysis);
+        }
+        fresh.extend(unconfirmed);
+    };
+    // What is still unconfirmed after the last pass waits for the next scan.
+    analysis
+        .findings
+        .retain(|finding| involved(std::slice::from_ref(finding)).all(|pid| fresh.contains(&pid)));
+    let involved_pids: BTreeSet<i32> = involved(&analysis.findings).collect();
+    state.note_live(&scan, &analysis.live_by, &involved_pids, clock.monotonic_ns);
+    drop(state);
+    shared
+        .probes()
+        .forget(&scan.gone_tids, &scan.gone_pids, &view.blocked);
     // Slow reads (memory, files) are given up inside helpers that report no error.
     let timed_out = shared.procfs.timeouts() - timeouts;
     if timed_out > 0 {
@@ -58,7 +105,7 @@ fn scan_once(shared: &Shared) {
         shared.metrics.exit_phase_entered("libc_exit");
         log::debug!("pid {pid} is blocked inside exit() (found on its stack)");
     }
-    let findings = analyze(&scan.snapshot);
+    let findings = analysis.findings;
 
     let mut store = shared.store();
     // A zombie has exited: whatever waited on it is released, and it will not run again.
@@ -68,6 +115,7 @@ fn scan_once(shared: &Shared) {
             .stat(pid, pid)
             .is_ok_and(|stat| stat.start_ticks == start && !matches!(stat.state, 'Z' | 'X'))
     });
+    shared.incident_events.publish(&changes);
     for incident in &changes.opened {
         shared.metrics.incident_opened(incident);
         log::warn!(
@@ -104,4 +152,12 @@ fn scan_once(shared: &Shared) {
         started.elapsed().as_secs_f64(),
         uprobe_targets,
     );
+}
+
+/// Every process of `findings`: their members and those blocked behind them.
+fn involved(findings: &[Finding]) -> impl Iterator<Item = i32> + '_ {
+    findings
+        .iter()
+        .flat_map(|finding| finding.pids.iter().chain(&finding.behind))
+        .copied()
 }

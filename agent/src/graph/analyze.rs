@@ -62,8 +62,20 @@ pub struct Finding {
     pub summary: String,
 }
 
+/// Findings, and why the rest is not one.
+pub struct Analysis {
+    pub findings: Vec<Finding>,
+    /// Each process found able to run, with the process that makes it so: itself when one
+    /// of its threads can run, else the releaser whose progress ends one of its waits.
+    pub live_by: BTreeMap<Pid, Pid>,
+}
+
 pub fn analyze(snapshot: &Snapshot) -> Vec<Finding> {
-    let mut findings = knots(snapshot);
+    analysis(snapshot).findings
+}
+
+pub fn analysis(snapshot: &Snapshot) -> Analysis {
+    let (mut findings, live_by) = knots(snapshot);
     let covered = |findings: &[Finding]| -> BTreeSet<Pid> {
         findings
             .iter()
@@ -79,7 +91,7 @@ pub fn analyze(snapshot: &Snapshot) -> Vec<Finding> {
             .filter(|process| !covered.contains(&process.pid))
             .filter_map(|process| exit_phase_finding(snapshot, process)),
     );
-    findings
+    Analysis { findings, live_by }
 }
 
 /// The processes that could end `thread`'s wait, or `None` when the wait ends by itself
@@ -131,7 +143,7 @@ type Children<'a> = BTreeMap<Pid, Vec<&'a Process>>;
 /// live thread; what stays not live is a knot. A worklist frees each waiter once, as soon
 /// as one of its releasers can run, so the cost is linear in the waits (a pass over all
 /// of them per freed level would be quadratic in a long chain).
-fn knots(snapshot: &Snapshot) -> Vec<Finding> {
+fn knots(snapshot: &Snapshot) -> (Vec<Finding>, BTreeMap<Pid, Pid>) {
     let mut blocked: BTreeMap<ThreadId, Vec<Pid>> = BTreeMap::new();
     let mut children: Children = BTreeMap::new();
     for process in snapshot.processes.values() {
@@ -161,20 +173,23 @@ fn knots(snapshot: &Snapshot) -> Vec<Finding> {
             waiters.entry(pid).or_default().push(*id);
         }
     }
+    let mut live_by: BTreeMap<Pid, Pid> = runnable.iter().map(|&pid| (pid, pid)).collect();
     let mut ready: Vec<Pid> = runnable.iter().copied().collect();
     let mut live: BTreeSet<ThreadId> = BTreeSet::new();
     while let Some(pid) = ready.pop() {
         for id in waiters.remove(&pid).unwrap_or_default() {
             if live.insert(id) && runnable.insert(id.0) {
+                live_by.insert(id.0, pid);
                 ready.push(id.0);
             }
         }
     }
     blocked.retain(|id, _| !live.contains(id));
-    knot_cores(&blocked)
+    let findings = knot_cores(&blocked)
         .into_iter()
         .filter_map(|(core, behind)| knot_finding(snapshot, &blocked, &core, behind))
-        .collect()
+        .collect();
+    (findings, live_by)
 }
 
 /// Splits the deadlocked processes into knots and the processes stuck behind them.

@@ -7,7 +7,7 @@ mod model;
 mod orphan;
 
 pub use analyze::Kind;
-pub(crate) use analyze::{analyze, Finding};
+pub(crate) use analyze::{analysis, analyze, Finding};
 pub(crate) use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};
 
 #[cfg(test)]

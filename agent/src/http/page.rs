@@ -73,15 +73,27 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
                     })
                     .collect();
                 waits.extend(more(p.threads_omitted, "thread"));
+                // A workload all processes share is shown once, above them.
+                let workload = match incident.workload {
+                    Some(_) => None,
+                    None => p.workload.phrase(),
+                };
                 format!(
-                    "<code>{} ({})</code>{}",
+                    "<code>{} ({})</code>{}{}",
                     escape(&p.comm),
                     p.pid,
+                    workload.map_or_else(String::new, |w| format!(
+                        " <small>in {}</small>",
+                        escape(&w)
+                    )),
                     waits.concat()
                 )
             })
             .collect();
         processes.extend(more(incident.processes_omitted, "process"));
+        if let Some(shared) = incident.workload.as_ref().and_then(|w| w.phrase()) {
+            processes.insert(0, format!("<small>in {}</small>", escape(&shared)));
+        }
         let (state, until) = match incident.state {
             State::Active => (
                 "<span class=\"active\">active</span>".to_string(),

@@ -2,6 +2,9 @@
 mod model;
 pub(crate) mod rfc3339;
 mod store;
+mod stream;
 
+pub use crate::workload::Workload;
 pub use model::{Ending, Incident, IncidentList, IncidentProcess, IncidentThread, State};
 pub(crate) use store::{Store, MAX_ACTIVE};
+pub(crate) use stream::{EventCounters, EventStream};

@@ -3,7 +3,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::rfc3339;
-use crate::graph::Kind;
+use crate::{graph::Kind, workload::Workload};
 
 /// The body of `/api/v1/incidents`: active first, newest first.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -18,6 +18,13 @@ pub struct Incident {
     pub kind: Kind,
     pub state: State,
     pub pids: Vec<i32>,
+    /// The host the agent runs on (`NODE_NAME`, else the hostname).
+    #[serde(default)]
+    pub node: String,
+    /// The workload all of its described processes share; `null` when they differ or
+    /// nothing is known.
+    #[serde(default)]
+    pub workload: Option<Workload>,
     /// Processes that wait on this incident's processes and so are stuck too (a `tee`
     /// reading a deadlocked program's output), without being part of its cause.
     pub blocked_behind: Vec<i32>,
@@ -94,6 +101,8 @@ pub struct IncidentProcess {
     pub ppid: i32,
     pub comm: String,
     pub cmdline: String,
+    #[serde(default)]
+    pub workload: Workload,
     /// Exit markers seen (`py_finalize`, `libc_exit` (found on the stack),
     /// `main_thread_exit`, `signal`).
     pub exiting: Vec<String>,

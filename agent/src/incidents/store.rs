@@ -6,6 +6,7 @@ use super::model::{Ending, Incident, IncidentProcess, IncidentThread, State};
 use crate::{
     clock::Clock,
     graph::{ChildTarget, Finding, Kind, Process, Snapshot, Thread, Wait},
+    workload::{Workload, Workloads},
 };
 
 /// How many resolved incidents the API keeps showing, and how much memory they may take
@@ -32,11 +33,15 @@ pub struct Store {
     /// Newest first, with each one's serialized size.
     resolved: VecDeque<(Incident, usize)>,
     resolved_bytes: usize,
+    /// Names the workloads of incidents' processes; without it they stay unknown.
+    workloads: Option<Workloads>,
 }
 
 #[derive(Default)]
 pub struct Changes {
     pub opened: Vec<Incident>,
+    /// Open incidents whose processes, waits, pipes or workload changed in this scan.
+    pub changed: Vec<Incident>,
     pub resolved: Vec<(Incident, f64)>,
     /// Findings not tracked because [`MAX_ACTIVE`] incidents are open.
     pub untracked: usize,
@@ -52,6 +57,14 @@ impl Store {
             active: BTreeMap::new(),
             resolved: VecDeque::new(),
             resolved_bytes: 0,
+            workloads: None,
+        }
+    }
+
+    pub fn with_workloads(self, workloads: Workloads) -> Self {
+        Self {
+            workloads: Some(workloads),
+            ..self
         }
     }
 
@@ -71,7 +84,13 @@ impl Store {
             let key = key(snapshot, finding);
             match self.active.remove(&key) {
                 Some(existing) => {
-                    current.insert(key, refresh(existing, snapshot, finding));
+                    let (before, known) = (shape(&existing), workloads_of(&existing));
+                    let mut incident = refresh(existing, snapshot, finding);
+                    self.identify(&mut incident, &known);
+                    if shape(&incident) != before {
+                        changes.changed.push(incident.clone());
+                    }
+                    current.insert(key, incident);
                 }
                 None => new.push((key, finding)),
             }
@@ -82,7 +101,8 @@ impl Store {
                 changes.untracked += 1;
                 continue;
             }
-            let incident = open(self.next_id, snapshot, finding, clock);
+            let mut incident = open(self.next_id, snapshot, finding, clock);
+            self.identify(&mut incident, &BTreeMap::new());
             self.next_id += 1;
             changes.opened.push(incident.clone());
             current.insert(key, incident);
@@ -102,6 +122,30 @@ impl Store {
             self.remember(incident);
         }
         changes
+    }
+
+    /// Names the workload of each described process (once: an incident's processes keep
+    /// what was found when they were first described) and the one they share, which the
+    /// summary then names.
+    fn identify(&mut self, incident: &mut Incident, known: &BTreeMap<i32, Workload>) {
+        let Some(workloads) = self.workloads.as_mut() else {
+            return;
+        };
+        incident.node = workloads.node().to_string();
+        for process in &mut incident.processes {
+            process.workload = match known.get(&process.pid) {
+                Some(workload) => workload.clone(),
+                None => workloads.of(process.pid),
+            };
+        }
+        let first = incident.processes.first().map(|p| &p.workload);
+        incident.workload = first
+            .filter(|first| first.is_known())
+            .filter(|first| incident.processes.iter().all(|p| p.workload == **first))
+            .cloned();
+        if let Some(phrase) = incident.workload.as_ref().and_then(Workload::phrase) {
+            incident.summary = with_workload(&incident.summary, &phrase);
+        }
     }
 
     fn remember(&mut self, incident: Incident) {
@@ -129,6 +173,55 @@ impl Store {
     }
 }
 
+fn workloads_of(incident: &Incident) -> BTreeMap<i32, Workload> {
+    incident
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.workload.clone()))
+        .collect()
+}
+
+/// Every summary opens with its kind ("Pipe deadlock: …"); the workload goes right after
+/// it, where a reader of a one-line alert sees it.
+fn with_workload(summary: &str, phrase: &str) -> String {
+    match summary.split_once(": ") {
+        Some((kind, rest)) => format!("{kind} in {phrase}: {rest}"),
+        None => format!("{summary} (in {phrase})"),
+    }
+}
+
+/// What an incident's `changed` event is about: which threads are stuck in which waits,
+/// the pipes, who waits behind, the workload; not the seconds that grow every scan.
+type Shape = (
+    Vec<i32>,
+    Vec<u64>,
+    usize,
+    Option<Workload>,
+    Vec<(i32, Vec<(i32, String, bool)>)>,
+);
+
+fn shape(incident: &Incident) -> Shape {
+    let processes = incident
+        .processes
+        .iter()
+        .map(|p| {
+            let threads = p
+                .threads
+                .iter()
+                .map(|t| (t.tid, t.wait.clone(), t.stuck))
+                .collect();
+            (p.pid, threads)
+        })
+        .collect();
+    (
+        incident.blocked_behind.clone(),
+        incident.pipes.clone(),
+        incident.processes_omitted,
+        incident.workload.clone(),
+        processes,
+    )
+}
+
 fn key(snapshot: &Snapshot, finding: &Finding) -> Key {
     let members = finding
         .pids
@@ -149,6 +242,8 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
         kind: finding.kind,
         state: State::Active,
         pids: finding.pids.clone(),
+        node: String::new(),
+        workload: None,
         blocked_behind: Vec::new(),
         processes: Vec::new(),
         processes_omitted: 0,
@@ -211,6 +306,7 @@ fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProcess {
         ppid: process.ppid,
         comm: process.comm.clone(),
         cmdline: process.cmdline.clone(),
+        workload: Workload::default(),
         exiting,
         threads_omitted: threads.len().saturating_sub(MAX_THREADS),
         threads: threads
@@ -399,6 +495,38 @@ mod tests {
         let again = store.update(&snapshot, &findings, &clock(), |_, _| true);
         assert_eq!((again.opened.len(), again.untracked), (0, 3));
         assert_eq!(store.active().count(), MAX_ACTIVE);
+    }
+
+    #[test]
+    fn changes_are_in_what_is_stuck_not_in_the_seconds() {
+        let mut store = Store::starting_at(1);
+        let (mut snapshot, finding) = deadlock(10, 2, 1);
+        let findings = [finding];
+        store.update(&snapshot, &findings, &clock(), |_, _| true);
+        snapshot.now_ns += 5 * SECOND;
+        let later = store.update(&snapshot, &findings, &clock(), |_, _| true);
+        assert!(later.changed.is_empty(), "only durations grew");
+        for process in snapshot.processes.values_mut() {
+            process.threads[0].stuck = true;
+        }
+        let stuck = store.update(&snapshot, &findings, &clock(), |_, _| true);
+        assert_eq!(stuck.changed.len(), 1);
+        assert!(stuck.changed[0].processes[0].threads[0].stuck);
+    }
+
+    #[test]
+    fn the_workload_follows_the_kind_in_the_summary() {
+        assert_eq!(
+            with_workload(
+                "Pipe deadlock: a waits; none can proceed.",
+                "unit x.service"
+            ),
+            "Pipe deadlock in unit x.service: a waits; none can proceed."
+        );
+        assert_eq!(
+            with_workload("Odd", "unit x.service"),
+            "Odd (in unit x.service)"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use wait_durations::WaitDurations;
 
 use crate::{
     graph::{Kind, Snapshot},
-    incidents::Incident,
+    incidents::{EventCounters, Incident},
     probes::{Counters, ProgramStats, WaitHistogram},
     text::printable,
 };
@@ -69,6 +69,7 @@ pub struct Metrics {
     last_scan: Gauge,
     http_rejected: IntCounter,
     http_evicted: IntCounter,
+    incident_events: EventCounters,
     wait_durations: WaitDurations,
     process: ProcessMetrics,
 }
@@ -85,11 +86,15 @@ impl Metrics {
                     "exitwatch_build_info",
                     "Build information; the value is always 1.",
                 ),
-                &["version", "rustc"],
+                &["version", "revision", "rustc"],
             )?,
         )?;
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EXITWATCH_RUSTC")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("EXITWATCH_REVISION"),
+                env!("EXITWATCH_RUSTC"),
+            ])
             .set(1);
         Ok(Self {
             incidents_total: register(
@@ -142,9 +147,19 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "exitwatch_active_incident_info",
-                        "One series per process in an active incident (capped at 50 series).",
+                        "One series per process in an active incident (capped at 50 series), \
+                         with its workload (labels empty when unknown).",
                     ),
-                    &["id", "kind", "pid", "comm"],
+                    &[
+                        "id",
+                        "kind",
+                        "pid",
+                        "comm",
+                        "namespace",
+                        "pod",
+                        "container",
+                        "unit",
+                    ],
                 )?,
             )?,
             blocked_threads: register(
@@ -309,6 +324,23 @@ impl Metrics {
                     "Idle HTTP connections closed to make room for new ones (all slots taken).",
                 )?,
             )?,
+            incident_events: EventCounters {
+                dropped: register(
+                    r,
+                    IntCounter::new(
+                        "exitwatch_incident_events_dropped_total",
+                        "Incident events (--events) dropped because the writer was too far \
+                         behind.",
+                    )?,
+                )?,
+                write_errors: register(
+                    r,
+                    IntCounter::new(
+                        "exitwatch_incident_event_write_errors_total",
+                        "Incident events (--events) that could not be written.",
+                    )?,
+                )?,
+            },
             wait_durations: register(r, WaitDurations::new()?)?,
             process: ProcessMetrics::new(r)?,
             registry,
@@ -325,6 +357,11 @@ impl Metrics {
         self.incident_duration
             .with_label_values(&[incident.kind.as_str()])
             .observe(seconds);
+    }
+
+    /// The counters the incident event writer keeps.
+    pub fn incident_events(&self) -> EventCounters {
+        self.incident_events.clone()
     }
 
     pub fn incidents_untracked(&self, count: usize) {
@@ -396,8 +433,18 @@ impl Metrics {
                 if series < MAX_INFO_SERIES {
                     let (id, pid) = (incident.id.to_string(), process.pid.to_string());
                     let comm = printable(&process.comm).into_owned();
+                    let [namespace, pod, container, unit] = process.workload.labels();
                     self.incident_info
-                        .with_label_values(&[&id, incident.kind.as_str(), &pid, &comm])
+                        .with_label_values(&[
+                            &id,
+                            incident.kind.as_str(),
+                            &pid,
+                            &comm,
+                            &namespace,
+                            &pod,
+                            &container,
+                            &unit,
+                        ])
                         .set(1);
                     series += 1;
                 }

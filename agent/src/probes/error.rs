@@ -10,8 +10,10 @@ pub enum ProbeError {
     )]
     NoObject(&'static str),
     #[error(
-        "missing privileges to load eBPF programs: run as root, or grant CAP_BPF, \
-         CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (CAP_SYS_ADMIN before Linux 5.8)"
+        "missing privileges to load eBPF programs: run as root, or grant CAP_SYS_ADMIN, \
+         CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (CAP_BPF with CAP_PERFMON loads the \
+         tracepoints, but kernels with the 2025 uprobe fix attach uprobes only with \
+         CAP_SYS_ADMIN)"
     )]
     Privileges,
     #[error(

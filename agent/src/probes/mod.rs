@@ -1,4 +1,5 @@
 //! Loading, attaching and reading the kernel programs.
+mod batch;
 mod error;
 mod tracefs;
 mod uprobes;
@@ -6,7 +7,7 @@ mod uprobes;
 use std::{collections::BTreeSet, path::Path, sync::Arc};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -199,27 +200,28 @@ impl Probes {
     }
 
     pub fn kernel_view(&self) -> KernelView {
-        // Entries can be deleted by the kernel while we iterate; such misses are skipped.
+        // One entry per thread that ever slept in a tracked wait: read in batches. Should
+        // the batch call fail, the entry-by-entry walk still works (entries the kernel
+        // deletes meanwhile are skipped).
+        let blocked = batch::lookup_all(self.blocked.map()).unwrap_or_else(|error| {
+            log::debug!("reading the waits map entry by entry: {error}");
+            self.blocked.iter().filter_map(Result::ok).collect()
+        });
         KernelView {
-            blocked: self.blocked.iter().filter_map(Result::ok).collect(),
+            blocked,
             exiting: self.procs.iter().filter_map(Result::ok).collect(),
         }
     }
 
-    /// Drops map entries of threads and processes that are gone.
-    pub fn forget(&mut self, tids: &[u32], pids: &[u32]) {
+    /// Drops map entries of threads and processes that are gone; `recorded` is the map
+    /// as the scan read it, where the threads of gone processes are found.
+    pub fn forget(&mut self, tids: &[u32], pids: &[u32], recorded: &[(u32, BlockedWait)]) {
         let pids: BTreeSet<u32> = pids.iter().copied().collect();
-        let mut stale: Vec<u32> = tids.to_vec();
-        if !pids.is_empty() {
-            stale.extend(
-                self.blocked
-                    .iter()
-                    .filter_map(Result::ok)
-                    .filter(|(_, wait)| pids.contains(&wait.tgid))
-                    .map(|(tid, _)| tid),
-            );
-        }
-        for tid in stale {
+        let stale = recorded
+            .iter()
+            .filter(|(_, wait)| pids.contains(&wait.tgid))
+            .map(|(tid, _)| *tid);
+        for tid in tids.iter().copied().chain(stale) {
             let _ = self.blocked.remove(&tid);
         }
         for pid in pids {

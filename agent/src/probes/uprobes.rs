@@ -74,7 +74,7 @@ const MAX_PROGRAMS: usize = 4096;
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 /// Reasons of `exitwatch_uprobe_refusals_total`.
-pub const REFUSAL_REASONS: [&str; 9] = [
+pub const REFUSAL_REASONS: [&str; 10] = [
     "untrusted_owner",
     "writable",
     "untrusted_fs",
@@ -83,6 +83,7 @@ pub const REFUSAL_REASONS: [&str; 9] = [
     "no_symbol",
     "limit",
     "timeout",
+    "attach_failed",
     "unreadable",
 ];
 
@@ -377,8 +378,13 @@ impl Uprobes {
                     return;
                 }
                 Err(error) => {
-                    log::debug!("cannot attach to {}: {error}", printable(&name));
-                    Refused::Never("unreadable")
+                    // EACCES here is a missing CAP_SYS_ADMIN (kernels with the 2025
+                    // uprobe fix): Python exits then lose their `py_finalize` marker.
+                    log::warn!(
+                        "cannot attach the {SYMBOL} probe to {}: {error}",
+                        printable(&name)
+                    );
+                    Refused::Never("attach_failed")
                 }
             },
             Err(refusal) => refusal,

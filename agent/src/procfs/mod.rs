@@ -67,6 +67,10 @@ fn is_permission(error: &io::Error) -> bool {
 /// the process put in its arguments (they can be megabytes).
 pub const CMDLINE_MAX_BYTES: usize = 4096;
 
+/// How much of `/proc/PID/cgroup` is read: a line per hierarchy (about a dozen on a
+/// hybrid host), far more than real paths take.
+pub const CGROUP_MAX_BYTES: usize = 16 << 10;
+
 /// How much of `maps` is read: thousands of mappings, far more than real programs have,
 /// bounded whatever names a process gives its files (each can be 4 KiB long).
 pub const MAPS_MAX_BYTES: usize = 2 << 20;
@@ -261,6 +265,22 @@ impl ProcFs {
                 .collect(),
             truncated,
         })
+    }
+
+    /// `/proc/PID/cgroup`, at most [`CGROUP_MAX_BYTES`], whole lines only. A process
+    /// with delegated cgroups chooses their names and depth, but not how long the kernel
+    /// takes to print them: no deadline is needed.
+    pub fn cgroup(&self, pid: i32) -> Result<String, Error> {
+        let path = self.pid_dir(pid).join("cgroup");
+        let mut bytes = read_at_most(pid, &path, CGROUP_MAX_BYTES + 1)?;
+        if bytes.len() > CGROUP_MAX_BYTES {
+            let whole = bytes[..CGROUP_MAX_BYTES]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |newline| newline + 1);
+            bytes.truncate(whole);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The process's pipe fds, sorted; fds closed while we look are left out. This walks
@@ -619,6 +639,23 @@ mod tests {
         }
         assert_eq!(one_too_many.unwrap(), None);
         assert_eq!(cut.unwrap(), None);
+    }
+
+    #[test]
+    fn cgroup_files_are_read_in_whole_lines_up_to_the_limit() -> io::Result<()> {
+        let root = tempfile::tempdir()?;
+        fs::create_dir(root.path().join("7"))?;
+        let line = format!("0::/{}\n", "deep/".repeat(100));
+        let lines = 2 * CGROUP_MAX_BYTES / line.len();
+        fs::write(root.path().join("7/cgroup"), line.repeat(lines))?;
+        let text = ProcFs::new(root.path())
+            .cgroup(7)
+            .map_err(io::Error::other)?;
+        assert!(text.len() <= CGROUP_MAX_BYTES && !text.is_empty());
+        assert!(text.lines().all(|l| format!("{l}\n") == line));
+        let own = ProcFs::default().cgroup(std::process::id() as i32);
+        assert!(own.map_err(io::Error::other)?.contains("::"));
+        Ok(())
     }
 
     #[test]

@@ -1,20 +1,112 @@
 //! One scan: candidates from the kernel maps, verified and completed from `/proc`.
-use std::collections::{BTreeMap, BTreeSet};
+//!
+//! What earlier scans learnt is kept in [`ScanState`], so that a scan's cost follows what
+//! changed (new waits, new candidates, incidents) rather than the number of threads that
+//! sleep quietly: verdicts on unchanged records ([`Verdicts`]), the pipe holders of every
+//! process ([`HolderIndex`]), and blocked processes known to be live ([`QuietSeeds`]).
+//! [`Fresh`] names the processes read anew regardless: those of open incidents and of
+//! new findings, which `/proc` confirms before anything is reported.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use exitwatch_common::{exit_reason, BlockedWait, ExitState};
 
 use super::{
     cmdline::shown,
     exit_stack::ExitStacks,
+    holders::HolderIndex,
+    lifecycle::Changed,
+    quiet::{QuietSeeds, Waits},
+    verdicts::Verdicts,
     wait::{decode, decode_poll},
 };
 use crate::{
     graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
-    procfs::{Access, ProcFs, Syscall},
+    procfs::ProcFs,
+    procfs::Syscall,
 };
 
 /// Chains of pollers through pipes are short; this bounds the passes over `/proc`.
 const MAX_RELEASER_ROUNDS: usize = 3;
+/// Records verified for the first time per scan. At start-up on a big host every idle
+/// thread is new; the newest waits go first, so a fresh hang is never behind the backlog.
+const MAX_NEW_VERDICTS: usize = 2048;
+/// Stacks searched for libc's `exit` per scan, newest waits first, for the same reason.
+const MAX_EXIT_SEARCHES: usize = 256;
+
+/// What scans learn and later scans reuse.
+#[derive(Default)]
+pub struct ScanState {
+    verdicts: Verdicts,
+    holders: HolderIndex,
+    quiet: QuietSeeds,
+    exit_stacks: ExitStacks,
+}
+
+impl ScanState {
+    /// Processes that exec'd or exited: nothing learnt about them holds any more.
+    pub fn forget_processes(&mut self, changed: Changed) {
+        match changed {
+            Changed::Some(pids) => {
+                self.verdicts.forget_processes(&pids);
+                self.holders.forget(&pids);
+                self.quiet.forget_processes(&pids);
+            }
+            Changed::All => {
+                let exit_stacks = std::mem::take(&mut self.exit_stacks);
+                *self = ScanState {
+                    exit_stacks,
+                    ..ScanState::default()
+                };
+            }
+        }
+    }
+
+    /// After a scan's analysis: remembers the scan's blocked processes that were found
+    /// live, with the process that keeps each one live (`live_by`), and forgets those
+    /// that are part of a finding (`involved`).
+    pub fn note_live(
+        &mut self,
+        scan: &Scan,
+        live_by: &BTreeMap<i32, i32>,
+        involved: &BTreeSet<i32>,
+        now_ns: u64,
+    ) {
+        for (pid, waits) in &scan.seed_waits {
+            match live_by.get(pid) {
+                Some(&witness) if !involved.contains(pid) => {
+                    self.quiet.note(*pid, waits.clone(), witness, now_ns)
+                }
+                _ => self.quiet.retain(|quiet| quiet != *pid),
+            }
+        }
+    }
+}
+
+/// Processes read from `/proc` without trusting what earlier scans learnt of them.
+#[derive(Clone, Copy)]
+pub enum Fresh<'a> {
+    /// Everything: `exitwatch explain`, which has no earlier scans.
+    All,
+    /// The waits of these (open incidents: that is how they end). Their pipe holders
+    /// cannot have changed while they all stay blocked.
+    Only(&'a BTreeSet<i32>),
+    /// As `Only`, and every process's pipe holders: a new finding must not rest on an
+    /// index entry that misses a live holder.
+    Confirm(&'a BTreeSet<i32>),
+}
+
+impl Fresh<'_> {
+    fn contains(&self, pid: i32) -> bool {
+        match self {
+            Fresh::All => true,
+            Fresh::Only(pids) | Fresh::Confirm(pids) => pids.contains(&pid),
+        }
+    }
+
+    fn all_holders(&self) -> bool {
+        matches!(self, Fresh::All | Fresh::Confirm(_))
+    }
+}
 
 /// What the kernel probes recorded, as read from their maps.
 pub struct KernelView {
@@ -33,13 +125,17 @@ pub struct Scan {
     pub errors: BTreeMap<&'static str, u64>,
     /// Processes that were wanted but could not be read, with why.
     pub unreadable: BTreeMap<i32, crate::procfs::Error>,
+    /// The blocked processes this scan looked at because of their own waits, with those
+    /// waits: the ones [`ScanState::note_live`] may let later scans skip.
+    pub seed_waits: BTreeMap<i32, Waits>,
 }
 
 /// A thread verified to be in the wait its map entry describes.
-struct Verified {
+#[derive(Clone, Debug)]
+pub struct Verified {
     wait: Wait,
     since_ns: u64,
-    stuck: bool,
+    pub stuck: bool,
     /// Stack pointer in the syscall, for the exit-phase search.
     sp: u64,
     /// `/proc` state letter, `S` or `D`.
@@ -62,7 +158,8 @@ pub fn collect(
     now_ns: u64,
     options: Options,
     describe: &[i32],
-    exit_stacks: &mut ExitStacks,
+    fresh: Fresh,
+    state: &mut ScanState,
 ) -> Scan {
     let Options {
         hang_after_ns,
@@ -74,70 +171,30 @@ pub fn collect(
         .iter()
         .map(|(pid, state)| (*pid as i32, *state))
         .collect();
-    let mut gone_tids = Vec::new();
     let mut errors = BTreeMap::new();
-    let mut verified: BTreeMap<(i32, i32), Verified> = BTreeMap::new();
-    for (tid, entry) in &kernel.blocked {
-        let (pid, tid) = (entry.tgid as i32, *tid as i32);
-        let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));
-        if !old_enough(entry.last_ns) && !exit_is_old {
-            continue;
-        }
-        match verify(procfs, pid, tid, entry, old_enough(entry.last_ns)) {
-            Ok(Some(thread)) => {
-                verified.insert((pid, tid), thread);
-            }
-            Ok(None) => {}
-            Err(error) => {
-                count(&mut errors, &error);
-                if error.is_gone() {
-                    gone_tids.push(tid as u32);
-                }
-            }
-        }
-    }
-
-    // C programs have no exit probe: a stuck thread inside libc's `exit` marks one.
-    let mut exits_found = Vec::new();
-    for (&(pid, tid), thread) in verified.iter().filter(|(_, v)| v.stuck) {
-        if exiting.contains_key(&pid) {
-            continue;
-        }
-        let (inside, fresh) = exit_stacks.in_exit(procfs, pid, tid, thread.since_ns, thread.sp);
-        if inside {
-            exiting.insert(
-                pid,
-                ExitState {
-                    since_ns: thread.since_ns,
-                    reasons: exit_reason::LIBC_EXIT,
-                    exit_tid: tid as u32,
-                    ..ExitState::default()
-                },
-            );
-        }
-        if inside && fresh {
-            exits_found.push(pid);
-        }
-    }
-    exit_stacks.retain(|pid, tid| verified.contains_key(&(pid, tid)));
-
-    let mut builder = Builder {
+    let checked = verify_all(
         procfs,
-        now_ns,
-        sched_lag_ns: procfs.sched_clock_lag_ns(),
-        hang_after_ns,
-        cmdlines,
-        exiting: &exiting,
-        verified: &verified,
+        kernel,
+        &exiting,
+        fresh,
+        &mut state.verdicts,
+        old_enough,
+        &mut errors,
+    );
+    let verdicts = &state.verdicts;
+    let exits_found = find_exits(procfs, verdicts, &mut exiting, &mut state.exit_stacks);
+    let seed_waits = seed_waits(
+        verdicts,
+        &checked.active,
+        &exiting,
         describe,
-        processes: BTreeMap::new(),
-        gone_pids: Vec::new(),
-        errors,
-        unreadable: BTreeMap::new(),
-    };
-    let seeds: BTreeSet<i32> = verified
+        fresh,
+        &mut state.quiet,
+        now_ns,
+    );
+    let seeds: BTreeSet<i32> = seed_waits
         .keys()
-        .map(|(pid, _)| *pid)
+        .copied()
         .chain(
             exiting
                 .iter()
@@ -146,10 +203,25 @@ pub fn collect(
         )
         .chain(describe.iter().copied())
         .collect();
+    let mut builder = Builder {
+        procfs,
+        now_ns,
+        sched_lag_ns: procfs.sched_clock_lag_ns(),
+        hang_after_ns,
+        cmdlines,
+        fresh,
+        exiting: &exiting,
+        verdicts,
+        describe,
+        processes: BTreeMap::new(),
+        gone_pids: Vec::new(),
+        errors,
+        unreadable: BTreeMap::new(),
+    };
     for pid in seeds {
         builder.add(pid);
     }
-    let pipes = builder.add_releasers();
+    let pipes = builder.add_releasers(&mut state.holders, &checked.active);
     Scan {
         snapshot: Snapshot {
             now_ns,
@@ -157,12 +229,162 @@ pub fn collect(
             processes: builder.processes,
             pipes,
         },
-        gone_tids,
+        gone_tids: checked.gone_tids,
         gone_pids: builder.gone_pids,
         exits_found,
         errors: builder.errors,
         unreadable: builder.unreadable,
+        seed_waits,
     }
+}
+
+/// The blocked processes to look at for their own waits, with those waits: any stuck wait
+/// of an exiting process, a pipe or child wait of any process, unless the process is
+/// known live and nothing it rests on changed ([`QuietSeeds`]). Untimed futex waits are
+/// how idle thread pools sleep; outside an exit they are looked at only when a pipe or a
+/// child leads to their process.
+fn seed_waits(
+    verdicts: &Verdicts,
+    active: &HashSet<i32>,
+    exiting: &BTreeMap<i32, ExitState>,
+    describe: &[i32],
+    fresh: Fresh,
+    quiet: &mut QuietSeeds,
+    now_ns: u64,
+) -> BTreeMap<i32, Waits> {
+    let mut seeds: BTreeMap<i32, Waits> = BTreeMap::new();
+    for (pid, tid, record, thread) in verdicts.current() {
+        let futex_only = matches!(thread.wait, Wait::Futex { timed: false });
+        if thread.stuck && (!futex_only || exiting.contains_key(&pid)) {
+            seeds.entry(pid).or_default().push((tid as u32, *record));
+        }
+    }
+    quiet.retain(|pid| seeds.contains_key(&pid));
+    let active: HashSet<i32> = active.iter().chain(exiting.keys()).copied().collect();
+    seeds.retain(|&pid, waits| {
+        waits.sort_unstable_by_key(|(tid, _)| *tid);
+        fresh.contains(pid)
+            || exiting.contains_key(&pid)
+            || describe.contains(&pid)
+            || !quiet.is_quiet(pid, waits, now_ns, &active)
+    });
+    seeds
+}
+
+/// What verifying this scan's records found besides the verdicts themselves.
+struct Checked {
+    /// Processes with a wait found stuck for the first time in this scan.
+    active: HashSet<i32>,
+    gone_tids: Vec<u32>,
+}
+
+/// Verifies the records old enough to matter (or of processes in their exit phase):
+/// from the kept verdict when the record is unchanged, else from `/proc`.
+fn verify_all(
+    procfs: &ProcFs,
+    kernel: &KernelView,
+    exiting: &BTreeMap<i32, ExitState>,
+    fresh: Fresh,
+    verdicts: &mut Verdicts,
+    old_enough: impl Fn(u64) -> bool,
+    errors: &mut BTreeMap<&'static str, u64>,
+) -> Checked {
+    let mut checked = Checked {
+        active: HashSet::new(),
+        gone_tids: Vec::new(),
+    };
+    verdicts.begin_scan();
+    let mut new = Vec::new();
+    for (tid, entry) in &kernel.blocked {
+        let pid = entry.tgid as i32;
+        let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));
+        if !old_enough(entry.last_ns) && !exit_is_old {
+            continue;
+        }
+        // Records of exiting processes that are not old yet change while they run; they
+        // are few, and always read. Fresh processes are read whatever was kept.
+        let old = old_enough(entry.last_ns);
+        let trusted = old && !fresh.contains(pid);
+        if !(trusted && verdicts.confirm(*tid, entry)) {
+            new.push((*tid, *entry, trusted, old));
+        }
+    }
+    // Those that must be read go first whatever the budget, then the newest waits.
+    new.sort_unstable_by_key(|(_, entry, trusted, _)| (*trusted, std::cmp::Reverse(entry.last_ns)));
+    let mut budget = MAX_NEW_VERDICTS;
+    for (tid, entry, trusted, old) in new {
+        if trusted {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+        }
+        let pid = entry.tgid as i32;
+        // Already known stuck (a fresh process read again): nothing new about it.
+        let known = verdicts.known_stuck(tid, &entry);
+        match verify(procfs, pid, tid as i32, &entry, old) {
+            Ok(verdict) => {
+                if verdict.as_ref().is_some_and(|v| v.stuck) && !known {
+                    checked.active.insert(pid);
+                }
+                // What /proc says now is what later scans start from.
+                verdicts.insert(tid, entry, verdict, old);
+            }
+            Err(error) => {
+                count(errors, &error);
+                verdicts.forget(tid);
+                if error.is_gone() {
+                    checked.gone_tids.push(tid);
+                }
+            }
+        }
+    }
+    verdicts.end_scan();
+    checked
+}
+
+/// C programs have no exit probe: a stuck main thread inside libc's `exit` marks one.
+/// Only main threads are searched, where `exit` runs when `main` returns: on a host of
+/// idle thread pools, every pool thread's stack would be read once per wait for nothing.
+/// Each wait's stack is searched once; returns the processes found in this scan.
+fn find_exits(
+    procfs: &ProcFs,
+    verdicts: &Verdicts,
+    exiting: &mut BTreeMap<i32, ExitState>,
+    exit_stacks: &mut ExitStacks,
+) -> Vec<i32> {
+    let mut unknown = Vec::new();
+    let mut inside = Vec::new();
+    for (pid, tid, _, thread) in verdicts.current().filter(|(.., v)| v.stuck) {
+        if tid != pid || exiting.contains_key(&pid) {
+            continue;
+        }
+        match exit_stacks.remembered(pid, tid, thread.since_ns) {
+            Some(true) => inside.push((pid, tid, thread.since_ns)),
+            Some(false) => {}
+            None => unknown.push((pid, tid, thread)),
+        }
+    }
+    unknown.sort_unstable_by_key(|(_, _, thread)| std::cmp::Reverse(thread.since_ns));
+    let mut found = Vec::new();
+    for (pid, tid, thread) in unknown.into_iter().take(MAX_EXIT_SEARCHES) {
+        if exit_stacks.search(procfs, pid, tid, thread.since_ns, thread.sp) {
+            inside.push((pid, tid, thread.since_ns));
+            found.push(pid);
+        }
+    }
+    for (pid, tid, since_ns) in inside {
+        exiting.entry(pid).or_insert(ExitState {
+            since_ns,
+            reasons: exit_reason::LIBC_EXIT,
+            exit_tid: tid as u32,
+            ..ExitState::default()
+        });
+    }
+    exit_stacks.retain(|pid, tid| verdicts.get(pid, tid).is_some());
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 fn count(errors: &mut BTreeMap<&'static str, u64>, error: &crate::procfs::Error) {
@@ -208,8 +430,11 @@ struct Builder<'a> {
     sched_lag_ns: u64,
     hang_after_ns: u64,
     cmdlines: bool,
+    /// Only these get the details that incidents show and analysis does not need
+    /// (command line, wait channels).
+    fresh: Fresh<'a>,
     exiting: &'a BTreeMap<i32, ExitState>,
-    verified: &'a BTreeMap<(i32, i32), Verified>,
+    verdicts: &'a Verdicts,
     describe: &'a [i32],
     processes: BTreeMap<i32, Process>,
     gone_pids: Vec<u32>,
@@ -262,7 +487,7 @@ impl Builder<'_> {
             pgrp: stat.pgrp,
             start_ticks: stat.start_ticks,
             comm: stat.comm,
-            cmdline: if self.cmdlines {
+            cmdline: if self.cmdlines && self.fresh.contains(pid) {
                 self.procfs
                     .cmdline(pid)
                     .map(|cmdline| shown(&cmdline))
@@ -285,14 +510,14 @@ impl Builder<'_> {
         describe: bool,
     ) -> Result<Thread, crate::procfs::Error> {
         // A verified thread's state was read moments ago; the others need theirs now.
-        if let Some(verified) = self.verified.get(&(pid, tid)) {
+        if let Some(verified) = self.verdicts.get(pid, tid) {
             return Ok(Thread {
                 tid,
                 wait: Some(verified.wait.clone()),
                 since_ns: verified.since_ns,
                 stuck: verified.stuck,
                 state: verified.state,
-                wchan: self.procfs.wchan(pid, tid).unwrap_or_default(),
+                wchan: self.wchan(pid, tid),
             });
         }
         let stat = self.procfs.stat(pid, tid)?;
@@ -322,18 +547,32 @@ impl Builder<'_> {
             }
         }
         if describe || thread.wait.is_some() {
-            thread.wchan = self.procfs.wchan(pid, tid).unwrap_or_default();
+            thread.wchan = self.wchan(pid, tid);
         }
         Ok(thread)
     }
 
+    fn wchan(&self, pid: i32, tid: i32) -> String {
+        if !self.fresh.contains(pid) {
+            return String::new();
+        }
+        self.procfs.wchan(pid, tid).unwrap_or_default()
+    }
+
     /// Adds every process that could release a stuck thread: holders of the other end
-    /// of its pipes, and the children of waiters and readers. Passes over `/proc` only
-    /// when a stuck thread needs them, again while newly added processes bring new pipes
-    /// (a poller found among the holders).
-    fn add_releasers(&mut self) -> BTreeMap<u64, PipeEnds> {
+    /// of its pipes, and the children of waiters and readers. Again while newly added
+    /// processes bring new pipes (a poller found among the holders). Holders and children
+    /// come from `index`, brought up to date once (rereading the processes in `reread`),
+    /// and rebuilt whole if it contradicts a blocked thread.
+    fn add_releasers(
+        &mut self,
+        index: &mut HolderIndex,
+        reread: &HashSet<i32>,
+    ) -> BTreeMap<u64, PipeEnds> {
         let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
         let mut waiters_done: BTreeSet<i32> = BTreeSet::new();
+        let mut refreshed = false;
+        let mut rebuilt = false;
         for _ in 0..MAX_RELEASER_ROUNDS {
             let stuck: Vec<(i32, Wait)> = self
                 .processes
@@ -362,6 +601,17 @@ impl Builder<'_> {
             if wanted_pipes.is_empty() && waiters.is_empty() {
                 break;
             }
+            if !refreshed {
+                let all = self.fresh.all_holders();
+                index.refresh(self.procfs, self.now_ns, reread, all, &mut self.errors);
+                refreshed = true;
+            }
+            let mut ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
+            if !rebuilt && contradicts(&stuck, &wanted_pipes, &ends) {
+                index.refresh(self.procfs, self.now_ns, reread, true, &mut self.errors);
+                ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
+                rebuilt = true;
+            }
             waiters_done.extend(&waiters);
             let mut releasers: BTreeSet<i32> = stuck
                 .iter()
@@ -372,38 +622,11 @@ impl Builder<'_> {
                     _ => None,
                 })
                 .collect();
-            for pipe in &wanted_pipes {
-                pipes.entry(*pipe).or_default();
-            }
-            for pid in self.procfs.pids().unwrap_or_default() {
-                if !waiters.is_empty() {
-                    if let Ok(stat) = self.procfs.stat(pid, pid) {
-                        if waiters.contains(&stat.ppid) {
-                            releasers.insert(pid);
-                        }
-                    }
-                }
-                if wanted_pipes.is_empty() {
-                    continue;
-                }
-                let fds = self.procfs.pipe_fds(pid).unwrap_or_else(|error| {
-                    count(&mut self.errors, &error);
-                    Vec::new()
-                });
-                for fd in fds {
-                    let inode = fd.pipe;
-                    if !wanted_pipes.contains(&inode) {
-                        continue;
-                    }
-                    let ends = pipes.entry(inode).or_default();
-                    if matches!(fd.access, Access::Read | Access::ReadWrite) {
-                        ends.readers.insert(pid);
-                    }
-                    if matches!(fd.access, Access::Write | Access::ReadWrite) {
-                        ends.writers.insert(pid);
-                    }
-                    releasers.insert(pid);
-                }
+            releasers.extend(index.children(&waiters));
+            for pipe in wanted_pipes {
+                let ends = ends.remove(&pipe).unwrap_or_default();
+                releasers.extend(ends.readers.iter().chain(&ends.writers));
+                pipes.insert(pipe, ends);
             }
             for pid in releasers {
                 self.add(pid);
@@ -411,4 +634,27 @@ impl Builder<'_> {
         }
         pipes
     }
+}
+
+/// Whether the index misses a holder that must exist: a blocked writer's pipe has a
+/// reader (or the write would fail), a blocked reader's a writer (or the read would end),
+/// and the blocked thread's own process holds its end. Only the `wanted` pipes count:
+/// `ends` holds no others.
+fn contradicts(
+    stuck: &[(i32, Wait)],
+    wanted: &BTreeSet<u64>,
+    ends: &BTreeMap<u64, PipeEnds>,
+) -> bool {
+    let (empty, holders) = (PipeEnds::default(), |pipe: &u64| ends.get(pipe));
+    stuck.iter().any(|(pid, wait)| match wait {
+        Wait::PipeWrite { pipe, .. } if wanted.contains(pipe) => {
+            let ends = holders(pipe).unwrap_or(&empty);
+            ends.readers.is_empty() || !ends.writers.contains(pid)
+        }
+        Wait::PipeRead { pipe, .. } if wanted.contains(pipe) => {
+            let ends = holders(pipe).unwrap_or(&empty);
+            ends.writers.is_empty() || !ends.readers.contains(pid)
+        }
+        _ => false,
+    })
 }

@@ -25,28 +25,24 @@ pub struct ExitStacks {
 }
 
 impl ExitStacks {
+    /// The verdict on thread `tid` of `pid` in its wait that began at `since_ns`, if its
+    /// stack was searched already.
+    pub fn remembered(&self, pid: i32, tid: i32, since_ns: u64) -> Option<bool> {
+        self.verdicts
+            .get(&(pid, tid))
+            .filter(|(since, _)| *since == since_ns)
+            .map(|&(_, verdict)| verdict)
+    }
+
     /// Whether thread `tid` of `pid`, in a wait that began at `since_ns` with stack
-    /// pointer `sp`, is running inside libc's `exit`; and whether that was found just now
-    /// (rather than remembered from an earlier scan of the same wait). When a read fails
-    /// or times out there is no verdict: "no" for now, and a later scan looks again.
-    pub fn in_exit(
-        &mut self,
-        procfs: &ProcFs,
-        pid: i32,
-        tid: i32,
-        since_ns: u64,
-        sp: u64,
-    ) -> (bool, bool) {
-        if let Some(&(since, verdict)) = self.verdicts.get(&(pid, tid)) {
-            if since == since_ns {
-                return (verdict, false);
-            }
-        }
-        let Some(verdict) = self.search(procfs, pid, sp) else {
-            return (false, false);
+    /// pointer `sp`, is running inside libc's `exit`. When a read fails or times out
+    /// there is no verdict: "no" for now, and a later scan looks again.
+    pub fn search(&mut self, procfs: &ProcFs, pid: i32, tid: i32, since_ns: u64, sp: u64) -> bool {
+        let Some(verdict) = self.search_stack(procfs, pid, sp) else {
+            return false;
         };
         self.verdicts.insert((pid, tid), (since_ns, verdict));
-        (verdict, true)
+        verdict
     }
 
     /// Forgets verdicts of threads no longer waiting.
@@ -55,7 +51,7 @@ impl ExitStacks {
     }
 
     /// The verdict, or `None` if a read failed (a timeout, a mapping that changed).
-    fn search(&mut self, procfs: &ProcFs, pid: i32, sp: u64) -> Option<bool> {
+    fn search_stack(&mut self, procfs: &ProcFs, pid: i32, sp: u64) -> Option<bool> {
         let maps = procfs.mappings(pid).ok()?;
         let Some(libc) = maps.iter().find(|m| m.offset == 0 && is_libc(m)) else {
             return Some(false);
@@ -146,16 +142,20 @@ mod tests {
         // The fixture maps libc and a stack but has no map_files: the ELF lookup fails.
         let fixture = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
         let sp = 0x7ffd_a5bf_0000;
-        assert_eq!(stacks.in_exit(&fixture, 100, 100, 7, sp), (false, false));
-        assert!(stacks.verdicts.is_empty(), "a failed search was remembered");
+        assert!(!stacks.search(&fixture, 100, 100, 7, sp));
+        assert_eq!(
+            stacks.remembered(100, 100, 7),
+            None,
+            "a failed search was remembered"
+        );
         // This thread, which is not in `exit`: a real "no", remembered for its wait.
         let proc = ProcFs::default();
         let pid = i32::try_from(std::process::id()).unwrap();
         let local = 0u64;
         let sp = std::ptr::addr_of!(local) as u64;
-        assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, true));
-        assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, false));
-        assert_eq!(stacks.verdicts.get(&(pid, pid)), Some(&(7, false)));
+        assert!(!stacks.search(&proc, pid, pid, 7, sp));
+        assert_eq!(stacks.remembered(pid, pid, 7), Some(false));
+        assert_eq!(stacks.remembered(pid, pid, 8), None, "another wait");
     }
 
     #[test]
@@ -173,6 +173,7 @@ mod tests {
             .insert(libc.file_id(), Some(u64::MAX - 16..u64::MAX));
         let local = 0u64;
         let sp = std::ptr::addr_of!(local) as u64;
-        assert_eq!(stacks.in_exit(&proc, pid, pid, 7, sp), (false, true));
+        assert!(!stacks.search(&proc, pid, pid, 7, sp));
+        assert_eq!(stacks.remembered(pid, pid, 7), Some(false));
     }
 }

@@ -54,6 +54,9 @@ pub struct Setup {
     pub ca_file: Option<PathBuf>,
     /// Sent with every request of `get`.
     pub credentials: Option<(String, String)>,
+    /// What to start instead of this build's `exitwatch` (a released binary, under
+    /// `setpriv`); `run` and the test flags are appended to it.
+    pub command: Option<Command>,
 }
 
 impl Agent {
@@ -73,7 +76,9 @@ impl Agent {
     pub fn start_setup(setup: Setup) -> Agent {
         require_root();
         let log = tempfile::NamedTempFile::new().expect("creating the agent log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_exitwatch"));
+        let mut command = setup
+            .command
+            .unwrap_or_else(|| Command::new(env!("CARGO_BIN_EXE_exitwatch")));
         command
             .args(["run", "--listen", "127.0.0.1:0"])
             .args(["--hang-after", &format!("{}ms", HANG_AFTER.as_millis())])

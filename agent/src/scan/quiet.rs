@@ -1,0 +1,127 @@
+//! Blocked processes known to be live, and what keeps them so. A log shipper reading a
+//! pipe from an idle writer is blocked for hours, and every scan would read it, resolve
+//! the pipe's holders and find it live again. Once a scan finds it live because of one
+//! releaser (the witness: a holder of the pipe's other end, or a child, or the process
+//! itself through a thread that can run), later scans skip it while
+//! - its own blocked waits are the same records,
+//! - the witness began no new wait and did not exec or exit,
+//! - and the finding is younger than its age limit (a witness can stop for good in a
+//!   wait the probes do not record, `poll` for instance; the limit bounds how long that
+//!   goes unseen).
+//!
+//! A skipped process is still read whenever another one's wait leads to it.
+use std::collections::{HashMap, HashSet};
+
+use exitwatch_common::BlockedWait;
+
+use super::age_limit;
+
+/// The oldest a finding gets before the process is looked at again (see [`age_limit`]).
+const MAX_AGE_NS: u64 = 60_000_000_000;
+
+/// A process's blocked waits as the kernel recorded them: `(tid, record)`, by tid.
+pub type Waits = Vec<(u32, BlockedWait)>;
+
+struct Quiet {
+    waits: Waits,
+    witness: i32,
+    seen_ns: u64,
+}
+
+#[derive(Default)]
+pub struct QuietSeeds {
+    by_pid: HashMap<i32, Quiet>,
+}
+
+impl QuietSeeds {
+    /// Whether `pid`, blocked in `waits`, is still known live. `active` are the processes
+    /// with a wait that got stuck since the last scan (a process kept live by a thread of
+    /// its own is looked at again when another of its threads gets stuck).
+    pub fn is_quiet(&self, pid: i32, waits: &Waits, now_ns: u64, active: &HashSet<i32>) -> bool {
+        self.by_pid.get(&pid).is_some_and(|quiet| {
+            quiet.waits == *waits
+                && !active.contains(&quiet.witness)
+                && now_ns.saturating_sub(quiet.seen_ns) < age_limit(pid, MAX_AGE_NS)
+        })
+    }
+
+    pub fn note(&mut self, pid: i32, waits: Waits, witness: i32, now_ns: u64) {
+        self.by_pid.insert(
+            pid,
+            Quiet {
+                waits,
+                witness,
+                seen_ns: now_ns,
+            },
+        );
+    }
+
+    /// Forgets what depended on processes that exec'd or exited.
+    pub fn forget_processes(&mut self, pids: &HashSet<i32>) {
+        self.by_pid
+            .retain(|pid, quiet| !pids.contains(pid) && !pids.contains(&quiet.witness));
+    }
+
+    /// Forgets processes not blocked any more (or involved in a finding).
+    pub fn retain(&mut self, keep: impl Fn(i32) -> bool) {
+        self.by_pid.retain(|&pid, _| keep(pid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn waits(last_ns: u64) -> Waits {
+        vec![(
+            7,
+            BlockedWait {
+                tgid: 7,
+                last_ns,
+                ..BlockedWait::default()
+            },
+        )]
+    }
+
+    #[test]
+    fn quiet_while_nothing_it_rests_on_changes() {
+        let mut quiet = QuietSeeds::default();
+        let none = HashSet::new();
+        assert!(
+            !quiet.is_quiet(7, &waits(1), SECOND, &none),
+            "never looked at"
+        );
+        quiet.note(7, waits(1), 9, SECOND);
+        assert!(quiet.is_quiet(7, &waits(1), 2 * SECOND, &none));
+        assert!(
+            !quiet.is_quiet(7, &waits(2), 2 * SECOND, &none),
+            "a new record"
+        );
+        assert!(
+            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &HashSet::from([9])),
+            "witness stuck"
+        );
+        assert!(
+            !quiet.is_quiet(7, &waits(1), SECOND + 2 * MAX_AGE_NS, &none),
+            "aged out"
+        );
+
+        quiet.forget_processes(&HashSet::from([9]));
+        assert!(
+            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &none),
+            "witness exited"
+        );
+        quiet.note(7, waits(1), 7, SECOND);
+        assert!(
+            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &HashSet::from([7])),
+            "own new wait"
+        );
+        quiet.retain(|pid| pid != 7);
+        assert!(
+            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &none),
+            "no longer blocked"
+        );
+    }
+}
