@@ -198,7 +198,8 @@ fn substitute(expr: &str, instance: &str) -> String {
 
 #[test]
 fn prometheus_scrapes_the_agent_answers_every_panel_and_fires_the_deadlock_alert() {
-    let agent = Agent::start();
+    // The wait-duration panels need the opt-in histogram.
+    let agent = Agent::start_with(&["--wait-histogram"]);
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
     let (parent, child) = (subject.pid("parent"), subject.pid("child"));
     let instance = agent

@@ -19,6 +19,9 @@ pub mod names {
     pub const PROG_PROCESS_EXIT: &str = "sched_process_exit";
     pub const PROG_SIGNAL_DELIVER: &str = "signal_deliver";
     pub const PROG_PY_FINALIZE: &str = "py_finalize";
+    /// An empty `sched_switch` program the agent never loads: the floor that
+    /// `cargo xtask bench` measures the real one against.
+    pub const PROG_EMPTY_SCHED_SWITCH: &str = "empty_sched_switch";
 
     pub const PROGRAMS: [&str; 6] = [
         PROG_SCHED_SWITCH,
@@ -35,6 +38,8 @@ pub mod names {
     pub const GLOBAL_NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
     pub const GLOBAL_EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
     pub const GLOBAL_SIGNAL_SIG_OFFSET: &str = "SIGNAL_SIG_OFFSET";
+    /// Non-zero turns on the wake-up side of `sched_switch` (`--wait-histogram`).
+    pub const GLOBAL_WAIT_HISTOGRAM_ON: &str = "WAIT_HISTOGRAM_ON";
 }
 
 /// Capacities of the maps; the agent reports how full they are.

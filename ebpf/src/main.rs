@@ -6,6 +6,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod exit_phase;
+mod floor;
 mod lifecycle;
 mod maps;
 mod sleeps;

@@ -1,11 +1,13 @@
 //! `sched_switch`: the hottest path in the kernel. A thread that is not going to sleep
 //! voluntarily costs one compare; a sleep outside the tracked syscalls costs one
-//! register read more.
+//! register read more. The wake-up side (timing completed waits) runs only with
+//! `--wait-histogram`.
 use aya_ebpf::{
     bindings::{pt_regs, task_struct},
     helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
+    Global,
 };
 use core::ptr::{addr_of, read_volatile};
 use exitwatch_common::{
@@ -18,11 +20,21 @@ use crate::maps::{add, bump, current_ids, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTO
 /// below any hang threshold, and it spares the hash update on most sleeps.
 const REFRESH_NS: u64 = 100_000_000;
 
+/// Non-zero when the agent runs with `--wait-histogram`; set at load time. It lives in
+/// `.rodata`, which the loader freezes, so the verifier knows its value and rewrites the
+/// branch on it into an unconditional one: with the histogram off, the wake-up side is
+/// gone from the program, not skipped at run time.
+#[unsafe(no_mangle)]
+static WAIT_HISTOGRAM_ON: Global<u32> = Global::new(0);
+
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // tp_btf args: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)
-    let next: *mut task_struct = ctx.arg(2);
-    let now = complete_wait(next);
+    let now = if WAIT_HISTOGRAM_ON.load() != 0 {
+        complete_wait(ctx.arg(2))
+    } else {
+        0
+    };
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
     if (preempt & 0xff) != 0 || (prev_state & 0xffff_ffff) == 0 {

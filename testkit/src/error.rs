@@ -12,6 +12,17 @@ pub enum Error {
     AgentDidNotStop { within: Duration, log: String },
     #[error("{name} did not print READY within {within:?}")]
     NotReady { name: String, within: Duration },
+    #[error("cc failed on {program}: {status}")]
+    Compile { program: String, status: ExitStatus },
+    #[error(
+        "the idle population did not settle within {within:?}: \
+         {settled} of {expected} threads asleep in their final wait"
+    )]
+    NotSettled {
+        settled: usize,
+        expected: usize,
+        within: Duration,
+    },
     #[error("{name} did not finish within {within:?}")]
     DidNotFinish { name: String, within: Duration },
 }

@@ -48,6 +48,12 @@ pub struct Config {
     /// BPF program on the host pay two clock reads per run.
     #[arg(long, env = "EXITWATCH_BPF_STATS")]
     pub bpf_stats: bool,
+    /// Time every completed sleep in the tracked syscalls, for the
+    /// exitwatch_blocked_wait_duration_seconds histogram (the dashboard's wait-duration
+    /// panels). Off by default: it adds a task-local storage lookup to every context
+    /// switch on the host.
+    #[arg(long, env = "EXITWATCH_WAIT_HISTOGRAM")]
+    pub wait_histogram: bool,
     /// Leave command lines out of incidents entirely (by default they are kept with
     /// secret-looking values redacted, cut at 4 KiB).
     #[arg(long, env = "EXITWATCH_NO_CMDLINES")]
@@ -187,7 +193,8 @@ async fn serve(config: Config) -> Result<()> {
         None => WebConfig::plain(),
     };
     let listener = Listener::bind(config.listen, web, config.web_max_connections).await?;
-    let (mut probes, mut streams) = Probes::load().context("cannot start the kernel probes")?;
+    let (mut probes, mut streams) =
+        Probes::load(config.wait_histogram).context("cannot start the kernel probes")?;
     // Keeps the kernel counting run time per BPF program while the agent runs.
     let _bpf_stats = config
         .bpf_stats

@@ -20,7 +20,9 @@ impl WaitDurations {
         Ok(Self {
             desc: Desc::new(
                 "exitwatch_blocked_wait_duration_seconds".into(),
-                "Completed sleeps in tracked syscalls, by syscall (kernel log2 buckets).".into(),
+                "Completed sleeps in tracked syscalls, by syscall (kernel log2 buckets); \
+                 counted only with --wait-histogram."
+                    .into(),
                 vec!["syscall".into()],
                 Default::default(),
             )?,

@@ -112,7 +112,8 @@ pub struct Streams {
 
 impl Probes {
     /// Loads and attaches every program; everything is detached when `Probes` drops.
-    pub fn load() -> Result<(Self, Streams), ProbeError> {
+    /// `wait_histogram` turns on the timing of completed waits in `sched_switch`.
+    pub fn load(wait_histogram: bool) -> Result<(Self, Streams), ProbeError> {
         if OBJECT_STATUS != "fresh" {
             return Err(ProbeError::NoObject(OBJECT_STATUS));
         }
@@ -142,6 +143,8 @@ impl Probes {
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }
+        let wait_histogram_on = u32::from(wait_histogram);
+        loader.override_global(names::GLOBAL_WAIT_HISTOGRAM_ON, &wait_histogram_on, true);
         let mut ebpf = loader.load(OBJECT).map_err(error::load_error)?;
         // The parsed kernel BTF is big (about 20 MB here) and the loader keeps a copy:
         // free it before parsing the BTF again for the tp_btf program, which halves the

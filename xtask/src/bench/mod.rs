@@ -1,14 +1,17 @@
 //! `cargo xtask bench`: what the agent costs the workloads it watches, measured side by
-//! side on one machine (runs without the agent, with it, and with a hand-written bpftrace
-//! reference, interleaved), plus its idle cost, memory, drops and detection latency.
-//! Writes BENCHMARKS.md.
+//! side on one machine (runs without the agent, with it, with an empty `sched_switch`
+//! program as the floor, and with a hand-written bpftrace reference, interleaved), plus
+//! its idle cost, memory, drops, detection latency, and its cost on hosts full of idle
+//! threads and pipe readers. Writes BENCHMARKS.md.
 mod agent;
+mod floor;
 mod http;
 mod latency;
 mod machine;
 mod proc;
 mod reference;
 mod report;
+mod scale;
 mod stats;
 mod workloads;
 
@@ -23,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::{build_ebpf, system};
 use agent::{Agent, ProgramDelta};
@@ -40,13 +43,18 @@ pub struct Options {
     /// or 2 with --quick].
     #[arg(long)]
     rounds: Option<usize>,
-    /// A short run for development: 2 rounds, quarter-size workloads, 10 s idle, fewer
-    /// detection trials. Its numbers are not for BENCHMARKS.md.
+    /// A short run for development: 2 rounds, quarter-size workloads (one build), 10 s
+    /// idle, fewer detection trials, a host-size sweep up to a tenth of the full host.
+    /// Its numbers are not for BENCHMARKS.md.
     #[arg(long)]
     quick: bool,
     /// Skip the bpftrace reference runs.
     #[arg(long)]
     no_reference: bool,
+    /// A flag added to the agent's command line in the workload rounds, for A/B runs
+    /// (e.g. `--agent-arg=--wait-histogram`); repeatable.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
     /// Seconds of idle host over which the agent's own CPU use is measured.
     #[arg(long)]
     idle_seconds: Option<u64>,
@@ -56,9 +64,21 @@ pub struct Options {
     /// Workloads to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Workload>,
-    /// Only the workload rounds: no idle measurement, no detection latency.
+    /// Only the workload rounds: the same as `--sections overhead`.
     #[arg(long)]
     overhead_only: bool,
+    /// Parts of the bench to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    sections: Vec<Section>,
+    /// Sizes of the host-size sweep, as divisors of the full population (20,000 idle
+    /// threads in 2,000 processes, 1,000 idle pipe readers) [default: 10,2,1, or
+    /// 100,20,10 with --quick].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    scale_divisors: Vec<u64>,
+    /// Seconds over which the agent is measured at each size of the sweep [default: 30,
+    /// or 10 with --quick].
+    #[arg(long)]
+    scale_seconds: Option<u64>,
     /// Seconds to wait, before each round, for other exitwatch processes to end.
     #[arg(long, default_value_t = 300)]
     quiet_wait: u64,
@@ -78,10 +98,24 @@ pub struct Layout {
     pub work: PathBuf,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// The workloads, interleaved in every mode, and the profile pass.
+    Overhead,
+    /// The agent's CPU and memory on the host as it is.
+    Idle,
+    /// Detection latency of the seed deadlock.
+    Latency,
+    /// The host-size sweep.
+    Scale,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Mode {
     Off,
     On,
+    /// An empty `sched_switch` program: the floor of any scheduler hook.
+    Floor,
     Reference,
     /// The agent with `--bpf-stats`, for the kernel's run time per program.
     Profile,
@@ -136,6 +170,9 @@ pub struct Results {
     pub end_rss_kib: Vec<u64>,
     pub idle: Option<Idle>,
     pub latency: Vec<LatencySet>,
+    pub scale: Vec<scale::SizeResult>,
+    /// Wall time of each section run.
+    pub section_seconds: Vec<(Section, f64)>,
     pub environment: machine::Environment,
 }
 
@@ -184,11 +221,20 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     };
     let started = Instant::now();
     results.environment.begin();
-    overhead(&layout, &plan, &mut results)?;
-    profile(&layout, &plan, &mut results)?;
-    if !options.overhead_only {
-        results.idle = Some(idle(&layout, &plan, &mut results)?);
-        detection(&layout, &plan, &mut results)?;
+    for &section in &plan.sections {
+        let clock = Instant::now();
+        match section {
+            Section::Overhead => {
+                overhead(&layout, &plan, &mut results)?;
+                profile(&layout, &plan, &mut results)?;
+            }
+            Section::Idle => results.idle = Some(idle(&layout, &plan, &mut results)?),
+            Section::Latency => detection(&layout, &plan, &mut results)?,
+            Section::Scale => scale::sweep(&layout, &plan, &mut results)?,
+        }
+        let seconds = clock.elapsed().as_secs_f64();
+        system::say(format!("section {section:?} took {seconds:.0} s"));
+        results.section_seconds.push((section, seconds));
     }
     results.environment.end(started.elapsed());
 
@@ -213,7 +259,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
 }
 
 /// The bench's settings after `--quick` and the machine's CPU count are applied.
-struct Plan {
+pub struct Plan {
+    sections: Vec<Section>,
     rounds: usize,
     profile_runs: usize,
     workloads: Vec<Workload>,
@@ -224,6 +271,9 @@ struct Plan {
     latency_trials: usize,
     default_latency_trials: usize,
     agent_cpu: Option<usize>,
+    scale_divisors: Vec<usize>,
+    scale_window: Duration,
+    agent_args: Vec<String>,
 }
 
 impl Plan {
@@ -231,6 +281,13 @@ impl Plan {
         let cpus = thread::available_parallelism().map_or(1, usize::from);
         let quick = options.quick;
         Plan {
+            sections: if options.overhead_only {
+                vec![Section::Overhead]
+            } else if options.sections.is_empty() {
+                Section::value_variants().to_vec()
+            } else {
+                options.sections.clone()
+            },
             workloads: if options.workloads.is_empty() {
                 Workload::ALL.to_vec()
             } else {
@@ -249,6 +306,21 @@ impl Plan {
             latency_trials: options.latency_trials.unwrap_or(if quick { 1 } else { 5 }),
             default_latency_trials: if quick { 1 } else { 2 },
             agent_cpu: (cpus > 1).then_some(cpus - 1),
+            scale_divisors: if options.scale_divisors.is_empty() {
+                if quick {
+                    vec![100, 20, 10]
+                } else {
+                    vec![10, 2, 1]
+                }
+            } else {
+                options.scale_divisors.iter().map(|&d| d as usize).collect()
+            },
+            scale_window: Duration::from_secs(options.scale_seconds.unwrap_or(if quick {
+                10
+            } else {
+                30
+            })),
+            agent_args: options.agent_args.clone(),
         }
     }
 }
@@ -260,7 +332,7 @@ fn overhead(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> {
     for &workload in &plan.workloads {
         workload.run(layout, &plan.sizes, WORKLOAD_CPU)?;
     }
-    let mut modes = vec![Mode::Off, Mode::On];
+    let mut modes = vec![Mode::Off, Mode::On, Mode::Floor];
     if plan.reference {
         modes.push(Mode::Reference);
     }
@@ -274,24 +346,44 @@ fn overhead(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> {
                 mode_name(mode)
             ));
             match mode {
-                Mode::Off => {
-                    for &workload in &plan.workloads {
-                        let outcome = workload.run(layout, &plan.sizes, WORKLOAD_CPU)?;
-                        record(results, workload, mode, outcome);
-                    }
-                }
+                Mode::Off => run_workloads(layout, plan, results, mode, &plan.workloads)?,
                 Mode::On | Mode::Profile => on_round(layout, plan, results, round)?,
+                Mode::Floor => {
+                    let floor = floor::Floor::attach(&layout.root)?;
+                    run_workloads(layout, plan, results, mode, &plan.workloads)?;
+                    drop(floor);
+                }
                 Mode::Reference => {
                     let reference = reference::Reference::start(layout, plan.agent_cpu)?;
                     results.environment.check(&[reference.pid()]);
-                    for &workload in &plan.workloads {
-                        let outcome = workload.run(layout, &plan.sizes, WORKLOAD_CPU)?;
-                        record(results, workload, mode, outcome);
-                    }
+                    // Syscall tracepoints slow a build severalfold: the reference is for
+                    // the microbenchmarks, whose mechanism it mirrors.
+                    let micro: Vec<Workload> = plan
+                        .workloads
+                        .iter()
+                        .copied()
+                        .filter(|w| *w != Workload::Build)
+                        .collect();
+                    run_workloads(layout, plan, results, mode, &micro)?;
                     reference.stop()?;
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Each of `workloads` once, with whatever `mode` has attached.
+fn run_workloads(
+    layout: &Layout,
+    plan: &Plan,
+    results: &mut Results,
+    mode: Mode,
+    workloads: &[Workload],
+) -> Result<()> {
+    for &workload in workloads {
+        let outcome = workload.run(layout, &plan.sizes, WORKLOAD_CPU)?;
+        record(results, workload, mode, outcome);
     }
     Ok(())
 }
@@ -328,6 +420,7 @@ fn agent_round(
     log: &str,
 ) -> Result<()> {
     let mut args = OVERHEAD_ARGS.to_vec();
+    args.extend(plan.agent_args.iter().map(String::as_str));
     if mode == Mode::Profile {
         args.push("--bpf-stats");
     }
@@ -463,6 +556,7 @@ pub fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Off => "no agent",
         Mode::On => "exitwatch",
+        Mode::Floor => "empty sched_switch",
         Mode::Reference => "bpftrace reference",
         Mode::Profile => "exitwatch --bpf-stats",
     }

@@ -44,6 +44,24 @@ pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
+/// (processes, threads) on the host now.
+pub fn host_tasks() -> (usize, usize) {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    let pids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    let threads = pids
+        .iter()
+        .filter_map(|pid| fs::read_dir(format!("/proc/{pid}/task")).ok())
+        .map(Iterator::count)
+        .sum();
+    (pids.len(), threads)
+}
+
 /// The 1-minute load average.
 pub fn load1() -> f64 {
     fs::read_to_string("/proc/loadavg")

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fmt::Write};
 
 use super::{
     machine::Machine,
-    mode_name,
+    mode_name, scale,
     stats::{median, Summary},
     workloads::Workload,
     AgentCost, Mode, Results, OVERHEAD_ARGS, WORKLOAD_CPU,
@@ -15,6 +15,10 @@ const NOTES_BEGIN: &str =
 const NOTES_END: &str = "<!-- notes:end -->";
 const IDLE_CPU_TARGET: f64 = 1.0;
 const RSS_TARGET_MIB: f64 = 40.0;
+/// Issue 9's targets for the full-size populated host.
+const SCALE_CPU_TARGET: f64 = 1.0;
+const SCALE_SCAN_P99_TARGET: f64 = 0.020;
+const SCALE_RSS_TARGET_MIB: f64 = 64.0;
 
 pub fn render(results: &Results, previous: &str) -> String {
     let mut out = String::new();
@@ -22,6 +26,7 @@ pub fn render(results: &Results, previous: &str) -> String {
     let _ = writeln!(out, "## Targets\n");
     out.push_str(&summary_table(results));
     out.push('\n');
+    out.push_str(&scale_table(results));
     misses(&mut out, results);
     workloads(&mut out, results);
     agent_cost(&mut out, results);
@@ -56,9 +61,11 @@ fn header(out: &mut String, results: &Results) {
          {:.0} % busy on average over the {:.0} s run, {:.1} % stolen by the hypervisor; \
          other exitwatch processes seen: {}\n\
          - **Pinning:** workloads on CPU {WORKLOAD_CPU}; the agent and bpftrace on CPU {}\n\
-         - **Rounds:** {} of each mode, interleaved (no agent, exitwatch, bpftrace \
-         reference, then again); a warm-up run of every workload first, not counted; then \
-         a profile pass with `--bpf-stats` ({} run(s) of each workload)\n",
+         - **Rounds:** {} of each mode, interleaved (no agent, exitwatch, empty \
+         `sched_switch`, bpftrace reference, then again); a warm-up run of every workload \
+         first, not counted; then a profile pass with `--bpf-stats` ({} run(s) of each \
+         workload)\n\
+         - **Sections run** (wall time): {}\n",
         results.command,
         results.revision,
         machine.kernel,
@@ -83,13 +90,19 @@ fn header(out: &mut String, results: &Results) {
             .map_or("(any; single CPU)".to_string(), |c| c.to_string()),
         results.rounds,
         results.profile_runs,
+        results
+            .section_seconds
+            .iter()
+            .map(|(section, seconds)| format!("{section:?} {seconds:.0} s"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
 }
 
 fn digits(workload: Workload) -> usize {
     match workload {
         Workload::Pipe | Workload::Futex => 3,
-        Workload::Storm | Workload::Threads => 2,
+        Workload::Storm | Workload::Threads | Workload::Build => 2,
         Workload::Spawns => 1,
     }
 }
@@ -108,7 +121,12 @@ fn summary(results: &Results, workload: Workload, mode: Mode) -> Option<Summary>
 
 /// Median with the agent (or reference) over median without.
 fn ratio(results: &Results, workload: Workload, mode: Mode) -> Option<f64> {
-    Some(summary(results, workload, mode)?.median / summary(results, workload, Mode::Off)?.median)
+    ratio_to(results, workload, mode, Mode::Off)
+}
+
+/// Median in `mode` over median in `baseline`.
+fn ratio_to(results: &Results, workload: Workload, mode: Mode, baseline: Mode) -> Option<f64> {
+    Some(summary(results, workload, mode)?.median / summary(results, workload, baseline)?.median)
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -145,28 +163,50 @@ fn workload_verdict(results: &Results, workload: Workload) -> &'static str {
     }
 }
 
+/// The agent's ratio to the empty `sched_switch` program, and its verdict where the
+/// workload has a target for it.
+fn floor_cells(results: &Results, workload: Workload) -> (String, String, String) {
+    let Some(r) = ratio_to(results, workload, Mode::On, Mode::Floor) else {
+        return ("–".into(), String::new(), String::new());
+    };
+    let shown = format!("{r:.3}×");
+    match workload.floor_target() {
+        Some(target) => (
+            shown,
+            format!("≤ {target:.2}×"),
+            verdict(r <= target).into(),
+        ),
+        None => (shown, String::new(), String::new()),
+    }
+}
+
 pub fn summary_table(results: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| measure | no agent | exitwatch | ratio | target | | bpftrace reference | ratio |\n\
-         |---|---|---|---|---|---|---|---|"
+        "| measure | no agent | empty `sched_switch` | exitwatch | ratio | target | | ratio to empty `sched_switch` | target | | bpftrace reference | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for workload in present(results) {
         let d = digits(workload);
         let cell = |mode| summary(results, workload, mode).map_or("–".into(), |s| s.show(d));
         let on = ratio(results, workload, Mode::On);
         let reference = ratio(results, workload, Mode::Reference);
+        let (to_floor, floor_target, floor_verdict) = floor_cells(results, workload);
         let _ = writeln!(
             out,
-            "| {} ({}) | {} | {} | {} | ≤ {:.2}× | {} | {} | {} |",
+            "| {} ({}) | {} | {} | {} | {} | ≤ {:.2}× | {} | {} | {} | {} | {} | {} |",
             workload.name(),
             workload.unit(),
             cell(Mode::Off),
+            cell(Mode::Floor),
             cell(Mode::On),
             on.map_or("–".into(), |r| format!("{r:.3}×")),
             workload.target(),
             workload_verdict(results, workload),
+            to_floor,
+            floor_target,
+            floor_verdict,
             cell(Mode::Reference),
             reference.map_or("–".into(), |r| format!("{r:.2}×")),
         );
@@ -174,7 +214,7 @@ pub fn summary_table(results: &Results) -> String {
     if let Some(idle) = &results.idle {
         let _ = writeln!(
             out,
-            "| agent CPU, idle host ({:.0} s; {:.0} scans of {:.1} ms) | | {:.2} % of a core | | ≤ {IDLE_CPU_TARGET} % | {} | | |",
+            "| agent CPU, idle host ({:.0} s; {:.0} scans of {:.1} ms) | | | {:.2} % of a core | | ≤ {IDLE_CPU_TARGET} % | {} | | | | | |",
             idle.seconds,
             idle.scans,
             1000.0 * idle.scan_seconds / idle.scans.max(1.0),
@@ -192,7 +232,7 @@ pub fn summary_table(results: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "| agent memory: peak RSS (VmHWM, any run) | | {peak:.1} MiB (VmRSS after the workloads: {}) | | ≤ {RSS_TARGET_MIB} MiB | {} | | |",
+        "| agent memory: peak RSS (VmHWM, any run) | | | {peak:.1} MiB (VmRSS after the workloads: {}) | | ≤ {RSS_TARGET_MIB} MiB | {} | | | | | |",
         steady.map_or("–".into(), |s| format!("{s:.1} MiB")),
         verdict(peak <= RSS_TARGET_MIB)
     );
@@ -203,15 +243,21 @@ pub fn summary_table(results: &Results) -> String {
             .chain(results.profile.values())
             .flatten()
     };
-    let drops: f64 = all().map(|c| c.dropped).sum();
-    let failures: f64 = all().map(|c| c.map_failures).sum();
-    let rate = sleep_rate(results, Workload::Pipe);
-    let _ = writeln!(
-        out,
-        "| ring-buffer drops, all agent runs (pipe runs: {} tracked sleeps/s) | | {drops:.0} (map insert failures: {failures:.0}) | | 0 at ≥ 100k sleeps/s | {} | | |",
-        rate.map_or("–".into(), |r| format!("{:.0}k", r / 1000.0)),
-        verdict(drops == 0.0 && rate.is_some_and(|r| r >= 100_000.0))
-    );
+    // Only the workload rounds count drops.
+    if all().next().is_some() {
+        let drops: f64 = all().map(|c| c.dropped).sum();
+        let failures: f64 = all().map(|c| c.map_failures).sum();
+        let rate = sleep_rate(results, Workload::Pipe);
+        let _ = writeln!(
+            out,
+            "| ring-buffer drops, all agent runs (pipe runs: {} tracked sleeps/s) | | | {drops:.0} (map insert failures: {failures:.0}) | | 0 at ≥ 100k sleeps/s | {} | | | | | |",
+            rate.map_or("–".into(), |r| format!("{:.0}k", r / 1000.0)),
+            match rate {
+                Some(rate) => verdict(drops == 0.0 && rate >= 100_000.0),
+                None => "– (no pipe runs)",
+            }
+        );
+    }
     for set in &results.latency {
         let target = set.hang_after + set.scan_interval;
         let hang: Vec<f64> = set.trials.iter().map(|t| t.from_hang).collect();
@@ -219,7 +265,7 @@ pub fn summary_table(results: &Results) -> String {
         let worst = hang.iter().copied().fold(f64::NAN, f64::max);
         let _ = writeln!(
             out,
-            "| detection latency, `--hang-after {}s --scan-interval {}s` (s; {} trial(s)) | | from hang start {}; from program start {} | | ≤ {target} s | {} | | |",
+            "| detection latency, `--hang-after {}s --scan-interval {}s` (s; {} trial(s)) | | | from hang start {}; from program start {} | | ≤ {target} s | {} | | | | | |",
             set.hang_after,
             set.scan_interval,
             set.trials.len(),
@@ -233,6 +279,97 @@ pub fn summary_table(results: &Results) -> String {
         "\nCells are median (min–max) over the rounds; ratios are median over median; a \
          latency target is met when the worst trial meets it."
     );
+    out
+}
+
+/// The host-size sweep: one row per population size, so the growth is visible.
+pub fn scale_table(results: &Results) -> String {
+    let mut out = String::new();
+    let Some(full) = results.scale.iter().max_by_key(|r| r.size.idle_threads()) else {
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "### The agent on a populated host\n\n\
+         `exitwatch run` at its defaults (`--hang-after {}s --scan-interval {}s`) on a host \
+         populated by the bench with idle thread pools (threads in untimed futex waits) and \
+         idle pipe readers (blocked in `read`, their writers alive in `pause`); measured \
+         over a window that starts once every idle wait is past the threshold.\n\n\
+         | idle threads (processes) | idle pipe readers | threads (processes) on the whole host | window | scans | agent CPU, % of a core | scan mean | scan p50 | scan p99 | peak RSS (VmHWM) | incidents for idle waiters |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|",
+        scale::DEFAULT_HANG_AFTER.as_secs(),
+        scale::DEFAULT_SCAN_INTERVAL.as_secs(),
+    );
+    let ms = |q: Option<scale::Quantile>| q.map_or("–".into(), scale::Quantile::show_ms);
+    for r in &results.scale {
+        let _ = writeln!(
+            out,
+            "| {} ({}) | {} | {} ({}) | {:.0} s | {:.0} | {:.2} % | {:.1} ms | {} | {} | {:.1} MiB | {} |",
+            r.size.idle_threads(),
+            r.size.processes,
+            r.size.pipe_readers,
+            r.host_threads,
+            r.host_processes,
+            r.window_seconds,
+            r.scans,
+            r.cpu_percent,
+            1000.0 * r.scan_mean,
+            ms(r.scan_p50),
+            ms(r.scan_p99),
+            r.hwm_kib as f64 / 1024.0,
+            r.incidents
+        );
+    }
+    let hang: Vec<f64> = full.latency.iter().map(|t| t.from_hang).collect();
+    let worst = hang.iter().copied().fold(f64::NAN, f64::max);
+    let latency_target = (scale::DEFAULT_HANG_AFTER + scale::DEFAULT_SCAN_INTERVAL).as_secs_f64();
+    let rows = [
+        (
+            "agent CPU".to_string(),
+            format!("{:.2} % of a core", full.cpu_percent),
+            "≤ 1 %".to_string(),
+            full.cpu_percent <= SCALE_CPU_TARGET,
+        ),
+        (
+            "scan p99".into(),
+            ms(full.scan_p99),
+            format!("≤ {:.0} ms", 1000.0 * SCALE_SCAN_P99_TARGET),
+            full.scan_p99
+                .is_some_and(|p| p.within(SCALE_SCAN_P99_TARGET)),
+        ),
+        (
+            "peak RSS".into(),
+            format!("{:.1} MiB", full.hwm_kib as f64 / 1024.0),
+            format!("≤ {SCALE_RSS_TARGET_MIB} MiB"),
+            full.hwm_kib as f64 / 1024.0 <= SCALE_RSS_TARGET_MIB,
+        ),
+        (
+            format!(
+                "detection latency of the seed deadlock among them ({} trial(s), from hang start)",
+                hang.len()
+            ),
+            Summary::of(&hang).map_or("–".into(), |s| format!("{} s", s.show(2))),
+            format!("≤ {latency_target} s"),
+            worst <= latency_target,
+        ),
+        (
+            "incidents for idle waiters".into(),
+            full.incidents.to_string(),
+            "0".into(),
+            full.incidents == 0,
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "\nAt the largest size ({} idle threads, {} idle pipe readers):\n\n\
+         | measure | value | target | |\n|---|---|---|---|",
+        full.size.idle_threads(),
+        full.size.pipe_readers
+    );
+    for (measure, value, target, met) in rows {
+        let _ = writeln!(out, "| {measure} | {value} | {target} | {} |", verdict(met));
+    }
+    out.push('\n');
     out
 }
 
@@ -283,6 +420,7 @@ fn program_runs_per_op(costs: &[AgentCost], program: &str, ops: u64) -> f64 {
 fn ns_per_unit(workload: Workload) -> f64 {
     match workload {
         Workload::Storm => 1.0,
+        Workload::Build => 1e9,
         _ => 1000.0,
     }
 }
@@ -347,7 +485,13 @@ fn workloads(out: &mut String, results: &Results) {
     );
     for workload in present(results) {
         let d = digits(workload);
-        for mode in [Mode::Off, Mode::On, Mode::Reference, Mode::Profile] {
+        for mode in [
+            Mode::Off,
+            Mode::On,
+            Mode::Floor,
+            Mode::Reference,
+            Mode::Profile,
+        ] {
             let Some(s) = summary(results, workload, mode) else {
                 continue;
             };
@@ -370,17 +514,26 @@ fn workloads(out: &mut String, results: &Results) {
     }
     let _ = writeln!(
         out,
-        "\nPer-round ratios (exitwatch ÷ the no-agent run just before it):\n"
+        "\nPer-round ratios (exitwatch ÷ the no-agent run just before it; exitwatch ÷ the \
+         empty `sched_switch` run just after it):\n"
     );
-    for workload in Workload::ALL {
-        let off = values(results, workload, Mode::Off);
+    for workload in present(results) {
         let on = values(results, workload, Mode::On);
-        let paired: Vec<String> = off
-            .iter()
-            .zip(&on)
-            .map(|(a, b)| format!("{:.3}", b / a))
-            .collect();
-        let _ = writeln!(out, "- {}: {}", workload.name(), paired.join(", "));
+        let paired = |baseline: Mode| -> String {
+            values(results, workload, baseline)
+                .iter()
+                .zip(&on)
+                .map(|(a, b)| format!("{:.3}", b / a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "- {}: {}; to the empty hook: {}",
+            workload.name(),
+            paired(Mode::Off),
+            paired(Mode::Floor)
+        );
     }
     out.push('\n');
 }
@@ -427,7 +580,9 @@ fn agent_cost(out: &mut String, results: &Results) {
             workload.name(),
             median(&cpu).unwrap_or(f64::NAN),
             median(&share).unwrap_or(f64::NAN),
-            if cpu_per_op >= 1000.0 {
+            if cpu_per_op >= 1e6 {
+                format!("{:.0} ms", cpu_per_op / 1e6)
+            } else if cpu_per_op >= 1000.0 {
                 format!("{:.0} µs", cpu_per_op / 1000.0)
             } else {
                 format!("{cpu_per_op:.0} ns")
@@ -610,12 +765,19 @@ fn method(out: &mut String, results: &Results) {
         out,
         "## How each number is measured\n\n\
          - **Workload figures** are what each workload reports for itself (time per \
-         operation, from `CLOCK_MONOTONIC` around its loop; `perf` prints `usecs/op`). The \
-         C programs are in `xtask/src/bench/` and are compiled with `cc -O2 -pthread` at \
-         bench time. Commands:\n{commands}\
+         operation, from `CLOCK_MONOTONIC` around its loop; `perf` prints `usecs/op`); for \
+         the cargo build, the bench's wall clock around the build. The C programs are in \
+         `xtask/src/bench/` and are compiled with `cc -O2 -pthread` at bench time. The \
+         build compiles from the local crate cache, with the workspace's lock file, into \
+         a target directory emptied before each run. Commands:\n{commands}\
          - **Modes.** *no agent*: nothing attached. *exitwatch*: `target/release/exitwatch \
          run {}` started fresh for the round, given 1 s to settle after it serves \
-         `/healthz`, stopped with SIGTERM after the round. *bpftrace reference*: \
+         `/healthz`, stopped with SIGTERM after the round. *empty `sched_switch`*: the \
+         program `empty_sched_switch` of the agent's own object (`ebpf/src/floor.rs`, \
+         `return 0`, never loaded by the agent), loaded and attached as `tp_btf` by the \
+         bench with aya for the round: what any scheduler hook costs here. *bpftrace \
+         reference* (not run on the cargo build, which its syscall tracepoints would slow \
+         severalfold): \
          `bpftrace -B line` running `xtask/src/bench/reference.bt` (syscall tracepoints on \
          `read`/`write`/`wait4`/`futex` storing arguments per tid, `sched:sched_switch` \
          marking sleepers, `sys_exit_*` clearing), started before the round and stopped \
@@ -642,7 +804,20 @@ fn method(out: &mut String, results: &Results) {
          the incident's `started_at` (when its first wait began, as the agent reports it) \
          to that poll. Target: hang threshold + one scan interval.\n\
          - **Idle host** means no workload started by the bench; other processes on the \
-         machine (see the load above) are not controlled.\n",
+         machine (see the load above) are not controlled.\n\
+         - **Populated host** (the sweep): `testkit/src/idle_population.c` forks pools of \
+         10 threads (64 KiB stacks) that wait on a futex forever, and pairs of a reader \
+         blocked in `read` on a pipe and its writer in `pause`; the bench waits until \
+         `/proc/PID/task/TID/syscall` shows every one of their threads in that final wait, \
+         then starts the agent with no flags but `--listen`, waits the threshold plus two \
+         scan intervals, and measures over the window. Agent CPU as above. Scan p50/p99 \
+         come from the deltas of the agent's `exitwatch_scan_duration_seconds` buckets over \
+         the window, interpolated linearly inside the bucket the quantile falls in (as \
+         Prometheus' `histogram_quantile`; the bounds are 1, 2.5, 5, 10, 25, 50, 100, 250 \
+         ms, …, so a p99 between 10 and 25 ms is an estimate within that range, and with \
+         one scan a second p99 is close to the window's slowest scan). Incidents are those \
+         of the incidents API naming any process of the population, active or resolved. \
+         The detection latency there is the trial above, run once the window is over.\n",
         OVERHEAD_ARGS.join(" ")
     );
 }

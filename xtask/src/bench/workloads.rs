@@ -1,8 +1,9 @@
-//! The workloads: `perf bench sched pipe` and four small C programs compiled at bench
-//! time, each pinned to one CPU and reporting one number.
+//! The workloads: `perf bench sched pipe`, four small C programs compiled at bench time,
+//! and a real one, a `cargo build` from scratch; each pinned to one CPU and reporting one
+//! number.
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -19,7 +20,22 @@ const SOURCES: [(&str, &str); 4] = [
     ("spawn_churn", include_str!("spawn_churn.c")),
 ];
 
+/// The real workload: a command-line tool's dependencies built from scratch (clap with
+/// its derive macros and what they need, syn among them), offline, from the crates the
+/// workspace already uses, versions pinned by its lock file.
+const BUILD_MANIFEST: &str = r#"[package]
+name = "bench-build"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+clap = { version = "4", features = ["derive"] }
+
+[workspace]
+"#;
+
 pub fn compile(layout: &Layout) -> Result<()> {
+    prepare_build(layout)?;
     for (name, source) in SOURCES {
         let c = layout.work.join(format!("{name}.c"));
         fs::write(&c, source).with_context(|| format!("writing {}", c.display()))?;
@@ -36,6 +52,21 @@ pub fn compile(layout: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// The scratch project of the `cargo build` workload, in the bench's work directory.
+fn prepare_build(layout: &Layout) -> Result<()> {
+    let project = build_project(layout);
+    fs::create_dir_all(project.join("src")).context("creating the build workload's project")?;
+    fs::write(project.join("Cargo.toml"), BUILD_MANIFEST).context("writing its Cargo.toml")?;
+    fs::write(project.join("src/main.rs"), "fn main() {}\n").context("writing its main.rs")?;
+    fs::copy(layout.root.join("Cargo.lock"), project.join("Cargo.lock"))
+        .context("copying the workspace's Cargo.lock")?;
+    Ok(())
+}
+
+fn build_project(layout: &Layout) -> PathBuf {
+    layout.work.join("build-workload")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Workload {
     Pipe,
@@ -43,6 +74,7 @@ pub enum Workload {
     Storm,
     Threads,
     Spawns,
+    Build,
 }
 
 /// Operations per run of each workload, sized for about a second each on this kind of
@@ -54,6 +86,8 @@ pub struct Sizes {
     pub storm: u64,
     pub threads: u64,
     pub spawns: u64,
+    /// Builds per run: always one, a build is its own natural unit.
+    pub builds: u64,
 }
 
 impl Sizes {
@@ -63,6 +97,7 @@ impl Sizes {
         storm: 10_000_000,
         threads: 80_000,
         spawns: 1_200,
+        builds: 1,
     };
 
     pub fn scaled(self, divisor: u64) -> Sizes {
@@ -72,6 +107,7 @@ impl Sizes {
             storm: self.storm / divisor,
             threads: self.threads / divisor,
             spawns: self.spawns / divisor,
+            builds: self.builds,
         }
     }
 }
@@ -85,12 +121,13 @@ pub struct Outcome {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Pipe,
         Workload::Futex,
         Workload::Storm,
         Workload::Threads,
         Workload::Spawns,
+        Workload::Build,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +137,7 @@ impl Workload {
             Workload::Storm => "syscall storm",
             Workload::Threads => "thread churn",
             Workload::Spawns => "process churn",
+            Workload::Build => "cargo build",
         }
     }
 
@@ -109,6 +147,7 @@ impl Workload {
             Workload::Storm => "ns/syscall",
             Workload::Threads => "µs/thread",
             Workload::Spawns => "µs/process",
+            Workload::Build => "s/build",
         }
     }
 
@@ -123,6 +162,10 @@ impl Workload {
                 "`pthread_create` + `pthread_join` of an empty thread (`thread_churn.c`)"
             }
             Workload::Spawns => "`fork` + `execl(\"/bin/true\")` + `waitpid` (`spawn_churn.c`)",
+            Workload::Build => {
+                "`cargo build --offline -j 1` of `clap` 4 with `derive` and its dependencies, \
+                 into an empty target directory"
+            }
         }
     }
 
@@ -130,9 +173,18 @@ impl Workload {
     pub fn target(self) -> f64 {
         match self {
             Workload::Pipe => 1.02,
-            Workload::Futex => 1.03,
-            Workload::Storm => 1.01,
-            Workload::Threads | Workload::Spawns => 1.05,
+            Workload::Futex | Workload::Threads => 1.03,
+            Workload::Storm | Workload::Build => 1.01,
+            Workload::Spawns => 1.05,
+        }
+    }
+
+    /// The slowdown allowed over an empty `sched_switch` program, for the workloads whose
+    /// cost is that hook's.
+    pub fn floor_target(self) -> Option<f64> {
+        match self {
+            Workload::Pipe | Workload::Futex => Some(1.01),
+            _ => None,
         }
     }
 
@@ -151,6 +203,7 @@ impl Workload {
             Workload::Storm => sizes.storm,
             Workload::Threads => sizes.threads,
             Workload::Spawns => sizes.spawns,
+            Workload::Build => sizes.builds,
         }
     }
 
@@ -163,10 +216,17 @@ impl Workload {
             Workload::Storm => format!("taskset -c {cpu} syscall_storm {n}"),
             Workload::Threads => format!("taskset -c {cpu} thread_churn {n}"),
             Workload::Spawns => format!("taskset -c {cpu} spawn_churn {n}"),
+            Workload::Build => format!(
+                "rm -rf target && taskset -c {cpu} cargo build --offline -j 1 (in a project \
+                 that depends on clap with derive)"
+            ),
         }
     }
 
     pub fn run(self, layout: &Layout, sizes: &Sizes, cpu: usize) -> Result<Outcome> {
+        if self == Workload::Build {
+            return build(layout, cpu);
+        }
         let ops = self.ops(sizes);
         let mut command = Command::new("taskset");
         command.args(["-c", &cpu.to_string()]);
@@ -201,7 +261,40 @@ impl Workload {
     }
 }
 
-fn program(work: &Path, workload: Workload) -> std::path::PathBuf {
+/// One `cargo build` from scratch; its figure is the wall time of the build.
+fn build(layout: &Layout, cpu: usize) -> Result<Outcome> {
+    let project = build_project(layout);
+    let target = project.join("target");
+    if target.exists() {
+        fs::remove_dir_all(&target).context("emptying the build workload's target directory")?;
+    }
+    // The cargo that runs the bench, whatever PATH says under sudo.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(cargo)
+        .args(["build", "--offline", "--quiet", "-j", "1"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&project)
+        .output()
+        .context("running the cargo build workload")?;
+    let wall = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "the cargo build workload failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(Outcome {
+        value: wall.as_secs_f64(),
+        ops: 1,
+        wall,
+    })
+}
+
+fn program(work: &Path, workload: Workload) -> PathBuf {
     let name = match workload {
         Workload::Futex => "futex_pingpong",
         Workload::Storm => "syscall_storm",

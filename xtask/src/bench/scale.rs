@@ -1,0 +1,232 @@
+//! The host-size sweep: the agent at its default settings on a host populated with idle
+//! thread pools and idle pipe readers (`exitwatch_testkit::Population`) at several
+//! sizes, so the growth of its cost with the number of quiet sleepers is visible.
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use exitwatch_testkit::{Population, PopulationSize};
+use serde_json::Value;
+
+use super::{
+    agent::{Agent, Sample},
+    latency, proc, Layout, Plan, Results,
+};
+use crate::system;
+
+/// How long a population may take to start and settle.
+const POPULATE_WITHIN: Duration = Duration::from_secs(300);
+/// The agent's defaults, which the sweep runs at: threshold and scan interval.
+pub const DEFAULT_HANG_AFTER: Duration = Duration::from_secs(10);
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+const SCAN_HISTOGRAM: &str = "exitwatch_scan_duration_seconds";
+
+/// What the agent spent on one population size.
+#[derive(Clone, Debug)]
+pub struct SizeResult {
+    pub size: PopulationSize,
+    pub window_seconds: f64,
+    pub cpu_percent: f64,
+    pub scans: f64,
+    pub scan_mean: f64,
+    pub scan_p50: Option<Quantile>,
+    pub scan_p99: Option<Quantile>,
+    /// Processes and threads on the whole host when the window began: the agent watches
+    /// them all, the bench's population and whatever else runs.
+    pub host_processes: usize,
+    pub host_threads: usize,
+    pub hwm_kib: u64,
+    /// Incidents that name any process of the population (idle waiters are no hang).
+    pub incidents: usize,
+    /// Detection of the seed deadlock started among the population (largest size only).
+    pub latency: Vec<latency::Trial>,
+}
+
+pub fn sweep(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> {
+    let largest = plan.scale_divisors.iter().copied().min();
+    for &divisor in &plan.scale_divisors {
+        let size = PopulationSize::FULL.divided(divisor);
+        let trials = if Some(divisor) == largest {
+            plan.default_latency_trials
+        } else {
+            0
+        };
+        let result = one_size(layout, plan, results, size, trials)
+            .with_context(|| format!("host-size sweep at 1/{divisor}: {size:?}"))?;
+        results.scale.push(result);
+    }
+    Ok(())
+}
+
+fn one_size(
+    layout: &Layout,
+    plan: &Plan,
+    results: &mut Results,
+    size: PopulationSize,
+    latency_trials: usize,
+) -> Result<SizeResult> {
+    system::say(format!(
+        "host-size sweep: {} idle threads in {} processes, {} idle pipe readers",
+        size.idle_threads(),
+        size.processes,
+        size.pipe_readers
+    ));
+    let started = Instant::now();
+    let population = Population::start(size, &layout.work, POPULATE_WITHIN)?;
+    system::say(format!(
+        "  population ready in {:.1} s; starting the agent at its defaults",
+        started.elapsed().as_secs_f64()
+    ));
+    let log = format!("agent-scale-{}.log", size.idle_threads());
+    let agent = Agent::start(layout, &[], plan.agent_cpu, &log)?;
+    // Past the threshold every idle wait is a candidate the scans must judge: measure
+    // from then on, not while they are still too young to be looked at.
+    thread::sleep(DEFAULT_HANG_AFTER + 2 * DEFAULT_SCAN_INTERVAL);
+    results.environment.check(&[agent.pid()]);
+    let ticks = proc::ticks_per_second();
+    let (host_processes, host_threads) = proc::host_tasks();
+    let before = agent.sample()?;
+    let clock = Instant::now();
+    thread::sleep(plan.scale_window);
+    let after = agent.sample()?;
+    let window_seconds = clock.elapsed().as_secs_f64();
+    let pids = population.pids();
+    let incidents = involving(&agent, &pids)?;
+    let mut trials = Vec::new();
+    for _ in 0..latency_trials {
+        let within = DEFAULT_HANG_AFTER + DEFAULT_SCAN_INTERVAL + Duration::from_secs(60);
+        trials.push(latency::trial(layout, &agent, within)?);
+        thread::sleep(2 * DEFAULT_SCAN_INTERVAL);
+    }
+    let (_, hwm_kib) = agent.memory_kib()?;
+    results.peak_hwm_kib = results.peak_hwm_kib.max(hwm_kib);
+    agent.stop()?;
+    drop(population);
+    let delta = |series: &str| after.metric(series) - before.metric(series);
+    let scans = delta(&format!("{SCAN_HISTOGRAM}_count"));
+    let buckets = bucket_deltas(&before, &after);
+    Ok(SizeResult {
+        size,
+        window_seconds,
+        cpu_percent: 100.0 * after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64
+            / ticks
+            / window_seconds,
+        scans,
+        scan_mean: delta(&format!("{SCAN_HISTOGRAM}_sum")) / scans.max(1.0),
+        scan_p50: quantile(&buckets, 0.5),
+        scan_p99: quantile(&buckets, 0.99),
+        hwm_kib,
+        host_processes,
+        host_threads,
+        incidents,
+        latency: trials,
+    })
+}
+
+/// Incidents, active or resolved, naming any of `pids`.
+fn involving(agent: &Agent, pids: &[i32]) -> Result<usize> {
+    let body = agent.get("/api/v1/incidents")?;
+    let parsed: Value = serde_json::from_str(&body).context("incidents JSON")?;
+    let named = |incident: &Value| {
+        incident["pids"].as_array().is_some_and(|named| {
+            named
+                .iter()
+                .filter_map(Value::as_i64)
+                .any(|pid| pids.iter().any(|p| i64::from(*p) == pid))
+        })
+    };
+    Ok(parsed["incidents"]
+        .as_array()
+        .map_or(0, |all| all.iter().filter(|i| named(i)).count()))
+}
+
+/// (upper bound in seconds, scans in the window at or below it), cumulative, ascending;
+/// the open-ended `+Inf` bucket last.
+fn bucket_deltas(before: &Sample, after: &Sample) -> Vec<(f64, f64)> {
+    let prefix = format!("{SCAN_HISTOGRAM}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .metrics
+        .iter()
+        .filter_map(|(series, value)| {
+            let bound = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, value - before.metric(series)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// A quantile estimated from histogram buckets, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Quantile {
+    /// Interpolated inside a bounded bucket.
+    At(f64),
+    /// In the open-ended bucket: above the highest bound.
+    Above(f64),
+}
+
+impl Quantile {
+    pub fn within(self, limit: f64) -> bool {
+        matches!(self, Quantile::At(seconds) if seconds <= limit)
+    }
+
+    pub fn show_ms(self) -> String {
+        match self {
+            Quantile::At(seconds) => format!("{:.1} ms", 1000.0 * seconds),
+            Quantile::Above(seconds) => format!("> {:.0} ms", 1000.0 * seconds),
+        }
+    }
+}
+
+/// The `q` quantile of a cumulative histogram, interpolated linearly inside the bucket it
+/// falls in, as Prometheus' `histogram_quantile` does.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<Quantile> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(Quantile::Above(lower.0));
+            }
+            let share = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+            return Some(Quantile::At(lower.0 + (bound - lower.0) * share));
+        }
+        lower = (bound, count);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quantile, Quantile};
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let buckets = [
+            (0.01, 0.0),
+            (0.025, 50.0),
+            (0.05, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        let at = |q| match quantile(&buckets, q) {
+            Some(Quantile::At(seconds)) => seconds,
+            other => panic!("{other:?}"),
+        };
+        assert!((at(0.5) - 0.025).abs() < 1e-12, "{}", at(0.5));
+        assert!((at(0.99) - 0.0495).abs() < 1e-12, "{}", at(0.99));
+        assert_eq!(quantile(&[(0.01, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
+        let open = [(0.01, 0.0), (f64::INFINITY, 4.0)];
+        assert_eq!(quantile(&open, 0.99), Some(Quantile::Above(0.01)));
+    }
+}
