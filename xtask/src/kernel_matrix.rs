@@ -59,6 +59,7 @@ pub fn run(root: &Path) -> Result<()> {
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let (binary, dir) = build_test_binary(root)?;
     let test = initramfs::GuestTest {
+        root,
         binary: &binary,
         dir: &dir,
     };

@@ -44,6 +44,8 @@ const PIPELINE_MIB: u32 = 96;
 
 /// A test binary to run in the guest, in the directory `cargo test` would run it from.
 pub struct GuestTest<'a> {
+    /// The repository, seen in the guest where it is on the host.
+    pub root: &'a Path,
     pub binary: &'a Path,
     pub dir: &'a Path,
 }
@@ -181,6 +183,7 @@ fn quoted(path: &Path) -> Result<String> {
 }
 
 fn init_script(modules: &[String], test: &GuestTest) -> Result<String> {
+    let root = quoted(test.root)?;
     let binary = quoted(test.binary)?;
     let dir = quoted(test.dir)?;
     let modules = modules.join(" ");
@@ -202,8 +205,15 @@ done
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,cache=loose,msize=262144 {ROOT_TAG} /host \
     || fail "cannot mount the host root over 9p"
 # The host root stays read-only; everything the tests write goes to fresh file systems.
+# The repository may be under one of them (a CI clone in /tmp): it is bound back in place.
+mkdir -p /repo
+mount -o bind /host{root} /repo || fail "cannot see the repository"
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "no tmpfs on /tmp"
 mount -t tmpfs tmpfs /host/run || fail "no tmpfs on /run"
+if [ ! -d /host{root} ]; then
+    mkdir -p /host{root} && mount -o bind /repo /host{root} \
+        || fail "cannot put the repository back under a fresh /tmp or /run"
+fi
 mount -t proc proc /host/proc || fail "no /proc"
 mount -t sysfs sysfs /host/sys || fail "no /sys"
 mount -t devtmpfs devtmpfs /host/dev || fail "no /dev"
