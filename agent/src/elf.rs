@@ -185,6 +185,16 @@ impl<'a> Elf<'a> {
         self.read(section.offset, section.size as usize).map(Some)
     }
 
+    /// The bytes the section headers state for every section whose name starts with
+    /// `prefix` (`.debug_` for all of DWARF), whatever addresses they claim.
+    pub fn sections_size(&self, prefix: &str) -> u64 {
+        self.sections
+            .iter()
+            .filter(|s| name_starts(&self.names, s.name, prefix.as_bytes()))
+            .map(|s| s.size)
+            .fold(0, u64::saturating_add)
+    }
+
     pub fn has_section(&self, name: &str) -> bool {
         self.section(name).is_some()
     }
@@ -306,11 +316,19 @@ impl<'a> Elf<'a> {
 }
 
 fn name_is(strings: &[u8], at: u32, name: &[u8]) -> bool {
-    let Some(rest) = usize::try_from(at).ok().and_then(|at| strings.get(at..)) else {
-        return false;
-    };
-    rest.strip_prefix(name)
-        .is_some_and(|tail| tail.first() == Some(&0))
+    name_rest(strings, at, name).is_some_and(|tail| tail.first() == Some(&0))
+}
+
+fn name_starts(strings: &[u8], at: u32, prefix: &[u8]) -> bool {
+    name_rest(strings, at, prefix).is_some()
+}
+
+/// What follows `prefix` in the name at `at`, if the name starts with it.
+fn name_rest<'a>(strings: &'a [u8], at: u32, prefix: &[u8]) -> Option<&'a [u8]> {
+    usize::try_from(at)
+        .ok()
+        .and_then(|at| strings.get(at..))?
+        .strip_prefix(prefix)
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {

@@ -63,6 +63,12 @@ impl Stacks {
         findings: &mut [Finding],
         mut counted: impl FnMut(&'static str),
     ) {
+        // Without findings there is nothing to keep: no need to index every recorded
+        // wait of the host.
+        if findings.is_empty() {
+            self.captured.clear();
+            return;
+        }
         let waits = by_tid(blocked);
         self.captured.retain(|(_, tid), captured| {
             waits

@@ -184,28 +184,19 @@ fn load(root: &Path, pid: i32, mapping: &Mapping) -> Option<(Module<Vec<u8>>, Lo
     ))
 }
 
-/// Whether blazesym may read `elf`'s symbol tables, and its DWARF.
+/// Whether blazesym may read `elf`'s symbol tables, and its DWARF. Sizes are those the
+/// section headers state, not the address ranges they claim (a range that overflows
+/// would otherwise count as nothing).
 fn readable(elf: &Elf) -> (bool, bool) {
-    let size = |names: &[&str]| -> u64 {
-        names
-            .iter()
-            .filter_map(|name| elf.section_range(name))
-            .map(|range| range.end.saturating_sub(range.start))
-            .fold(0, u64::saturating_add)
-    };
-    let symbols = size(&[".symtab", ".strtab", ".dynsym", ".dynstr"]) <= MAX_SYMBOL_BYTES;
+    let symbols = [".symtab", ".strtab", ".dynsym", ".dynstr"]
+        .iter()
+        .map(|name| elf.sections_size(name))
+        .fold(0, u64::saturating_add)
+        <= MAX_SYMBOL_BYTES;
     let links = [".gnu_debuglink", ".gnu_debugaltlink", ".debug_sup"];
-    let dwarf_sections = [
-        ".debug_info",
-        ".debug_line",
-        ".debug_abbrev",
-        ".debug_str",
-        ".debug_ranges",
-        ".debug_rnglists",
-    ];
     let dwarf = symbols
         && !links.iter().any(|name| elf.has_section(name))
-        && size(&dwarf_sections) <= MAX_DWARF_BYTES;
+        && elf.sections_size(".debug_") <= MAX_DWARF_BYTES;
     (symbols, dwarf)
 }
 
