@@ -7,7 +7,10 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use aya::{maps::MapData, Pod};
+use aya::{
+    maps::{HashMap, IterableMap, MapData},
+    Pod,
+};
 
 /// `BPF_MAP_LOOKUP_BATCH` from `enum bpf_cmd` (Linux 5.6).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -30,15 +33,15 @@ struct BatchAttr {
 
 /// Every entry of a hash map. Entries the kernel adds or removes meanwhile may or may
 /// not be seen, as with any iteration.
-pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
-    let fd = map.fd().as_fd().as_raw_fd();
+pub fn lookup_all<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> io::Result<Vec<(K, V)>> {
+    let fd = map.map().fd().as_fd().as_raw_fd();
     let mut entries = Vec::new();
     // The kernel's cursor for hash maps: an opaque bucket index (a u32; u64 leaves room).
     let (mut cursor, mut next) = (0u64, 0u64);
     let mut first = true;
+    let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
+    let mut values: Vec<V> = Vec::with_capacity(CHUNK);
     loop {
-        let mut keys: Vec<K> = Vec::with_capacity(CHUNK);
-        let mut values: Vec<V> = Vec::with_capacity(CHUNK);
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &raw mut cursor as u64 },
             out_batch: &raw mut next as u64,
@@ -49,8 +52,8 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
             ..BatchAttr::default()
         };
         // SAFETY: `attr` points at buffers with room for `count` keys and values of the
-        // map's own key and value types (aya checked their sizes when the map was typed),
-        // and at two cursor words; all outlive the call.
+        // map's own key and value types (aya checked their sizes against the map's when
+        // it made the typed `HashMap`), and at two cursor words; all outlive the call.
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -75,7 +78,7 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
             keys.set_len(filled);
             values.set_len(filled);
         }
-        entries.extend(keys.into_iter().zip(values));
+        entries.extend(keys.drain(..).zip(values.drain(..)));
         // ENOENT: the walk reached the end (with the last entries in this batch).
         if error.is_some() {
             return Ok(entries);

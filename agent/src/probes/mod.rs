@@ -7,7 +7,7 @@ mod uprobes;
 use std::{collections::BTreeSet, path::Path, sync::Arc};
 
 use aya::{
-    maps::{HashMap, IterableMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -200,10 +200,10 @@ impl Probes {
     }
 
     pub fn kernel_view(&self) -> KernelView {
-        // One entry per thread that ever slept in a tracked wait: read in batches. Should
-        // the batch call fail, the entry-by-entry walk still works (entries the kernel
-        // deletes meanwhile are skipped).
-        let blocked = batch::lookup_all(self.blocked.map()).unwrap_or_else(|error| {
+        // One entry per thread that ever slept in a tracked wait: read in batches. Every
+        // supported kernel has the batch call (5.6+); should it fail anyway (ENOMEM), the
+        // entry-by-entry walk still works (entries the kernel deletes meanwhile are skipped).
+        let blocked = batch::lookup_all(&self.blocked).unwrap_or_else(|error| {
             log::debug!("reading the waits map entry by entry: {error}");
             self.blocked.iter().filter_map(Result::ok).collect()
         });
