@@ -114,14 +114,16 @@ fn scan_once(shared: &Shared) {
         |result| shared.metrics.stack_captured(result),
     );
 
-    let mut store = shared.store();
     // A zombie has exited: whatever waited on it is released, and it will not run again.
-    let changes = store.update(&scan.snapshot, &findings, &clock, |pid, start| {
-        shared
-            .procfs
-            .stat(pid, pid)
-            .is_ok_and(|stat| stat.start_ticks == start && !matches!(stat.state, 'Z' | 'X'))
-    });
+    let changes = shared
+        .store()
+        .update(&scan.snapshot, &findings, &clock, |pid, start| {
+            shared
+                .procfs
+                .stat(pid, pid)
+                .is_ok_and(|stat| stat.start_ticks == start && !matches!(stat.state, 'Z' | 'X'))
+        });
+    // Serializing events waits for nothing the HTTP handlers hold.
     shared.incident_events.publish(&changes);
     for incident in &changes.opened {
         shared.metrics.incident_opened(incident);
@@ -155,7 +157,7 @@ fn scan_once(shared: &Shared) {
     shared.metrics.observe_scan(
         &scan.snapshot,
         view.exiting.len() + scan.exits_found.len(),
-        store.active(),
+        shared.store().active(),
         started.elapsed().as_secs_f64(),
         uprobe_targets,
     );
