@@ -118,52 +118,51 @@ struct DockerContainerConfig {
     labels: BTreeMap<String, String>,
 }
 
+/// The OCI annotations that name a CRI container: pod, namespace, container, image.
+const CONTAINERD_KEYS: [&str; 4] = [
+    "io.kubernetes.cri.sandbox-name",
+    "io.kubernetes.cri.sandbox-namespace",
+    "io.kubernetes.cri.container-name",
+    "io.kubernetes.cri.image-name",
+];
+const CRIO_KEYS: [&str; 4] = [
+    "io.kubernetes.pod.name",
+    "io.kubernetes.pod.namespace",
+    "io.kubernetes.container.name",
+    "io.kubernetes.cri-o.ImageName",
+];
+
 fn read_names(runtime: Runtime, path: &Path) -> io::Result<Names> {
     let bytes = read_bounded(path)?;
     let invalid = |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, e);
-    let names = match runtime {
-        Runtime::Containerd => {
-            let mut a = serde_json::from_slice::<OciConfig>(&bytes)
-                .map_err(invalid)?
-                .annotations;
-            Names {
-                pod: a.remove("io.kubernetes.cri.sandbox-name"),
-                namespace: a.remove("io.kubernetes.cri.sandbox-namespace"),
-                container: a.remove("io.kubernetes.cri.container-name"),
-                image: a.remove("io.kubernetes.cri.image-name"),
-                runtime: None,
-            }
-        }
-        Runtime::CriO => {
-            let mut a = serde_json::from_slice::<OciConfig>(&bytes)
-                .map_err(invalid)?
-                .annotations;
-            Names {
-                pod: a.remove("io.kubernetes.pod.name"),
-                namespace: a.remove("io.kubernetes.pod.namespace"),
-                container: a.remove("io.kubernetes.container.name"),
-                image: a.remove("io.kubernetes.cri-o.ImageName"),
-                runtime: None,
-            }
-        }
+    let oci_names = |keys: [&str; 4]| -> io::Result<[Option<String>; 4]> {
+        let mut annotations = serde_json::from_slice::<OciConfig>(&bytes)
+            .map_err(invalid)?
+            .annotations;
+        Ok(keys.map(|key| annotations.remove(key)))
+    };
+    let [pod, namespace, container, image] = match runtime {
+        Runtime::Containerd => oci_names(CONTAINERD_KEYS)?,
+        Runtime::CriO => oci_names(CRIO_KEYS)?,
         Runtime::Docker | Runtime::Podman => {
             let docker = serde_json::from_slice::<DockerConfig>(&bytes).map_err(invalid)?;
             let mut labels = docker.config.labels;
-            let name = docker.name.trim_start_matches('/').to_string();
-            Names {
-                pod: labels.remove("io.kubernetes.pod.name"),
-                namespace: labels.remove("io.kubernetes.pod.namespace"),
-                container: labels.remove("io.kubernetes.container.name").or(Some(name)),
-                image: Some(docker.config.image),
-                runtime: None,
-            }
+            let own_name = docker.name.trim_start_matches('/').to_string();
+            [
+                labels.remove("io.kubernetes.pod.name"),
+                labels.remove("io.kubernetes.pod.namespace"),
+                labels
+                    .remove("io.kubernetes.container.name")
+                    .or(Some(own_name)),
+                Some(docker.config.image),
+            ]
         }
     };
     Ok(Names {
-        pod: name(names.pod),
-        namespace: name(names.namespace),
-        container: name(names.container),
-        image: name(names.image),
+        pod: name(pod),
+        namespace: name(namespace),
+        container: name(container),
+        image: name(image),
         runtime: None,
     })
 }
