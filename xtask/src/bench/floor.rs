@@ -14,7 +14,7 @@ pub struct Floor {
 
 impl Floor {
     pub fn attach(root: &Path) -> Result<Floor> {
-        let object = root.join("target/bpf/exitwatch.bpf.o");
+        let object = root.join(crate::ebpf_fingerprint::OBJECT);
         // The object's task-local storage map has no aya wrapper; unused here anyway.
         let mut ebpf = EbpfLoader::new()
             .allow_unsupported_maps()
