@@ -14,6 +14,9 @@ use crate::procfs::{Error, ProcFs};
 pub const STACK_BYTES: u64 = 64 * 1024;
 /// Time for one thread: modules are not loaded past it, and the stack is cut there.
 pub const BUDGET: Duration = Duration::from_millis(50);
+/// Time after that for looking up names: with the walk, well inside the bounded
+/// worker's deadline, past which the process would count as stalling its readers.
+const NAMING: Duration = Duration::from_millis(80);
 
 #[derive(thiserror::Error, Debug)]
 pub enum CaptureError {
@@ -53,7 +56,7 @@ pub fn capture(procfs: &ProcFs, pid: i32, regs: Registers) -> Result<Stack, Capt
     let stack = procfs.bounded(pid, move |root| {
         let walk = walk(root, pid, &maps, regs, &stack, until);
         Ok(Stack {
-            frames: symbolize::frames(root, &maps, &walk.addresses, &walk.modules),
+            frames: symbolize::frames(root, &maps, &walk.addresses, &walk.modules, until + NAMING),
             complete: walk.complete,
         })
     })?;

@@ -4,7 +4,7 @@
 //! carries it itself. blazesym gets each file as `/proc/self/fd/N` of a file already
 //! opened safely (the module through its mapping), never a path a process named, and
 //! never follows debug links (see [`super::unwind::Loaded::dwarf`]).
-use std::{collections::BTreeMap, fs::File, os::fd::AsRawFd, path::Path};
+use std::{collections::BTreeMap, fs::File, os::fd::AsRawFd, path::Path, time::Instant};
 
 use blazesym::symbolize::{
     source::{self, Source},
@@ -22,11 +22,14 @@ use crate::procfs::Mapping;
 const MAX_NAME_CHARS: usize = 256;
 
 /// One frame per address, innermost first.
+/// Names are looked up until `until`; later frames keep their module and offset (a
+/// lookup in a big DWARF file is CPU time the bounded worker's deadline also counts).
 pub fn frames(
     root: &Path,
     maps: &[Mapping],
     addresses: &[FrameAddress],
     modules: &BTreeMap<u64, Loaded>,
+    until: Instant,
 ) -> Vec<Frame> {
     // A symbolizer per capture: it caches by path, and `/proc/self/fd/N` names another
     // file once N is closed and reused.
@@ -56,6 +59,9 @@ pub fn frames(
                 return frame;
             };
             frame.offset = lookup.wrapping_sub(loaded.bias);
+            if Instant::now() >= until {
+                return frame;
+            }
             let symbols = match (&loaded.debug, loaded.symbols) {
                 (Some(debug), _) => Some(debug),
                 (None, true) => Some(&loaded.file),

@@ -20,6 +20,9 @@ use crate::{
 pub const MAX_FRAMES: usize = 64;
 /// Unwind tables of the largest real libraries are a few MiB.
 const MAX_UNWIND_BYTES: u64 = 16 << 20;
+/// Unwind tables held for one capture, all modules together: a process writes its own
+/// stack, so its return addresses can lead the walk into any number of big files.
+const MAX_CAPTURE_UNWIND_BYTES: u64 = 32 << 20;
 /// blazesym holds a module's symbols, and the DWARF units it reads, in memory: a file
 /// whose tables are larger than this (any user can map one) gets no names, or no lines.
 const MAX_SYMBOL_BYTES: u64 = 16 << 20;
@@ -86,6 +89,7 @@ pub fn walk(
     let mut cache = CacheX86_64::<_>::new();
     let mut modules = BTreeMap::new();
     let mut tried = Vec::new();
+    let mut room = MAX_CAPTURE_UNWIND_BYTES;
     loop {
         let (addresses, complete, missing) = frames(&unwinder, &mut cache, regs, stack, |pc| {
             code_mapping(maps, pc).filter(|m| !tried.contains(&m.start))
@@ -93,7 +97,7 @@ pub fn walk(
         match missing {
             Some(mapping) if Instant::now() < until => {
                 tried.push(mapping.start);
-                if let Some((module, loaded)) = load(root, pid, mapping) {
+                if let Some((module, loaded)) = load(root, pid, mapping, &mut room) {
                     unwinder.add_module(module);
                     modules.insert(mapping.start, loaded);
                 }
@@ -145,13 +149,26 @@ fn frames<'m>(
     }
 }
 
-/// The module behind `mapping`, with its unwind tables; `None` if it cannot be opened or
-/// is no ELF file for this machine (then frame pointers carry the walk through it).
-fn load(root: &Path, pid: i32, mapping: &Mapping) -> Option<(Module<Vec<u8>>, Loaded)> {
+/// The module behind `mapping`, with its unwind tables (taken out of `room`); `None` if
+/// it cannot be opened or is no ELF file for this machine (then frame pointers carry the
+/// walk through it). Tables that do not fit are left out, as if the file had none.
+fn load(
+    root: &Path,
+    pid: i32,
+    mapping: &Mapping,
+    room: &mut u64,
+) -> Option<(Module<Vec<u8>>, Loaded)> {
     let (file, _) = open_mapping(root, pid, mapping).ok()?;
     let elf = Elf::parse(&file).ok()?;
     let bias = mapping.start.wrapping_sub(elf.address_of(mapping.offset)?);
-    let section = |name| elf.section_data(name, MAX_UNWIND_BYTES).ok().flatten();
+    let mut section = |name| {
+        let data = elf
+            .section_data(name, MAX_UNWIND_BYTES.min(*room))
+            .ok()
+            .flatten()?;
+        *room -= data.len() as u64;
+        Some(data)
+    };
     let eh_frame = section(".eh_frame");
     let info = ExplicitModuleSectionInfo {
         base_svma: 0,
