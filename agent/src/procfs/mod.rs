@@ -132,6 +132,10 @@ pub struct Mapping {
 pub type FileId = ((u32, u32), u64);
 
 impl Mapping {
+    pub fn contains(&self, address: u64) -> bool {
+        self.start <= address && address < self.end
+    }
+
     pub fn file_id(&self) -> FileId {
         (self.dev, self.inode)
     }
@@ -327,6 +331,22 @@ impl ProcFs {
             target: parse::fd_target(&target),
             access,
         })
+    }
+
+    /// The stack from `sp` up: at most `max` bytes, and no further than the end of the
+    /// mapping (of `maps`) that holds `sp`; `None` when no mapping does.
+    pub fn stack_above(
+        &self,
+        pid: i32,
+        maps: &[Mapping],
+        sp: u64,
+        max: u64,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let Some(stack) = maps.iter().find(|m| m.contains(sp)) else {
+            return Ok(None);
+        };
+        let length = (stack.end - sp).min(max) as usize;
+        self.memory(pid, sp, length).map(Some)
     }
 
     /// `len` bytes of the process's memory at `addr` (needs ptrace access: root or

@@ -56,9 +56,6 @@ impl ExitStacks {
         let Some(libc) = maps.iter().find(|m| m.offset == 0 && is_libc(m)) else {
             return Some(false);
         };
-        let Some(stack) = maps.iter().find(|m| m.start <= sp && sp < m.end) else {
-            return Some(false);
-        };
         let Some(range) = self.exit_range(procfs, pid, libc)? else {
             return Some(false);
         };
@@ -70,8 +67,9 @@ impl ExitStacks {
         ) else {
             return Some(false);
         };
-        let length = (stack.end - sp).min(STACK_WINDOW) as usize;
-        let words = procfs.memory(pid, sp, length).ok()?;
+        let Some(words) = procfs.stack_above(pid, &maps, sp, STACK_WINDOW).ok()? else {
+            return Some(false);
+        };
         Some(words.chunks_exact(8).any(|word| {
             let value = u64::from_ne_bytes([
                 word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],

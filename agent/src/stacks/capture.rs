@@ -44,14 +44,11 @@ pub fn capture(procfs: &ProcFs, pid: i32, regs: Registers) -> Result<Stack, Capt
         // A zombie: its memory is gone, and so is the thread.
         return Err(Error::Gone { pid }.into());
     }
-    let stack = maps
-        .iter()
-        .find(|m| m.start <= regs.sp && regs.sp < m.end)
-        .ok_or(CaptureError::NoStack(regs.sp))?;
-    let length = (stack.end - regs.sp).min(STACK_BYTES) as usize;
     let stack = StackCopy {
         start: regs.sp,
-        bytes: procfs.memory(pid, regs.sp, length)?,
+        bytes: procfs
+            .stack_above(pid, &maps, regs.sp, STACK_BYTES)?
+            .ok_or(CaptureError::NoStack(regs.sp))?,
     };
     let stack = procfs.bounded(pid, move |root| {
         let walk = walk(root, pid, &maps, regs, &stack, until);

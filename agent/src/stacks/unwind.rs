@@ -117,7 +117,7 @@ pub fn walk(
 /// The executable file mapping holding `address`.
 pub fn code_mapping(maps: &[Mapping], address: u64) -> Option<&Mapping> {
     maps.iter()
-        .find(|m| m.start <= address && address < m.end && m.perms[2] == b'x' && m.inode != 0)
+        .find(|m| m.contains(address) && m.perms[2] == b'x' && m.inode != 0)
 }
 
 /// One walk; stops early at the first frame in a mapping `unloaded` returns.
