@@ -35,11 +35,10 @@ pub struct Frame {
 
 /// Runtime libraries between a program and the kernel: a frame in them is never the
 /// place in the user's code that a summary names.
-const RUNTIME_MODULES: [&str; 7] = [
+const RUNTIME_MODULES: [&str; 6] = [
     "libc.so",
     "libc-",
     "libpthread",
-    "ld-linux",
     "libpython",
     "libstdc++",
     "libgcc_s",

@@ -105,8 +105,9 @@ pub fn walk(
             _ => {
                 return Walk {
                     addresses,
-                    // A walk cut short to load a module it had no time for is not whole.
-                    complete: complete && missing.is_none(),
+                    // A walk cut short to load a module it had no time for is not whole
+                    // (`frames` says so already).
+                    complete,
                     modules,
                 };
             }
