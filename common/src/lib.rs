@@ -12,6 +12,7 @@ pub mod names {
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_WAIT_HISTOGRAM: &str = "WAIT_HISTOGRAM";
+    pub const MAP_CHANGED: &str = "CHANGED";
 
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     pub const PROG_TASK_NEWTASK: &str = "task_newtask";
@@ -46,6 +47,24 @@ pub mod names {
 pub const BLOCKED_CAPACITY: u32 = 65_536;
 pub const PROCS_CAPACITY: u32 = 16_384;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// The `CHANGED` map: u64 words holding one byte per thread id (8 ids a word), after a
+/// summary of one byte per [`changed::CHUNK`] ids, so that the agent reads only the chunks
+/// with a change. Bytes, not bits: a byte store needs no atomic read-modify-write, which
+/// the eBPF target's Rust does not offer.
+pub mod changed {
+    /// Thread ids per summary byte.
+    pub const CHUNK: u32 = 4096;
+    /// The largest `pid_max` (`PID_MAX_LIMIT` on 64-bit).
+    pub const MAX_IDS: u32 = 1 << 22;
+    /// Words of the summary, sized for `MAX_IDS` whatever the map's size.
+    pub const SUMMARY_WORDS: u32 = MAX_IDS / CHUNK / 8;
+
+    /// Words of the map for thread ids below `ids`; the object has room for `MAX_IDS`,
+    /// the agent shrinks it at load time to the host's `pid_max`.
+    pub const fn words(ids: u32) -> u32 {
+        SUMMARY_WORDS + ids.div_ceil(8)
+    }
+}
 
 /// x86_64 syscall numbers of the waits exitwatch tracks.
 pub mod nr {
@@ -235,7 +254,9 @@ pub mod counter {
     pub const EVENTS_DROPPED: u32 = 1;
     pub const BLOCKED_FULL: u32 = 2;
     pub const PROCS_FULL: u32 = 3;
-    pub const LEN: u32 = 4;
+    /// Writes to `BLOCKED` by threads whose id lies beyond the `CHANGED` bitmap.
+    pub const CHANGES_LOST: u32 = 4;
+    pub const LEN: u32 = 5;
 }
 
 #[cfg(feature = "user")]

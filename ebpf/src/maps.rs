@@ -1,17 +1,50 @@
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use exitwatch_common::{
-    counter, wait_histogram, BlockedWait, Event, ExitState, BLOCKED_CAPACITY, EVENTS_BYTES,
-    PROCS_CAPACITY,
+    changed, counter, wait_histogram, BlockedWait, Event, ExitState, BLOCKED_CAPACITY,
+    EVENTS_BYTES, PROCS_CAPACITY,
 };
 
 use crate::task_storage::TaskStorage;
 
 #[map]
 pub static BLOCKED: HashMap<u32, BlockedWait> = HashMap::with_max_entries(BLOCKED_CAPACITY, 0);
+
+/// Which threads' entries in `BLOCKED` were written or removed since the agent last
+/// looked (layout in [`exitwatch_common::changed`]). The agent reads and clears it through
+/// a shared mapping, and looks up only those entries instead of reading the whole map
+/// every scan.
+#[map]
+pub static CHANGED: Array<u64> = Array::with_max_entries(
+    changed::words(changed::MAX_IDS),
+    BPF_F_MMAPABLE,
+);
+
+/// Tells the agent that `tid`'s entry in `BLOCKED` changed: its byte, then its chunk's
+/// summary byte (in that order: the agent clears the summary before it reads the chunk).
+/// A thread id beyond the map (`pid_max` raised after the agent sized it) is counted, and
+/// the agent then rereads the whole of `BLOCKED`.
+pub fn mark_changed(tid: u32) {
+    let (Some(word), Some(summary)) = (
+        CHANGED.get_ptr_mut(changed::SUMMARY_WORDS + tid / 8),
+        CHANGED.get_ptr_mut(tid / changed::CHUNK / 8),
+    ) else {
+        bump(counter::CHANGES_LOST);
+        return;
+    };
+    // SAFETY: bytes inside two words of an array map, valid for the program's run. The
+    // agent swaps whole words to zero concurrently; a byte store is atomic against that.
+    unsafe {
+        word.cast::<u8>().add((tid % 8) as usize).write_volatile(1);
+        summary
+            .cast::<u8>()
+            .add((tid / changed::CHUNK % 8) as usize)
+            .write_volatile(1);
+    }
+}
 
 #[map]
 pub static PROCS: HashMap<u32, ExitState> = HashMap::with_max_entries(PROCS_CAPACITY, 0);

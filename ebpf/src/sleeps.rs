@@ -14,7 +14,9 @@ use exitwatch_common::{
     counter, is_tracked_sleep, is_tracked_syscall, wait_histogram, BlockedWait,
 };
 
-use crate::maps::{add, bump, current_ids, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTOGRAM};
+use crate::maps::{
+    add, bump, current_ids, mark_changed, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTOGRAM,
+};
 
 /// How stale `BLOCKED` may get for a thread that keeps re-sleeping in the same wait: far
 /// below any hang threshold, and it spares the hash update on most sleeps.
@@ -117,6 +119,7 @@ fn record_sleep(now: u64) -> Result<(), i32> {
             entry.sleeps += wait.unpublished_sleeps + 1;
             wait.published_ns = now;
             wait.unpublished_sleeps = 0;
+            mark_changed(tid);
             return Ok(());
         }
     }
@@ -149,5 +152,6 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     wait.args = args;
     wait.published_ns = now;
     wait.unpublished_sleeps = 0;
+    mark_changed(tid);
     Ok(())
 }
