@@ -1,7 +1,8 @@
 //! `exitwatch explain PID`: "why won't this process exit?" from `/proc` alone.
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::{bail, Context, Result};
+use exitwatch_common::BlockedWait;
 
 use serde::Serialize;
 
@@ -10,7 +11,7 @@ use crate::{
     graph::{analyze, Kind, Process, Snapshot},
     incidents::{describe as describe_process, IncidentProcess},
     procfs::ProcFs,
-    scan::{blocked_from_proc, collect, Fresh, KernelView, Options, ScanState},
+    scan::{blocked_from_proc, collect, Fresh, KernelView, Options, ScanState, WaitChanges},
     stacks::Stacks,
     text::printable,
 };
@@ -36,26 +37,32 @@ pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
         .stat(pid, pid)
         .with_context(|| format!("cannot inspect pid {pid}"))?;
     let now = monotonic_ns();
+    let blocked = blocked_from_proc(&procfs, now);
+    let records: HashMap<u32, BlockedWait> = blocked.iter().copied().collect();
+    let lookup = |tid| records.get(&tid).copied();
     let kernel = KernelView {
-        blocked: blocked_from_proc(&procfs, now),
+        waits: &lookup,
         exiting: Vec::new(),
     };
+    let mut state = ScanState::default();
+    state.waits_changed(WaitChanges::All(blocked.clone()));
     let mut scan = collect(
         &procfs,
         &kernel,
         now,
         Options {
             hang_after_ns: hang_after.as_nanos() as u64,
+            lookahead_ns: 0,
             cmdlines: true,
         },
         &[pid],
         Fresh::All,
-        &mut ScanState::default(),
+        &mut state,
     );
     // Registers from /proc: no frame pointer, so some stacks stop early (`complete`
     // false); the running agent has the probe's.
     let mut stacks = Stacks::default();
-    stacks.attach_waiting(&procfs, &kernel.blocked, &mut scan.snapshot, pid);
+    stacks.attach_waiting(&procfs, &blocked, &mut scan.snapshot, pid);
     if !scan.snapshot.processes.contains_key(&pid) {
         match scan.unreadable.get(&pid) {
             Some(error) if error.is_permission() => bail!(
@@ -71,13 +78,7 @@ pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
         .filter(|f| f.pids.contains(&pid) || f.behind.contains(&pid))
         .collect();
     // The other processes of its findings (a deadlocked child).
-    stacks.attach(
-        &procfs,
-        &kernel.blocked,
-        &mut scan.snapshot,
-        &mut findings,
-        |_| {},
-    );
+    stacks.attach(&procfs, &blocked, &mut scan.snapshot, &mut findings, |_| {});
     // Capturing stacks takes nothing out of the snapshot.
     let process = scan
         .snapshot

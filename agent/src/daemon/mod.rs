@@ -19,7 +19,7 @@ use crate::{
     incidents::{EventStream, Store},
     logging,
     metrics::Metrics,
-    probes::Probes,
+    probes::{Probes, Waits},
     procfs::ProcFs,
     scan::{blocked_from_proc, Lifecycle, ScanState},
     workload::{self, Workloads},
@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     pub config: Config,
     pub procfs: ProcFs,
     pub probes: Mutex<Probes>,
+    /// The probes' map of recorded waits: only scans read it.
+    pub waits: Mutex<Waits>,
     pub store: Mutex<crate::incidents::Store>,
     /// What scans learnt and later scans reuse.
     pub scan_state: Mutex<ScanState>,
@@ -142,6 +144,10 @@ impl Shared {
     pub fn probes(&self) -> MutexGuard<'_, Probes> {
         // A panic while holding the lock leaves the maps usable; keep going.
         self.probes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn waits(&self) -> MutexGuard<'_, Waits> {
+        self.waits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -193,7 +199,7 @@ async fn serve(config: Config) -> Result<()> {
         None => WebConfig::plain(),
     };
     let listener = Listener::bind(config.listen, web, config.web_max_connections).await?;
-    let (mut probes, mut streams) =
+    let (probes, mut waits, mut streams) =
         Probes::load(config.wait_histogram).context("cannot start the kernel probes")?;
     // Keeps the kernel counting run time per BPF program while the agent runs.
     let _bpf_stats = config
@@ -209,7 +215,7 @@ async fn serve(config: Config) -> Result<()> {
     streams.uprobes.set_limit(config.max_uprobe_targets);
     streams.uprobes.discover_installed();
     streams.uprobes.discover_running();
-    let seeded = probes.seed(&blocked_from_proc(&procfs, monotonic_ns()));
+    let seeded = waits.seed(&blocked_from_proc(&procfs, monotonic_ns()));
     log::info!(
         "exitwatch {} ({}) watching: hang-after {}, scan every {}, {} uprobe target(s), \
          {seeded} wait(s) already in progress; serving {}",
@@ -234,6 +240,7 @@ async fn serve(config: Config) -> Result<()> {
         config: config.clone(),
         procfs,
         probes: Mutex::new(probes),
+        waits: Mutex::new(waits),
         store: Mutex::new(Store::starting_at(first_incident_id()).with_workloads(workloads)),
         scan_state: Mutex::default(),
         lifecycle: Mutex::default(),

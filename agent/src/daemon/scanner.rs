@@ -1,24 +1,50 @@
 //! The scan loop: kernel maps → verified snapshot → findings → incidents and metrics.
-use std::{collections::BTreeSet, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{zombies, Shared};
 use crate::{
-    clock::Clock,
+    clock::{monotonic_ns, Clock},
     graph::{analysis, Finding},
     incidents::{Ending, MAX_ACTIVE},
-    scan::{collect, Fresh, Options},
+    probes::RESYNC_REASONS,
+    scan::{collect, Changed, Fresh, KernelView, Options},
 };
 
+/// Scans run every interval, and in between when a wait that can make a finding turns
+/// the threshold old (its time is known from the scan before): a hang is then reported
+/// the threshold plus one scan after it began, not up to an interval later. Such wake-ups
+/// come at least half an interval after the scan before, so a host where many waits turn
+/// old scans at most twice an interval.
 pub async fn run(shared: Arc<Shared>) {
-    let mut ticks = tokio::time::interval(shared.config.scan_interval);
+    let interval = shared.config.scan_interval;
+    let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wake: Option<tokio::time::Instant> = None;
     loop {
-        ticks.tick().await;
-        let scanning = shared.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || scan_once(&scanning)).await {
-            shared.metrics.scan_failed();
-            log::error!("scan failed: {error}");
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = sleep_until(wake), if wake.is_some() => {}
         }
+        let started = tokio::time::Instant::now();
+        let scanning = shared.clone();
+        wake = match tokio::task::spawn_blocking(move || scan_once(&scanning)).await {
+            Ok(due) => due.map(|due| (started + interval / 2).max(due)),
+            Err(error) => {
+                shared.metrics.scan_failed();
+                log::error!("scan failed: {error}");
+                None
+            }
+        };
+    }
+}
+
+async fn sleep_until(wake: Option<tokio::time::Instant>) {
+    if let Some(wake) = wake {
+        tokio::time::sleep_until(wake).await;
     }
 }
 
@@ -26,15 +52,17 @@ pub async fn run(shared: Arc<Shared>) {
 /// the others read anew the processes of what the first found.
 const MAX_PASSES: usize = 3;
 
-fn scan_once(shared: &Shared) {
+/// One scan; returns when the next wait that wakes the scanner turns old, if one does.
+fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
     let started = Instant::now();
     let clock = Clock::now();
     let options = Options {
         hang_after_ns: shared.config.hang_after.as_nanos() as u64,
+        lookahead_ns: shared.config.scan_interval.as_nanos() as u64,
         cmdlines: !shared.config.no_cmdlines,
     };
     let timeouts = shared.procfs.timeouts();
-    let view = shared.probes().kernel_view();
+    let exiting = shared.probes().exiting();
     let exited = shared.zombies().pending();
     let (unreaping_parents, reaped) = zombies::parents(
         &shared.procfs,
@@ -43,14 +71,38 @@ fn scan_once(shared: &Shared) {
         options.hang_after_ns,
     );
     shared.zombies().forget(&reaped);
-    let dropped = shared.probes().counters().events_dropped;
+    let counters = shared.probes().counters();
     let changed = {
         let mut lifecycle = shared.lifecycle();
-        lifecycle.dropped(dropped);
+        lifecycle.dropped(counters.events_dropped);
         lifecycle.take()
     };
     let mut state = shared.scan_state();
+    let reset = matches!(changed, Changed::All);
     state.forget_processes(changed);
+    // Only scans use the waits map, one at a time.
+    let mut waits = shared.waits();
+    let (changes, read_whole) = waits.changes(clock.monotonic_ns, counters.changes_lost, reset);
+    let stale = state.waits_changed(changes);
+    if let Some(reason) = read_whole.map(|index| RESYNC_REASONS[index]) {
+        shared.metrics.waits_map_read(reason);
+        let (judged, pending) = state.sizes();
+        log::debug!(
+            "read the whole waits map ({reason}): {judged} judged, {pending} pending, \
+             {stale} verdict(s) on changed records dropped"
+        );
+    }
+    let exiting_count = exiting.len();
+    let exit_due = exiting
+        .iter()
+        .map(|(_, exit)| exit.since_ns.saturating_add(options.hang_after_ns))
+        .filter(|&due| due > clock.monotonic_ns)
+        .min();
+    let lookup = |tid| waits.get(tid);
+    let view = KernelView {
+        waits: &lookup,
+        exiting,
+    };
 
     // Open incidents are always read anew: that is how they end. A finding that rests on
     // anything earlier scans learnt is read again before it counts.
@@ -92,10 +144,17 @@ fn scan_once(shared: &Shared) {
         .retain(|finding| involved(std::slice::from_ref(finding)).all(|pid| fresh.contains(&pid)));
     let involved_pids: BTreeSet<i32> = involved(&analysis.findings).collect();
     state.note_live(&scan, &analysis.live_by, &involved_pids, clock.monotonic_ns);
+    let records = state.records(&involved_pids);
+    let due = state
+        .next_wake(options.hang_after_ns)
+        .filter(|&due| due > clock.monotonic_ns)
+        .into_iter()
+        .chain(exit_due)
+        .min();
     drop(state);
-    shared
-        .probes()
-        .forget(&scan.gone_tids, &scan.gone_pids, &view.blocked);
+    waits.forget(&scan.gone_tids);
+    drop(waits);
+    shared.probes().forget_processes(&scan.gone_pids);
     // Slow reads (memory, files) are given up inside helpers that report no error.
     let timed_out = shared.procfs.timeouts() - timeouts;
     if timed_out > 0 {
@@ -108,7 +167,7 @@ fn scan_once(shared: &Shared) {
     let mut findings = analysis.findings;
     shared.stacks().attach(
         &shared.procfs,
-        &view.blocked,
+        &records,
         &mut scan.snapshot,
         &mut findings,
         |result| shared.metrics.stack_captured(result),
@@ -156,11 +215,13 @@ fn scan_once(shared: &Shared) {
     shared.health.scan_completed();
     shared.metrics.observe_scan(
         &scan.snapshot,
-        view.exiting.len() + scan.exits_found.len(),
+        exiting_count + scan.exits_found.len(),
         shared.store().active(),
         started.elapsed().as_secs_f64(),
         uprobe_targets,
     );
+    let after = Duration::from_nanos(due?.saturating_sub(monotonic_ns()));
+    Some(tokio::time::Instant::now() + after)
 }
 
 /// Every process of `findings`: their members and those blocked behind them.

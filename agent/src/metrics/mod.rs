@@ -62,6 +62,8 @@ pub struct Metrics {
     events: IntCounter,
     events_dropped: IntCounter,
     map_full: IntCounterVec,
+    waits_reads: IntCounterVec,
+    changes_lost: IntCounter,
     bpf_run_time: CounterVec,
     bpf_runs: IntCounterVec,
     scan_duration: Histogram,
@@ -211,6 +213,30 @@ impl Metrics {
                 IntCounter::new(
                     "exitwatch_ringbuf_dropped_events_total",
                     "Lifecycle events lost because the ring buffer was full.",
+                )?,
+            )?,
+            waits_reads: register(
+                r,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "exitwatch_waits_map_reads_total",
+                            "Whole reads of the probes' map of recorded waits, by reason \
+                             (start, lost_changes, scan_reset, periodic); otherwise scans look \
+                             up only the entries the probes marked as changed.",
+                        ),
+                        &["reason"],
+                    )?,
+                    crate::probes::RESYNC_REASONS,
+                ),
+            )?,
+            changes_lost: register(
+                r,
+                IntCounter::new(
+                    "exitwatch_waits_changes_lost_total",
+                    "Changes to the map of recorded waits the probes could not mark (a thread \
+                     id beyond the marks: pid_max raised after the agent started); each makes \
+                     the next scan read the whole map.",
                 )?,
             )?,
             map_full: register(
@@ -407,6 +433,10 @@ impl Metrics {
         self.stack_captures.with_label_values(&[result]).inc();
     }
 
+    pub fn waits_map_read(&self, reason: &str) {
+        self.waits_reads.with_label_values(&[reason]).inc();
+    }
+
     pub fn scan_errors(&self, errors: &BTreeMap<&'static str, u64>) {
         for (reason, count) in errors {
             self.scan_errors.with_label_values(&[reason]).inc_by(*count);
@@ -486,6 +516,7 @@ impl Metrics {
         self.process.refresh();
         raise_to(&self.events, counters.events_sent);
         raise_to(&self.events_dropped, counters.events_dropped);
+        raise_to(&self.changes_lost, counters.changes_lost);
         raise_to(
             &self
                 .map_full

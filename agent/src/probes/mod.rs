@@ -1,10 +1,12 @@
 //! Loading, attaching and reading the kernel programs.
 mod batch;
+mod changed;
 mod error;
 mod tracefs;
 mod uprobes;
+mod waits;
 
-use std::{collections::BTreeSet, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -12,12 +14,11 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use exitwatch_common::{counter, names, wait_histogram, BlockedWait, ExitState};
+use exitwatch_common::{changed as changed_ids, counter, names, wait_histogram, ExitState};
 
 pub use error::ProbeError;
 pub use uprobes::{UprobeStats, Uprobes, REFUSAL_REASONS};
-
-use crate::scan::KernelView;
+pub use waits::{Waits, RESYNC_REASONS};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exitwatch.bpf.o"));
 const OBJECT_STATUS: &str = env!("EXITWATCH_EBPF_STATUS");
@@ -69,6 +70,8 @@ pub struct Counters {
     pub events_dropped: u64,
     pub blocked_full: u64,
     pub procs_full: u64,
+    /// Changes to the waits map the probes could not mark for the agent.
+    pub changes_lost: u64,
     /// Files refused a uprobe, in the order of [`REFUSAL_REASONS`].
     pub uprobe_refusals: [u64; REFUSAL_REASONS.len()],
     /// Exec events that uprobe discovery had no room for.
@@ -91,9 +94,9 @@ pub struct ProgramStats {
 
 /// What scans and scrapes read: the maps and counters, nothing that can be slow. The
 /// programs themselves (and their links) belong to [`Uprobes`], which attaches and
-/// detaches on its own thread.
+/// detaches on its own thread; the map of recorded waits to [`Waits`], which only scans
+/// read.
 pub struct Probes {
-    blocked: HashMap<MapData, u32, BlockedWait>,
     procs: HashMap<MapData, u32, ExitState>,
     counters: PerCpuArray<MapData, u64>,
     wait_histogram: PerCpuArray<MapData, u64>,
@@ -113,7 +116,7 @@ pub struct Streams {
 impl Probes {
     /// Loads and attaches every program; everything is detached when `Probes` drops.
     /// `wait_histogram` turns on the timing of completed waits in `sched_switch`.
-    pub fn load(wait_histogram: bool) -> Result<(Self, Streams), ProbeError> {
+    pub fn load(wait_histogram: bool) -> Result<(Self, Waits, Streams), ProbeError> {
         if OBJECT_STATUS != "fresh" {
             return Err(ProbeError::NoObject(OBJECT_STATUS));
         }
@@ -143,6 +146,9 @@ impl Probes {
         for (global, offset) in &offsets {
             loader.override_global(global, offset, true);
         }
+        // Marks of changed waits for every thread id the host can have.
+        let ids = pid_max();
+        loader.map_max_entries(names::MAP_CHANGED, changed_ids::words(ids));
         let wait_histogram_on = u32::from(wait_histogram);
         loader.override_global(names::GLOBAL_WAIT_HISTOGRAM_ON, &wait_histogram_on, true);
         let mut ebpf = loader.load(OBJECT).map_err(error::load_error)?;
@@ -171,6 +177,10 @@ impl Probes {
             .map_err(|e| ProbeError::map(names::MAP_EVENTS, e))?;
         let blocked = HashMap::try_from(take_map(&mut ebpf, names::MAP_BLOCKED)?)
             .map_err(|e| ProbeError::map(names::MAP_BLOCKED, e))?;
+        let changed = aya::maps::Array::try_from(take_map(&mut ebpf, names::MAP_CHANGED)?)
+            .map_err(|e| ProbeError::map(names::MAP_CHANGED, e))?;
+        let changed = changed::ChangedIds::new(changed, ids)
+            .map_err(|e| ProbeError::map(names::MAP_CHANGED, aya::maps::MapError::IoError(e)))?;
         let procs = HashMap::try_from(take_map(&mut ebpf, names::MAP_PROCS)?)
             .map_err(|e| ProbeError::map(names::MAP_PROCS, e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::MAP_COUNTERS)?)
@@ -180,7 +190,6 @@ impl Probes {
         let uprobes = Uprobes::load(ebpf)?;
         let program_ids = uprobes.program_ids();
         let probes = Self {
-            blocked,
             procs,
             counters,
             wait_histogram,
@@ -192,51 +201,23 @@ impl Probes {
             logger,
             uprobes,
         };
-        Ok((probes, streams))
+        Ok((probes, Waits::new(blocked, changed), streams))
     }
 
     pub fn uprobe_targets(&self) -> usize {
         self.uprobe_stats.targets()
     }
 
-    pub fn kernel_view(&self) -> KernelView {
-        // One entry per thread that ever slept in a tracked wait: read in batches. Every
-        // supported kernel has the batch call (5.6+); should it fail anyway (ENOMEM), the
-        // entry-by-entry walk still works (entries the kernel deletes meanwhile are skipped).
-        let blocked = batch::lookup_all(&self.blocked).unwrap_or_else(|error| {
-            log::debug!("reading the waits map entry by entry: {error}");
-            self.blocked.iter().filter_map(Result::ok).collect()
-        });
-        KernelView {
-            blocked,
-            exiting: self.procs.iter().filter_map(Result::ok).collect(),
-        }
+    /// Processes in their exit phase, as the probes marked them.
+    pub fn exiting(&self) -> Vec<(u32, ExitState)> {
+        self.procs.iter().filter_map(Result::ok).collect()
     }
 
-    /// Drops map entries of threads and processes that are gone; `recorded` is the map
-    /// as the scan read it, where the threads of gone processes are found.
-    pub fn forget(&mut self, tids: &[u32], pids: &[u32], recorded: &[(u32, BlockedWait)]) {
-        let pids: BTreeSet<u32> = pids.iter().copied().collect();
-        let stale = recorded
-            .iter()
-            .filter(|(_, wait)| pids.contains(&wait.tgid))
-            .map(|(tid, _)| *tid);
-        for tid in tids.iter().copied().chain(stale) {
-            let _ = self.blocked.remove(&tid);
-        }
+    /// Drops the exit state of processes that are gone.
+    pub fn forget_processes(&mut self, pids: &[u32]) {
         for pid in pids {
-            let _ = self.procs.remove(&pid);
+            let _ = self.procs.remove(pid);
         }
-    }
-
-    /// Adds waits found in `/proc` that began before the probes were attached, without
-    /// replacing anything the kernel recorded since.
-    pub fn seed(&mut self, found: &[(u32, BlockedWait)]) -> usize {
-        const BPF_NOEXIST: u64 = 1;
-        found
-            .iter()
-            .filter(|(tid, wait)| self.blocked.insert(tid, wait, BPF_NOEXIST).is_ok())
-            .count()
     }
 
     pub fn counters(&self) -> Counters {
@@ -246,6 +227,7 @@ impl Probes {
             events_dropped: sum(counter::EVENTS_DROPPED),
             blocked_full: sum(counter::BLOCKED_FULL),
             procs_full: sum(counter::PROCS_FULL),
+            changes_lost: sum(counter::CHANGES_LOST),
             uprobe_refusals: self.uprobe_stats.refusals(),
             discovery_dropped: self.uprobe_stats.dropped(),
         }
@@ -301,6 +283,17 @@ where
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+/// The host's `kernel.pid_max`: thread ids stay below it (until someone raises it; the
+/// probes count the changes they then cannot mark, and scans read the whole map).
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .map_or(changed_ids::MAX_IDS, |ids: u32| {
+            ids.min(changed_ids::MAX_IDS)
+        })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.

@@ -2,19 +2,22 @@
 //!
 //! What earlier scans learnt is kept in [`ScanState`], so that a scan's cost follows what
 //! changed (new waits, new candidates, incidents) rather than the number of threads that
-//! sleep quietly: verdicts on unchanged records ([`Verdicts`]), the pipe holders of every
-//! process ([`HolderIndex`]), and blocked processes known to be live ([`QuietSeeds`]).
+//! sleep quietly: verdicts on unchanged records ([`Verdicts`]), the records not judged yet
+//! ([`Pending`]), the pipe holders of every process ([`HolderIndex`]), and blocked
+//! processes known to be live ([`QuietSeeds`]). The kernel says which records changed
+//! ([`WaitChanges`]); a scan looks up only those it must judge.
 //! [`Fresh`] names the processes read anew regardless: those of open incidents and of
 //! new findings, which `/proc` confirms before anything is reported.
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use exitwatch_common::{exit_reason, BlockedWait, ExitState};
+use exitwatch_common::{exit_reason, nr, BlockedWait, ExitState};
 
 use super::{
     cmdline::shown,
     exit_stack::ExitStacks,
     holders::HolderIndex,
     lifecycle::Changed,
+    pending::Pending,
     quiet::{QuietSeeds, Waits},
     verdicts::Verdicts,
     wait::{decode, decode_poll},
@@ -37,17 +40,77 @@ const MAX_EXIT_SEARCHES: usize = 256;
 #[derive(Default)]
 pub struct ScanState {
     verdicts: Verdicts,
+    pending: Pending,
     holders: HolderIndex,
     quiet: QuietSeeds,
     exit_stacks: ExitStacks,
+    /// Stuck main threads whose stacks are to be searched for `exit`: (start of the
+    /// wait, pid).
+    exit_searches: BTreeSet<(u64, i32)>,
+}
+
+/// What changed in the kernel's map of recorded waits since the last scan.
+pub enum WaitChanges {
+    /// The threads whose records were written or removed, all after `since_ns`.
+    Tids { tids: Vec<u32>, since_ns: u64 },
+    /// The whole map, read anew.
+    All(Vec<(u32, BlockedWait)>),
 }
 
 impl ScanState {
+    /// Records that changed have no verdict any more: they are judged again once they
+    /// may be past the threshold. Returns how many kept verdicts a whole map read found
+    /// stale (those whose change was not marked, or marked during the read).
+    pub fn waits_changed(&mut self, changes: WaitChanges) -> usize {
+        match changes {
+            WaitChanges::Tids { tids, since_ns } => {
+                for tid in tids {
+                    self.verdicts.forget(tid);
+                    self.pending.insert(tid, since_ns, false);
+                }
+                0
+            }
+            WaitChanges::All(records) => {
+                let current: HashMap<u32, BlockedWait> = records.into_iter().collect();
+                let stale = self.verdicts.retain_current(&current);
+                self.pending = Pending::default();
+                for (tid, record) in &current {
+                    if !self.verdicts.contains(*tid) {
+                        self.pending.insert(*tid, record.last_ns, wakes(record));
+                    }
+                }
+                stale
+            }
+        }
+    }
+
+    /// The records of the judged threads of `pids`.
+    pub fn records(&self, pids: &BTreeSet<i32>) -> Vec<(u32, BlockedWait)> {
+        pids.iter()
+            .flat_map(|&pid| self.verdicts.of_process(pid))
+            .map(|(_, tid, record, _)| (tid as u32, *record))
+            .collect()
+    }
+
+    /// When the next wait that can make a finding by itself turns `hang_after_ns` old, if
+    /// its time is known.
+    pub fn next_wake(&self, hang_after_ns: u64) -> Option<u64> {
+        Some(self.pending.next_wake()? + hang_after_ns)
+    }
+
+    /// Waits judged, and waits not judged yet.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.verdicts.len(), self.pending.len())
+    }
+
     /// Processes that exec'd or exited: nothing learnt about them holds any more.
     pub fn forget_processes(&mut self, changed: Changed) {
         match changed {
             Changed::Some(pids) => {
-                self.verdicts.forget_processes(&pids);
+                // Their records may stay as they are (an exec'd thread's): judge them anew.
+                for (tid, record) in self.verdicts.forget_processes(&pids) {
+                    self.pending.insert(tid, record.last_ns, wakes(&record));
+                }
                 self.holders.forget(&pids);
                 self.quiet.forget_processes(&pids);
             }
@@ -108,9 +171,10 @@ impl Fresh<'_> {
     }
 }
 
-/// What the kernel probes recorded, as read from their maps.
-pub struct KernelView {
-    pub blocked: Vec<(u32, BlockedWait)>,
+/// What the kernel probes recorded.
+pub struct KernelView<'a> {
+    /// The current record of a thread's wait, looked up in the probes' map.
+    pub waits: &'a dyn Fn(u32) -> Option<BlockedWait>,
     pub exiting: Vec<(u32, ExitState)>,
 }
 
@@ -133,7 +197,7 @@ pub struct Scan {
 /// A thread verified to be in the wait its map entry describes.
 #[derive(Clone, Debug)]
 pub struct Verified {
-    wait: Wait,
+    pub(super) wait: Wait,
     since_ns: u64,
     pub stuck: bool,
     /// Stack pointer in the syscall, for the exit-phase search.
@@ -146,6 +210,9 @@ pub struct Verified {
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub hang_after_ns: u64,
+    /// How far ahead of their time pending records are looked up: the time to the next
+    /// scan, so that the scanner can wake when one of them turns old.
+    pub lookahead_ns: u64,
     /// Read command lines (redacted) for the processes involved.
     pub cmdlines: bool,
 }
@@ -164,6 +231,7 @@ pub fn collect(
     let Options {
         hang_after_ns,
         cmdlines,
+        ..
     } = options;
     let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
     let mut exiting: BTreeMap<i32, ExitState> = kernel
@@ -177,12 +245,13 @@ pub fn collect(
         kernel,
         &exiting,
         fresh,
-        &mut state.verdicts,
-        old_enough,
+        state,
+        options,
+        now_ns,
         &mut errors,
     );
+    let exits_found = find_exits(procfs, state, &mut exiting);
     let verdicts = &state.verdicts;
-    let exits_found = find_exits(procfs, verdicts, &mut exiting, &mut state.exit_stacks);
     let seed_waits = seed_waits(
         verdicts,
         &checked.active,
@@ -252,23 +321,33 @@ fn seed_waits(
     quiet: &mut QuietSeeds,
     now_ns: u64,
 ) -> BTreeMap<i32, Waits> {
-    let mut seeds: BTreeMap<i32, Waits> = BTreeMap::new();
-    for (pid, tid, record, thread) in verdicts.current() {
-        let futex_only = matches!(thread.wait, Wait::Futex { timed: false });
-        if thread.stuck && (!futex_only || exiting.contains_key(&pid)) {
-            seeds.entry(pid).or_default().push((tid as u32, *record));
-        }
+    let mut seeds: BTreeMap<i32, BTreeMap<u32, BlockedWait>> = BTreeMap::new();
+    let exiting_waits = exiting
+        .keys()
+        .flat_map(|&pid| verdicts.of_process(pid))
+        .filter(|(.., thread)| thread.stuck);
+    for (pid, tid, record, _) in verdicts.seeding().chain(exiting_waits) {
+        seeds.entry(pid).or_default().insert(tid as u32, *record);
     }
     quiet.retain(|pid| seeds.contains_key(&pid));
     let active: HashSet<i32> = active.iter().chain(exiting.keys()).copied().collect();
-    seeds.retain(|&pid, waits| {
-        waits.sort_unstable_by_key(|(tid, _)| *tid);
-        fresh.contains(pid)
-            || exiting.contains_key(&pid)
-            || describe.contains(&pid)
-            || !quiet.is_quiet(pid, waits, now_ns, &active)
-    });
     seeds
+        .into_iter()
+        .map(|(pid, waits)| (pid, waits.into_iter().collect::<Waits>()))
+        .filter(|(pid, waits)| {
+            fresh.contains(*pid)
+                || exiting.contains_key(pid)
+                || describe.contains(pid)
+                || !quiet.is_quiet(*pid, waits, now_ns, &active)
+        })
+        .collect()
+}
+
+/// Whether a wait, once old, is worth a scan at that very time: untimed futex waits are
+/// how idle thread pools sleep and make a finding only with an exit (whose own time the
+/// scanner wakes for) or another wait.
+fn wakes(record: &BlockedWait) -> bool {
+    !matches!(record.syscall, nr::FUTEX | nr::FUTEX_WAITV | nr::FUTEX_WAIT)
 }
 
 /// What verifying this scan's records found besides the verdicts themselves.
@@ -278,101 +357,194 @@ struct Checked {
     gone_tids: Vec<u32>,
 }
 
-/// Verifies the records old enough to matter (or of processes in their exit phase):
-/// from the kept verdict when the record is unchanged, else from `/proc`.
+/// Verifies the records that may have become old enough (or belong to processes in their
+/// exit phase), from `/proc`: those of the processes read anew (`fresh`, and exits past
+/// the threshold), then those pending whose time has come, newest first. Every other
+/// record keeps its verdict: it did not change.
 fn verify_all(
     procfs: &ProcFs,
     kernel: &KernelView,
     exiting: &BTreeMap<i32, ExitState>,
     fresh: Fresh,
-    verdicts: &mut Verdicts,
-    old_enough: impl Fn(u64) -> bool,
+    state: &mut ScanState,
+    options: Options,
+    now_ns: u64,
     errors: &mut BTreeMap<&'static str, u64>,
 ) -> Checked {
+    let Options {
+        hang_after_ns,
+        lookahead_ns,
+        ..
+    } = options;
+    let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
+    let ScanState {
+        verdicts,
+        pending,
+        exit_searches,
+        ..
+    } = state;
     let mut checked = Checked {
         active: HashSet::new(),
         gone_tids: Vec::new(),
     };
-    verdicts.begin_scan();
-    let mut new = Vec::new();
-    for (tid, entry) in &kernel.blocked {
-        let pid = entry.tgid as i32;
-        let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));
-        if !old_enough(entry.last_ns) && !exit_is_old {
+    // Records of exiting processes that are not old yet change while they run; they are
+    // few, and always read. Fresh processes are read whatever was kept.
+    let mut exact: BTreeSet<i32> = exiting
+        .iter()
+        .filter(|(_, e)| old_enough(e.since_ns))
+        .map(|(pid, _)| *pid)
+        .collect();
+    if let Fresh::Only(pids) | Fresh::Confirm(pids) = fresh {
+        exact.extend(pids);
+    }
+    let mut wanted: Vec<(u32, BlockedWait, bool)> = Vec::new();
+    for &pid in &exact {
+        let Ok(tids) = procfs.tids(pid) else {
             continue;
-        }
-        // Records of exiting processes that are not old yet change while they run; they
-        // are few, and always read. Fresh processes are read whatever was kept.
-        let old = old_enough(entry.last_ns);
-        let trusted = old && !fresh.contains(pid);
-        if !(trusted && verdicts.confirm(*tid, entry)) {
-            new.push((*tid, *entry, trusted, old));
+        };
+        let records = tids
+            .into_iter()
+            .filter_map(|tid| u32::try_from(tid).ok())
+            .filter_map(|tid| Some((tid, (kernel.waits)(tid)?)))
+            .filter(|(_, record)| record.tgid as i32 == pid);
+        for (tid, record) in records {
+            let old = old_enough(record.last_ns);
+            if old {
+                pending.remove(tid);
+            } else {
+                pending.insert(tid, record.last_ns, wakes(&record));
+            }
+            let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));
+            if old || exit_is_old {
+                wanted.push((tid, record, old));
+            } else {
+                verdicts.forget(tid);
+            }
         }
     }
-    // Those that must be read go first whatever the budget, then the newest waits.
-    new.sort_unstable_by_key(|(_, entry, trusted, _)| (*trusted, std::cmp::Reverse(entry.last_ns)));
-    let mut budget = MAX_NEW_VERDICTS;
-    for (tid, entry, trusted, old) in new {
-        if trusted {
-            if budget == 0 {
-                break;
+    // Pending records whose time may have come: the newest first, so that a fresh hang is
+    // never behind a start-up backlog.
+    let mut budget = if matches!(fresh, Fresh::All) {
+        usize::MAX
+    } else {
+        MAX_NEW_VERDICTS
+    };
+    let mut cursor = None;
+    while budget > 0 {
+        // Those due before the next scan are looked up too: their exact time is then
+        // known, and the scanner wakes for it (see `Pending::next_wake`).
+        let latest = (now_ns + lookahead_ns).saturating_sub(hang_after_ns);
+        let Some(due) = pending.next_due(latest, cursor) else {
+            break;
+        };
+        cursor = Some(due);
+        let tid = due.1;
+        match (kernel.waits)(tid) {
+            None => {
+                pending.remove(tid);
+                verdicts.forget(tid);
             }
-            budget -= 1;
+            Some(record) if !old_enough(record.last_ns) => {
+                pending.insert(tid, record.last_ns, wakes(&record))
+            }
+            Some(record) => {
+                pending.remove(tid);
+                if !exact.contains(&(record.tgid as i32)) {
+                    budget -= 1;
+                    wanted.push((tid, record, true));
+                }
+            }
         }
-        let pid = entry.tgid as i32;
+    }
+    for (tid, record, old) in wanted {
+        let pid = record.tgid as i32;
         // Already known stuck (a fresh process read again): nothing new about it.
-        let known = verdicts.known_stuck(tid, &entry);
-        match verify(procfs, pid, tid as i32, &entry, old) {
+        let known = verdicts.known_stuck(tid, &record);
+        match verify(procfs, pid, tid as i32, &record, old) {
             Ok(verdict) => {
                 if verdict.as_ref().is_some_and(|v| v.stuck) && !known {
                     checked.active.insert(pid);
+                    if tid as i32 == pid {
+                        exit_searches.insert((record.last_ns, pid));
+                    }
                 }
                 // What /proc says now is what later scans start from.
-                verdicts.insert(tid, entry, verdict, old);
+                verdicts.insert(tid, record, verdict);
             }
             Err(error) => {
                 count(errors, &error);
                 verdicts.forget(tid);
                 if error.is_gone() {
+                    pending.remove(tid);
                     checked.gone_tids.push(tid);
+                } else {
+                    // Tried again in a later scan.
+                    pending.insert(tid, record.last_ns, false);
                 }
             }
         }
     }
-    verdicts.end_scan();
     checked
 }
 
 /// C programs have no exit probe: a stuck main thread inside libc's `exit` marks one.
 /// Only main threads are searched, where `exit` runs when `main` returns: on a host of
 /// idle thread pools, every pool thread's stack would be read once per wait for nothing.
-/// Each wait's stack is searched once; returns the processes found in this scan.
+/// Each wait's stack is searched once, when it is first found stuck (again after a failed
+/// read); returns the processes found in this scan.
 fn find_exits(
     procfs: &ProcFs,
-    verdicts: &Verdicts,
+    state: &mut ScanState,
     exiting: &mut BTreeMap<i32, ExitState>,
-    exit_stacks: &mut ExitStacks,
 ) -> Vec<i32> {
-    let mut unknown = Vec::new();
-    let mut inside = Vec::new();
-    for (pid, tid, _, thread) in verdicts.current().filter(|(.., v)| v.stuck) {
-        if tid != pid || exiting.contains_key(&pid) {
-            continue;
-        }
-        match exit_stacks.remembered(pid, tid, thread.since_ns) {
-            Some(true) => inside.push((pid, tid, thread.since_ns)),
-            Some(false) => {}
-            None => unknown.push((pid, tid, thread)),
-        }
+    let ScanState {
+        verdicts,
+        exit_stacks,
+        exit_searches,
+        ..
+    } = state;
+    if verdicts.take_dropped() {
+        exit_stacks.retain(|pid, tid| verdicts.get(pid, tid).is_some());
     }
-    unknown.sort_unstable_by_key(|(_, _, thread)| std::cmp::Reverse(thread.since_ns));
+    let in_wait = |pid: i32, since_ns: u64| {
+        verdicts
+            .get(pid, pid)
+            .is_some_and(|v| v.stuck && v.since_ns == since_ns)
+    };
     let mut found = Vec::new();
-    for (pid, tid, thread) in unknown.into_iter().take(MAX_EXIT_SEARCHES) {
-        if exit_stacks.search(procfs, pid, tid, thread.since_ns, thread.sp) {
-            inside.push((pid, tid, thread.since_ns));
-            found.push(pid);
+    let mut searches = 0;
+    let mut cursor = None;
+    while searches < MAX_EXIT_SEARCHES {
+        let upper = cursor.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let Some(&(since_ns, pid)) = exit_searches
+            .range((std::ops::Bound::Unbounded, upper))
+            .next_back()
+        else {
+            break;
+        };
+        cursor = Some((since_ns, pid));
+        let sp = match verdicts.get(pid, pid) {
+            Some(thread) if in_wait(pid, since_ns) && !exiting.contains_key(&pid) => thread.sp,
+            _ => {
+                exit_searches.remove(&(since_ns, pid));
+                continue;
+            }
+        };
+        if exit_stacks.remembered(pid, pid, since_ns).is_none() {
+            searches += 1;
+            if exit_stacks.search(procfs, pid, pid, since_ns, sp) {
+                found.push(pid);
+            }
+        }
+        // A failed read leaves no verdict: searched again in a later scan.
+        if exit_stacks.remembered(pid, pid, since_ns).is_some() {
+            exit_searches.remove(&(since_ns, pid));
         }
     }
+    let inside: Vec<(i32, i32, u64)> = exit_stacks
+        .inside()
+        .filter(|&(pid, tid, since_ns)| pid == tid && in_wait(pid, since_ns))
+        .collect();
     for (pid, tid, since_ns) in inside {
         exiting.entry(pid).or_insert(ExitState {
             since_ns,
@@ -381,7 +553,6 @@ fn find_exits(
             ..ExitState::default()
         });
     }
-    exit_stacks.retain(|pid, tid| verdicts.get(pid, tid).is_some());
     found.sort_unstable();
     found.dedup();
     found

@@ -45,6 +45,14 @@ impl ExitStacks {
         verdict
     }
 
+    /// The threads found inside `exit`: (pid, tid, start of the wait searched).
+    pub fn inside(&self) -> impl Iterator<Item = (i32, i32, u64)> + '_ {
+        self.verdicts
+            .iter()
+            .filter(|(_, (_, inside))| *inside)
+            .map(|(&(pid, tid), &(since_ns, _))| (pid, tid, since_ns))
+    }
+
     /// Forgets verdicts of threads no longer waiting.
     pub fn retain(&mut self, waiting: impl Fn(i32, i32) -> bool) {
         self.verdicts.retain(|&(pid, tid), _| waiting(pid, tid));

@@ -5,13 +5,14 @@ mod collect;
 mod exit_stack;
 mod holders;
 mod lifecycle;
+mod pending;
 mod quiet;
 mod seed;
 mod verdicts;
 mod wait;
 
-pub use collect::{collect, Fresh, KernelView, Options, ScanState};
-pub use lifecycle::Lifecycle;
+pub use collect::{collect, Fresh, KernelView, Options, ScanState, WaitChanges};
+pub use lifecycle::{Changed, Lifecycle};
 pub use seed::blocked_from_proc;
 
 /// The age at which something learnt about `pid` is looked at again: between `base_ns`

@@ -1,51 +1,47 @@
-//! What `/proc` said about each recorded wait, kept while the kernel's record of it stays
-//! the same. A thread that sleeps on in one wait leaves its record untouched (the probe
+//! What `/proc` said about each recorded wait, kept until the kernel's record of it
+//! changes. A thread that sleeps on in one wait leaves its record untouched (the probe
 //! rewrites it only when the thread sleeps again, in the same wait after 100 ms or in
-//! another one), so a host of idle threads costs one comparison per thread per scan
-//! instead of two `/proc` reads, and nothing is copied for it.
+//! another one, and marks every rewrite), so a host of idle threads costs nothing per
+//! scan once each wait is judged: scans touch only the verdicts whose records changed.
 //!
 //! A kept verdict can only err one way: a thread that woke and now runs, or sleeps in a
 //! wait the probe does not record, still looks stuck. That is why anything that would
 //! become an incident is verified again without this cache (see `daemon::scanner`).
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use exitwatch_common::BlockedWait;
 
 use super::collect::Verified;
+use crate::graph::Wait;
 
 struct Kept {
     record: BlockedWait,
     /// `None`: the thread was not in that wait.
     verdict: Option<Verified>,
-    /// Whether later scans may use it without `/proc` (a record of an exiting process
-    /// that is younger than the threshold may still change under it).
-    trusted: bool,
-    /// The scan that last found this record in the kernel map.
-    scan: u64,
+}
+
+impl Kept {
+    /// Whether the wait makes its process worth a look by itself: untimed futex waits
+    /// are how idle thread pools sleep, and count only while their process exits.
+    fn seeds(&self) -> bool {
+        self.verdict
+            .as_ref()
+            .is_some_and(|v| v.stuck && !matches!(v.wait, Wait::Futex { timed: false }))
+    }
 }
 
 #[derive(Default)]
 pub struct Verdicts {
     by_tid: HashMap<u32, Kept>,
-    scan: u64,
+    /// (pid, tid) of every verdict.
+    by_pid: BTreeSet<(i32, u32)>,
+    /// (pid, tid) of stuck waits that are not untimed futex waits.
+    seeding: BTreeSet<(i32, u32)>,
+    /// Verdicts dropped since the last [`Verdicts::take_dropped`].
+    dropped: bool,
 }
 
 impl Verdicts {
-    pub fn begin_scan(&mut self) {
-        self.scan += 1;
-    }
-
-    /// Whether a trusted verdict on `record` is kept; if so it counts for this scan.
-    pub fn confirm(&mut self, tid: u32, record: &BlockedWait) -> bool {
-        match self.by_tid.get_mut(&tid) {
-            Some(kept) if kept.trusted && kept.record == *record => {
-                kept.scan = self.scan;
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Whether `record` was verified stuck before (and so is nothing new).
     pub fn known_stuck(&self, tid: u32, record: &BlockedWait) -> bool {
         self.by_tid.get(&tid).is_some_and(|kept| {
@@ -53,54 +49,106 @@ impl Verdicts {
         })
     }
 
-    pub fn insert(
-        &mut self,
-        tid: u32,
-        record: BlockedWait,
-        verdict: Option<Verified>,
-        trusted: bool,
-    ) {
-        let scan = self.scan;
-        self.by_tid.insert(
-            tid,
-            Kept {
-                record,
-                verdict,
-                trusted,
-                scan,
-            },
-        );
+    /// Keeps `verdict` on `record`, replacing any verdict on the thread's earlier record.
+    pub fn insert(&mut self, tid: u32, record: BlockedWait, verdict: Option<Verified>) {
+        self.remove(tid);
+        let key = (record.tgid as i32, tid);
+        let kept = Kept { record, verdict };
+        if kept.seeds() {
+            self.seeding.insert(key);
+        }
+        self.by_pid.insert(key);
+        self.by_tid.insert(tid, kept);
     }
 
-    pub fn forget(&mut self, tid: u32) {
-        self.by_tid.remove(&tid);
+    /// Drops the verdict on thread `tid`; returns its record.
+    pub fn forget(&mut self, tid: u32) -> Option<BlockedWait> {
+        let record = self.remove(tid)?;
+        self.dropped = true;
+        Some(record)
     }
 
-    /// Drops verdicts on records this scan did not find (or did not get to verify).
-    pub fn end_scan(&mut self) {
-        let scan = self.scan;
-        self.by_tid.retain(|_, kept| kept.scan == scan);
+    fn remove(&mut self, tid: u32) -> Option<BlockedWait> {
+        let kept = self.by_tid.remove(&tid)?;
+        let key = (kept.record.tgid as i32, tid);
+        self.by_pid.remove(&key);
+        self.seeding.remove(&key);
+        Some(kept.record)
     }
 
-    /// Drops every verdict on threads of these processes (they exec'd or exited).
-    pub fn forget_processes(&mut self, pids: &HashSet<i32>) {
-        self.by_tid
-            .retain(|_, kept| !pids.contains(&(kept.record.tgid as i32)));
+    /// Drops every verdict on threads of these processes (they exec'd or exited), and
+    /// returns their records.
+    pub fn forget_processes(&mut self, pids: &HashSet<i32>) -> Vec<(u32, BlockedWait)> {
+        let mut forgotten = Vec::new();
+        for &pid in pids {
+            for tid in self.tids(pid).collect::<Vec<_>>() {
+                forgotten.extend(self.forget(tid).map(|record| (tid, record)));
+            }
+        }
+        forgotten
     }
 
-    /// This scan's threads in their recorded waits: (pid, tid, record, verdict).
-    pub fn current(&self) -> impl Iterator<Item = (i32, i32, &BlockedWait, &Verified)> {
-        self.by_tid.iter().filter_map(|(&tid, kept)| {
-            let verified = kept.verdict.as_ref().filter(|_| kept.scan == self.scan)?;
-            Some((kept.record.tgid as i32, tid as i32, &kept.record, verified))
-        })
+    /// Keeps only the verdicts whose record is still `current` (the whole map, read
+    /// anew); returns how many were dropped.
+    pub fn retain_current(&mut self, current: &HashMap<u32, BlockedWait>) -> usize {
+        let stale: Vec<u32> = self
+            .by_tid
+            .iter()
+            .filter(|(tid, kept)| current.get(tid) != Some(&kept.record))
+            .map(|(tid, _)| *tid)
+            .collect();
+        for tid in &stale {
+            self.forget(*tid);
+        }
+        stale.len()
     }
 
-    /// Thread `tid` of `pid`, if this scan found it in its recorded wait.
+    pub fn contains(&self, tid: u32) -> bool {
+        self.by_tid.contains_key(&tid)
+    }
+
+    /// Threads of `pid` with a verdict.
+    pub fn tids(&self, pid: i32) -> impl Iterator<Item = u32> + '_ {
+        self.by_pid
+            .range((pid, 0)..=(pid, u32::MAX))
+            .map(|(_, tid)| *tid)
+    }
+
+    /// Thread `tid` in its recorded wait: (pid, tid, record, verdict).
+    pub fn entry(&self, tid: u32) -> Option<(i32, i32, &BlockedWait, &Verified)> {
+        let kept = self.by_tid.get(&tid)?;
+        let verified = kept.verdict.as_ref()?;
+        Some((kept.record.tgid as i32, tid as i32, &kept.record, verified))
+    }
+
+    /// Stuck waits that make their process worth a look by themselves (see
+    /// [`Kept::seeds`]): (pid, tid, record, verdict).
+    pub fn seeding(&self) -> impl Iterator<Item = (i32, i32, &BlockedWait, &Verified)> {
+        self.seeding.iter().filter_map(|&(_, tid)| self.entry(tid))
+    }
+
+    /// The waits of `pid`'s threads, as [`Verdicts::entry`].
+    pub fn of_process(
+        &self,
+        pid: i32,
+    ) -> impl Iterator<Item = (i32, i32, &BlockedWait, &Verified)> {
+        self.tids(pid).filter_map(|tid| self.entry(tid))
+    }
+
+    /// Thread `tid` of `pid`, if it is in its recorded wait.
     pub fn get(&self, pid: i32, tid: i32) -> Option<&Verified> {
         let kept = self.by_tid.get(&u32::try_from(tid).ok()?)?;
-        (kept.scan == self.scan && kept.record.tgid as i32 == pid)
+        (kept.record.tgid as i32 == pid)
             .then_some(kept.verdict.as_ref())
             .flatten()
+    }
+
+    /// Whether any verdict was dropped since the last call.
+    pub fn take_dropped(&mut self) -> bool {
+        std::mem::take(&mut self.dropped)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_tid.len()
     }
 }

@@ -1,0 +1,84 @@
+//! Recorded waits without a verdict yet: new or changed entries of the waits map, each
+//! with the earliest time its current record can have begun. Scans look one up only once
+//! it may be past the threshold (or about to be), so a thread that keeps changing its wait
+//! costs a reschedule per scan, and one that sleeps on quietly costs nothing once judged.
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Default)]
+pub struct Pending {
+    by_since: BTreeSet<(u64, u32)>,
+    since: HashMap<u32, u64>,
+    /// The entries whose time is known exactly and that can make a finding by themselves
+    /// (see [`Pending::next_wake`]).
+    waking: BTreeSet<(u64, u32)>,
+}
+
+impl Pending {
+    /// Thread `tid`'s record began no earlier than `since_ns`; `wakes` says that it began
+    /// exactly then, in a wait worth a scan of its own once it is old.
+    pub fn insert(&mut self, tid: u32, since_ns: u64, wakes: bool) {
+        self.remove(tid);
+        self.since.insert(tid, since_ns);
+        self.by_since.insert((since_ns, tid));
+        if wakes {
+            self.waking.insert((since_ns, tid));
+        }
+    }
+
+    pub fn remove(&mut self, tid: u32) {
+        if let Some(old) = self.since.remove(&tid) {
+            self.by_since.remove(&(old, tid));
+            self.waking.remove(&(old, tid));
+        }
+    }
+
+    /// The earliest start of an entry that wakes the scanner.
+    pub fn next_wake(&self) -> Option<u64> {
+        self.waking.first().map(|(since_ns, _)| *since_ns)
+    }
+
+    /// The newest entry that began no later than `latest_ns` and comes before `after`
+    /// (an earlier answer), for walking the due entries newest first while changing them.
+    pub fn next_due(&self, latest_ns: u64, after: Option<(u64, u32)>) -> Option<(u64, u32)> {
+        let bound = after.unwrap_or((latest_ns, u32::MAX));
+        let upper = if after.is_some() {
+            std::ops::Bound::Excluded(bound)
+        } else {
+            std::ops::Bound::Included(bound)
+        };
+        self.by_since
+            .range((std::ops::Bound::Unbounded, upper))
+            .next_back()
+            .copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.since.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_entries_come_newest_first_and_move_when_rescheduled() {
+        let mut pending = Pending::default();
+        pending.insert(1, 10, false);
+        pending.insert(2, 30, true);
+        pending.insert(3, 20, true);
+        pending.insert(4, 50, false);
+        assert_eq!(pending.next_wake(), Some(20));
+        let first = pending.next_due(40, None);
+        assert_eq!(first, Some((30, 2)));
+        // Rescheduled past the bound while walking: not met again.
+        pending.insert(2, 45, false);
+        let second = pending.next_due(40, first);
+        assert_eq!(second, Some((20, 3)));
+        pending.remove(3);
+        assert_eq!(pending.next_wake(), None);
+        assert_eq!(pending.next_due(40, second), Some((10, 1)));
+        assert_eq!(pending.next_due(40, Some((10, 1))), None);
+        assert_eq!(pending.len(), 3);
+    }
+}
