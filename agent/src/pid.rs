@@ -37,8 +37,8 @@ impl TryFrom<u32> for Pid {
     }
 }
 
-/// The kernel's key for this id; a negative `pid_t` (a process group in `waitid`) has
-/// none.
+/// The kernel's key for this id; a negative `pid_t` (a syscall argument can hold one)
+/// has none.
 impl TryFrom<Pid> for u32 {
     type Error = NotAPid;
 

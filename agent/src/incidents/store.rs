@@ -437,6 +437,11 @@ mod tests {
         assert_eq!(active["started_at"], "2025-11-30T07:55:05.123Z");
         assert_eq!(active["detected_at"], "2025-11-30T07:56:45.123Z");
         assert_eq!(active["resolved_at"], serde_json::Value::Null);
+        // Pids stay plain numbers, and the benchmark's view of an incident reads it.
+        assert_eq!(active["pids"], serde_json::json!([10, 11]));
+        let bench: exitwatch_testkit::incidents::Incident = serde_json::from_value(active.clone())?;
+        assert!(bench.involves(10) && bench.involves(11));
+        assert_eq!(bench.detected_at, "2025-11-30T07:56:45.123Z");
         assert_eq!(
             serde_json::from_value::<Incident>(active)?,
             opened.opened[0]
