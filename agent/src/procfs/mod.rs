@@ -514,6 +514,11 @@ mod tests {
     use std::thread::sleep;
     use std::time::{Duration, Instant};
 
+    /// A pid of the fixture: 100 (threads 100 to 102) and the zombie 200.
+    fn id(raw: i32) -> Pid {
+        Pid::from_raw(raw)
+    }
+
     fn fixture() -> ProcFs {
         ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"))
     }
@@ -522,53 +527,30 @@ mod tests {
     fn lists_only_numeric_entries_sorted() {
         let proc = fixture();
         assert_eq!(proc.pids().unwrap(), [100, 200]);
-        assert_eq!(proc.tids(Pid::from_raw(100)).unwrap(), [100, 101, 102]);
+        assert_eq!(proc.tids(id(100)).unwrap(), [100, 101, 102]);
         assert!(ProcFs::new("/nonexistent").pids().is_err());
     }
 
     #[test]
     fn stat_takes_comm_up_to_the_last_paren() {
         let proc = fixture();
-        let stat = proc.stat(Pid::from_raw(100), Pid::from_raw(100)).unwrap();
+        let stat = proc.stat(id(100), id(100)).unwrap();
         assert_eq!((stat.comm.as_str(), stat.state), ("x) y (z", 'R'));
         assert_eq!((stat.ppid.as_raw(), stat.pgrp.as_raw()), (1, 100));
         assert_eq!((stat.start_ticks, stat.num_threads), (17236, 3));
-        assert_eq!(
-            proc.stat(Pid::from_raw(100), Pid::from_raw(101))
-                .unwrap()
-                .comm,
-            "worker (1)"
-        );
-        assert_eq!(
-            proc.stat(Pid::from_raw(200), Pid::from_raw(200))
-                .unwrap()
-                .state,
-            'Z'
-        );
+        assert_eq!(proc.stat(id(100), id(101)).unwrap().comm, "worker (1)");
+        assert_eq!(proc.stat(id(200), id(200)).unwrap().state, 'Z');
     }
 
     #[test]
     fn syscall_distinguishes_running_user_and_blocked() {
         let proc = fixture();
-        assert_eq!(
-            proc.syscall(Pid::from_raw(100), Pid::from_raw(100))
-                .unwrap(),
-            Syscall::Running
-        );
-        assert_eq!(
-            proc.syscall(Pid::from_raw(100), Pid::from_raw(101))
-                .unwrap(),
-            Syscall::User
-        );
-        assert_eq!(
-            proc.syscall(Pid::from_raw(200), Pid::from_raw(200))
-                .unwrap(),
-            Syscall::User
-        );
+        assert_eq!(proc.syscall(id(100), id(100)).unwrap(), Syscall::Running);
+        assert_eq!(proc.syscall(id(100), id(101)).unwrap(), Syscall::User);
+        assert_eq!(proc.syscall(id(200), id(200)).unwrap(), Syscall::User);
         let args = [0, 0, 0x7fff1a0497e0, 0x7fff1a049820, 0, u64::MAX];
         assert_eq!(
-            proc.syscall(Pid::from_raw(100), Pid::from_raw(102))
-                .unwrap(),
+            proc.syscall(id(100), id(102)).unwrap(),
             Syscall::In {
                 nr: 230,
                 args,
@@ -581,31 +563,19 @@ mod tests {
     #[test]
     fn per_task_scheduler_details() {
         let proc = fixture();
+        assert_eq!(proc.wchan(id(100), id(100)).unwrap(), "");
+        assert_eq!(proc.wchan(id(100), id(102)).unwrap(), "hrtimer_nanosleep");
         assert_eq!(
-            proc.wchan(Pid::from_raw(100), Pid::from_raw(100)).unwrap(),
-            ""
-        );
-        assert_eq!(
-            proc.wchan(Pid::from_raw(100), Pid::from_raw(102)).unwrap(),
-            "hrtimer_nanosleep"
-        );
-        assert_eq!(
-            proc.sched_exec_start_ns(Pid::from_raw(100), Pid::from_raw(100))
-                .unwrap(),
+            proc.sched_exec_start_ns(id(100), id(100)).unwrap(),
             Some(121_289_597_187)
         );
         assert_eq!(
-            proc.sched_exec_start_ns(Pid::from_raw(100), Pid::from_raw(102))
-                .unwrap(),
+            proc.sched_exec_start_ns(id(100), id(102)).unwrap(),
             Some(7_000_042)
         );
-        assert_eq!(
-            proc.sched_exec_start_ns(Pid::from_raw(100), Pid::from_raw(101))
-                .unwrap(),
-            None
-        );
+        assert_eq!(proc.sched_exec_start_ns(id(100), id(101)).unwrap(), None);
         assert!(proc
-            .sched_exec_start_ns(Pid::from_raw(100), Pid::from_raw(103))
+            .sched_exec_start_ns(id(100), id(103))
             .unwrap_err()
             .is_gone());
     }
@@ -613,10 +583,10 @@ mod tests {
     #[test]
     fn cmdline_keeps_empty_args() {
         let proc = fixture();
-        let cmdline = proc.cmdline(Pid::from_raw(100)).unwrap();
+        let cmdline = proc.cmdline(id(100)).unwrap();
         assert_eq!(cmdline.args, ["app", "", "--flag=", "value with space"]);
         assert!(!cmdline.truncated);
-        assert!(proc.cmdline(Pid::from_raw(200)).unwrap().args.is_empty());
+        assert!(proc.cmdline(id(200)).unwrap().args.is_empty());
     }
 
     #[test]
@@ -632,18 +602,14 @@ mod tests {
             (10, other("/var/log/app.log")),
         ];
         for (fd, target) in expected {
-            assert_eq!(
-                proc.fd(Pid::from_raw(100), fd).unwrap().target,
-                target,
-                "fd {fd}"
-            );
+            assert_eq!(proc.fd(id(100), fd).unwrap().target, target, "fd {fd}");
         }
         // No fd 6, as if closed between readdir and reading it.
-        let closed = proc.fd(Pid::from_raw(100), 6).unwrap_err();
+        let closed = proc.fd(id(100), 6).unwrap_err();
         assert!(
             matches!(&closed, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
         );
-        assert!(proc.fd(Pid::from_raw(300), 0).unwrap_err().is_gone());
+        assert!(proc.fd(id(300), 0).unwrap_err().is_gone());
     }
 
     #[test]
@@ -722,7 +688,7 @@ mod tests {
         let lines = 2 * CGROUP_MAX_BYTES / line.len();
         fs::write(root.path().join("7/cgroup"), line.repeat(lines))?;
         let text = ProcFs::new(root.path())
-            .cgroup(Pid::from_raw(7))
+            .cgroup(id(7))
             .map_err(io::Error::other)?;
         assert!(text.len() <= CGROUP_MAX_BYTES && !text.is_empty());
         assert!(text.lines().all(|l| format!("{l}\n") == line));
@@ -764,7 +730,7 @@ mod tests {
 
     #[test]
     fn mappings_name_files_by_device_and_inode() {
-        let maps = fixture().mappings(Pid::from_raw(100)).unwrap();
+        let maps = fixture().mappings(id(100)).unwrap();
         assert_eq!(maps.len(), 11);
         let files: Vec<(u64, &str)> = maps
             .iter()
@@ -786,26 +752,15 @@ mod tests {
     #[test]
     fn missing_process_is_gone_everywhere() {
         let proc = fixture();
-        assert!(proc.tids(Pid::from_raw(300)).unwrap_err().is_gone());
-        assert!(proc
-            .stat(Pid::from_raw(300), Pid::from_raw(300))
-            .unwrap_err()
-            .is_gone());
-        assert!(proc
-            .stat(Pid::from_raw(100), Pid::from_raw(103))
-            .unwrap_err()
-            .is_gone());
-        assert!(proc
-            .syscall(Pid::from_raw(300), Pid::from_raw(300))
-            .unwrap_err()
-            .is_gone());
-        assert!(proc
-            .wchan(Pid::from_raw(300), Pid::from_raw(300))
-            .unwrap_err()
-            .is_gone());
-        assert!(proc.cmdline(Pid::from_raw(300)).unwrap_err().is_gone());
-        assert!(proc.pipe_fds(Pid::from_raw(300)).unwrap_err().is_gone());
-        assert!(proc.mappings(Pid::from_raw(300)).unwrap_err().is_gone());
+        let (gone, live) = (id(300), id(100));
+        assert!(proc.tids(gone).unwrap_err().is_gone());
+        assert!(proc.stat(gone, gone).unwrap_err().is_gone());
+        assert!(proc.stat(live, id(103)).unwrap_err().is_gone());
+        assert!(proc.syscall(gone, gone).unwrap_err().is_gone());
+        assert!(proc.wchan(gone, gone).unwrap_err().is_gone());
+        assert!(proc.cmdline(gone).unwrap_err().is_gone());
+        assert!(proc.pipe_fds(gone).unwrap_err().is_gone());
+        assert!(proc.mappings(gone).unwrap_err().is_gone());
     }
 
     fn nix_pipe() -> (i32, i32) {

@@ -299,8 +299,9 @@ fn verify_all(
     verdicts.begin_scan();
     let mut new = Vec::new();
     for (key, entry) in &kernel.blocked {
-        // An id the kernel cannot have handed out names no thread to verify.
+        // Ids above `i32::MAX` name no thread: nothing to verify, and the entry goes.
         let (Ok(pid), Ok(tid)) = (Pid::try_from(entry.tgid), Pid::try_from(*key)) else {
+            checked.gone_tids.push(*key);
             continue;
         };
         let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));

@@ -90,48 +90,39 @@ mod tests {
     fn quiet_while_nothing_it_rests_on_changes() {
         let mut quiet = QuietSeeds::default();
         let none = HashSet::new();
+        let (pid, witness) = (Pid::from_raw(7), Pid::from_raw(9));
         assert!(
-            !quiet.is_quiet(Pid::from_raw(7), &waits(1), SECOND, &none),
+            !quiet.is_quiet(pid, &waits(1), SECOND, &none),
             "never looked at"
         );
-        quiet.note(Pid::from_raw(7), waits(1), Pid::from_raw(9), SECOND);
-        assert!(quiet.is_quiet(Pid::from_raw(7), &waits(1), 2 * SECOND, &none));
+        quiet.note(pid, waits(1), witness, SECOND);
+        assert!(quiet.is_quiet(pid, &waits(1), 2 * SECOND, &none));
         assert!(
-            !quiet.is_quiet(Pid::from_raw(7), &waits(2), 2 * SECOND, &none),
+            !quiet.is_quiet(pid, &waits(2), 2 * SECOND, &none),
             "a new record"
         );
         assert!(
-            !quiet.is_quiet(
-                Pid::from_raw(7),
-                &waits(1),
-                2 * SECOND,
-                &HashSet::from([Pid::from_raw(9)])
-            ),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &HashSet::from([witness])),
             "witness stuck"
         );
         assert!(
-            !quiet.is_quiet(Pid::from_raw(7), &waits(1), SECOND + 2 * MAX_AGE_NS, &none),
+            !quiet.is_quiet(pid, &waits(1), SECOND + 2 * MAX_AGE_NS, &none),
             "aged out"
         );
 
-        quiet.forget_processes(&HashSet::from([Pid::from_raw(9)]));
+        quiet.forget_processes(&HashSet::from([witness]));
         assert!(
-            !quiet.is_quiet(Pid::from_raw(7), &waits(1), 2 * SECOND, &none),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &none),
             "witness exited"
         );
-        quiet.note(Pid::from_raw(7), waits(1), Pid::from_raw(7), SECOND);
+        quiet.note(pid, waits(1), pid, SECOND);
         assert!(
-            !quiet.is_quiet(
-                Pid::from_raw(7),
-                &waits(1),
-                2 * SECOND,
-                &HashSet::from([Pid::from_raw(7)])
-            ),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &HashSet::from([pid])),
             "own new wait"
         );
-        quiet.retain(|pid| pid != 7);
+        quiet.retain(|other| other != pid);
         assert!(
-            !quiet.is_quiet(Pid::from_raw(7), &waits(1), 2 * SECOND, &none),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &none),
             "no longer blocked"
         );
     }
