@@ -6,8 +6,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use exitwatch_testkit::Subject;
-use serde_json::Value;
+use exitwatch_testkit::{incidents::IncidentList, Subject};
 
 use super::{agent::Agent, Layout};
 
@@ -39,13 +38,11 @@ pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> 
     let pids: Vec<i32> = subject.pids().values().copied().collect();
     let found = loop {
         let body = agent.get("/api/v1/incidents")?;
-        let parsed: Value = serde_json::from_str(&body).context("incidents JSON")?;
-        let hit = parsed["incidents"].as_array().and_then(|incidents| {
-            incidents
-                .iter()
-                .find(|incident| pids.iter().all(|pid| involves(incident, *pid)))
-                .cloned()
-        });
+        let list: IncidentList = serde_json::from_str(&body).context("incidents JSON")?;
+        let hit = list
+            .incidents
+            .into_iter()
+            .find(|incident| pids.iter().all(|&pid| incident.involves(pid)));
         if let Some(incident) = hit {
             break incident;
         }
@@ -59,21 +56,13 @@ pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> 
     };
     let seen = SystemTime::now();
     subject.kill();
-    let started_at = rfc3339_seconds(found["started_at"].as_str().unwrap_or_default())
-        .context("incident started_at")?;
-    let detected_at = rfc3339_seconds(found["detected_at"].as_str().unwrap_or_default())
-        .context("incident detected_at")?;
+    let started_at = rfc3339_seconds(&found.started_at).context("incident started_at")?;
+    let detected_at = rfc3339_seconds(&found.detected_at).context("incident detected_at")?;
     Ok(Trial {
         from_start: seconds(seen) - seconds(started),
         from_hang: seconds(seen) - started_at,
         agent_reported: detected_at - started_at,
     })
-}
-
-fn involves(incident: &Value, pid: i32) -> bool {
-    incident["pids"]
-        .as_array()
-        .is_some_and(|pids| pids.iter().any(|p| p.as_i64() == Some(i64::from(pid))))
 }
 
 fn seconds(t: SystemTime) -> f64 {
