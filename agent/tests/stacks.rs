@@ -84,6 +84,7 @@ fn c_atexit_handler_is_named_under_exit_with_its_line() {
     assert!(summary.contains("atexit handler"), "{summary}");
     assert!(!summary.contains("daemon=True"), "{summary}");
     assert!(agent.metric(r#"exitwatch_stack_captures_total{result="ok"}"#) >= 1.0);
+    assert!(agent.metric("exitwatch_stack_capture_duration_seconds_count") >= 1.0);
 }
 
 #[test]

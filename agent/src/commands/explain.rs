@@ -77,7 +77,7 @@ pub fn print(pid: Pid, hang_after: Duration, json: bool) -> Result<()> {
         &kernel.blocked,
         &mut scan.snapshot,
         &mut findings,
-        |_| {},
+        |_, _| {},
     );
     // Capturing stacks takes nothing out of the snapshot.
     let process = scan

@@ -112,7 +112,7 @@ fn scan_once(shared: &Shared) {
         &view.blocked,
         &mut scan.snapshot,
         &mut findings,
-        |result| shared.metrics.stack_captured(result),
+        |result, took| shared.metrics.stack_captured(result, took),
     );
 
     // A zombie has exited: whatever waited on it is released, and it will not run again.

@@ -55,14 +55,14 @@ impl Stacks {
     /// Gives the stuck threads of `findings` their stacks (capturing those not captured
     /// for their current wait yet) and rewrites the summaries that can now name code.
     /// `blocked` is what the probes recorded (registers included); `counted` is told the
-    /// result of every capture made.
+    /// result and duration of every capture made.
     pub fn attach(
         &mut self,
         procfs: &ProcFs,
         blocked: &[(u32, BlockedWait)],
         snapshot: &mut Snapshot,
         findings: &mut [Finding],
-        mut counted: impl FnMut(&'static str),
+        mut counted: impl FnMut(&'static str, Duration),
     ) {
         // Without findings there is nothing to keep: no need to index every recorded
         // wait of the host.
@@ -116,7 +116,14 @@ impl Stacks {
         let mut budget = Budget::new(MAX_THREADS, capture::BUDGET * MAX_THREADS as u32);
         if let Some(process) = snapshot.processes.get_mut(&pid) {
             let in_wait = |t: &Thread| t.wait.is_some();
-            self.give(procfs, &waits, process, in_wait, &mut budget, &mut |_| {});
+            self.give(
+                procfs,
+                &waits,
+                process,
+                in_wait,
+                &mut budget,
+                &mut |_, _| {},
+            );
         }
     }
 
@@ -129,7 +136,7 @@ impl Stacks {
         process: &mut Process,
         mut wanted: impl FnMut(&Thread) -> bool,
         budget: &mut Budget,
-        counted: &mut impl FnMut(&'static str),
+        counted: &mut impl FnMut(&'static str, Duration),
     ) -> bool {
         let pid = process.pid;
         let mut attached = false;
@@ -189,7 +196,7 @@ fn capture_counted(
     pid: Pid,
     tid: Pid,
     wait: &BlockedWait,
-    counted: &mut impl FnMut(&'static str),
+    counted: &mut impl FnMut(&'static str, Duration),
 ) -> Option<Arc<Stack>> {
     let regs = Registers {
         ip: wait.ip,
@@ -199,7 +206,10 @@ fn capture_counted(
     let started = Instant::now();
     match capture(procfs, pid, regs) {
         Ok(stack) => {
-            counted(if stack.complete { "ok" } else { "partial" });
+            counted(
+                if stack.complete { "ok" } else { "partial" },
+                started.elapsed(),
+            );
             log::debug!(
                 "stack of thread {tid} of pid {pid}: {} frames in {:?}",
                 stack.frames.len(),
@@ -208,7 +218,7 @@ fn capture_counted(
             Some(Arc::new(stack))
         }
         Err(error) => {
-            counted(error.result());
+            counted(error.result(), started.elapsed());
             log::debug!("no stack for thread {tid} of pid {pid}: {error}");
             None
         }
@@ -291,7 +301,7 @@ mod tests {
                 &blocked,
                 &mut snapshot,
                 &mut findings,
-                |r| results.push(r),
+                |r, _| results.push(r),
             );
         }
         assert_eq!(results.len(), MAX_STACKS_PER_FINDING);
@@ -317,7 +327,7 @@ mod tests {
             let mut stacks = Stacks::default();
             let mut results = Vec::new();
             for _ in 0..2 {
-                stacks.attach(&procfs, &blocked, &mut snapshot, &mut findings, |r| {
+                stacks.attach(&procfs, &blocked, &mut snapshot, &mut findings, |r, _| {
                     results.push(r)
                 });
             }
