@@ -10,6 +10,7 @@ use crate::{
     clock::monotonic_ns,
     graph::{analyze, Kind, Process, Snapshot},
     incidents::{describe as describe_process, IncidentProcess},
+    pid::Pid,
     procfs::ProcFs,
     scan::{blocked_from_proc, collect, Fresh, KernelView, Options, ScanState, WaitChanges},
     stacks::Stacks,
@@ -27,11 +28,11 @@ struct Explanation {
 #[derive(Serialize)]
 struct FindingJson {
     kind: Kind,
-    pids: Vec<i32>,
+    pids: Vec<Pid>,
     summary: String,
 }
 
-pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
+pub fn print(pid: Pid, hang_after: Duration, json: bool) -> Result<()> {
     let procfs = ProcFs::default();
     procfs
         .stat(pid, pid)
@@ -78,7 +79,13 @@ pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
         .filter(|f| f.pids.contains(&pid) || f.behind.contains(&pid))
         .collect();
     // The other processes of its findings (a deadlocked child).
-    stacks.attach(&procfs, &blocked, &mut scan.snapshot, &mut findings, |_| {});
+    stacks.attach(
+        &procfs,
+        &blocked,
+        &mut scan.snapshot,
+        &mut findings,
+        |_, _| {},
+    );
     // Capturing stacks takes nothing out of the snapshot.
     let process = scan
         .snapshot

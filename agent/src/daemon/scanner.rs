@@ -10,6 +10,7 @@ use crate::{
     clock::{monotonic_ns, Clock},
     graph::{analysis, Finding},
     incidents::{Ending, MAX_ACTIVE},
+    pid::Pid,
     probes::RESYNC_REASONS,
     scan::{collect, Changed, Fresh, KernelView, Options},
 };
@@ -106,7 +107,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
 
     // Open incidents are always read anew: that is how they end. A finding that rests on
     // anything earlier scans learnt is read again before it counts.
-    let mut fresh: BTreeSet<i32> = shared
+    let mut fresh: BTreeSet<Pid> = shared
         .store()
         .active()
         .flat_map(|incident| incident.pids.iter().chain(&incident.blocked_behind))
@@ -130,7 +131,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
         );
         shared.metrics.scan_errors(&scan.errors);
         let analysis = analysis(&scan.snapshot);
-        let unconfirmed: BTreeSet<i32> = involved(&analysis.findings)
+        let unconfirmed: BTreeSet<Pid> = involved(&analysis.findings)
             .filter(|pid| !fresh.contains(pid))
             .collect();
         if unconfirmed.is_empty() || passes == MAX_PASSES {
@@ -142,7 +143,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
     analysis
         .findings
         .retain(|finding| involved(std::slice::from_ref(finding)).all(|pid| fresh.contains(&pid)));
-    let involved_pids: BTreeSet<i32> = involved(&analysis.findings).collect();
+    let involved_pids: BTreeSet<Pid> = involved(&analysis.findings).collect();
     state.note_live(&scan, &analysis.live_by, &involved_pids, clock.monotonic_ns);
     let records = state.records(&involved_pids);
     let due = state
@@ -170,7 +171,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
         &records,
         &mut scan.snapshot,
         &mut findings,
-        |result| shared.metrics.stack_captured(result),
+        |result, took| shared.metrics.stack_captured(result, took),
     );
 
     // A zombie has exited: whatever waited on it is released, and it will not run again.
@@ -225,7 +226,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
 }
 
 /// Every process of `findings`: their members and those blocked behind them.
-fn involved(findings: &[Finding]) -> impl Iterator<Item = i32> + '_ {
+fn involved(findings: &[Finding]) -> impl Iterator<Item = Pid> + '_ {
     findings
         .iter()
         .flat_map(|finding| finding.pids.iter().chain(&finding.behind))

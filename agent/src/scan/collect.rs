@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
+    pid::Pid,
     procfs::ProcFs,
     procfs::Syscall,
 };
@@ -46,7 +47,7 @@ pub struct ScanState {
     exit_stacks: ExitStacks,
     /// Stuck main threads whose stacks are to be searched for `exit`: (start of the
     /// wait, pid).
-    exit_searches: BTreeSet<(u64, i32)>,
+    exit_searches: BTreeSet<(u64, Pid)>,
 }
 
 /// What changed in the kernel's map of recorded waits since the last scan.
@@ -64,9 +65,11 @@ impl ScanState {
     pub fn waits_changed(&mut self, changes: WaitChanges) -> usize {
         match changes {
             WaitChanges::Tids { tids, since_ns } => {
-                for tid in tids {
-                    self.verdicts.forget(tid);
-                    self.pending.insert(tid, since_ns, false);
+                for key in tids {
+                    if let Ok(tid) = Pid::try_from(key) {
+                        self.verdicts.forget(tid);
+                    }
+                    self.pending.insert(key, since_ns, false);
                 }
                 0
             }
@@ -74,9 +77,9 @@ impl ScanState {
                 let current: HashMap<u32, BlockedWait> = records.into_iter().collect();
                 let stale = self.verdicts.retain_current(&current);
                 self.pending = Pending::default();
-                for (tid, record) in &current {
-                    if !self.verdicts.contains(*tid) {
-                        self.pending.insert(*tid, record.last_ns, wakes(record));
+                for (&key, record) in &current {
+                    if !Pid::try_from(key).is_ok_and(|tid| self.verdicts.contains(tid)) {
+                        self.pending.insert(key, record.last_ns, wakes(record));
                     }
                 }
                 stale
@@ -85,10 +88,10 @@ impl ScanState {
     }
 
     /// The records of the judged threads of `pids`.
-    pub fn records(&self, pids: &BTreeSet<i32>) -> Vec<(u32, BlockedWait)> {
+    pub fn records(&self, pids: &BTreeSet<Pid>) -> Vec<(u32, BlockedWait)> {
         pids.iter()
             .flat_map(|&pid| self.verdicts.of_process(pid))
-            .map(|(_, tid, record, _)| (tid as u32, *record))
+            .filter_map(|(_, tid, record, _)| Some((u32::try_from(tid).ok()?, *record)))
             .collect()
     }
 
@@ -108,8 +111,12 @@ impl ScanState {
         match changed {
             Changed::Some(pids) => {
                 // Their records may stay as they are (an exec'd thread's): judge them anew.
-                for (tid, record) in self.verdicts.forget_processes(&pids) {
-                    self.pending.insert(tid, record.last_ns, wakes(&record));
+                let forgotten = self.verdicts.forget_processes(&pids);
+                for (key, record) in forgotten
+                    .into_iter()
+                    .filter_map(|(tid, record)| Some((u32::try_from(tid).ok()?, record)))
+                {
+                    self.pending.insert(key, record.last_ns, wakes(&record));
                 }
                 self.holders.forget(&pids);
                 self.quiet.forget_processes(&pids);
@@ -130,8 +137,8 @@ impl ScanState {
     pub fn note_live(
         &mut self,
         scan: &Scan,
-        live_by: &BTreeMap<i32, i32>,
-        involved: &BTreeSet<i32>,
+        live_by: &BTreeMap<Pid, Pid>,
+        involved: &BTreeSet<Pid>,
         now_ns: u64,
     ) {
         for (pid, waits) in &scan.seed_waits {
@@ -152,14 +159,14 @@ pub enum Fresh<'a> {
     All,
     /// The waits of these (open incidents: that is how they end). Their pipe holders
     /// cannot have changed while they all stay blocked.
-    Only(&'a BTreeSet<i32>),
+    Only(&'a BTreeSet<Pid>),
     /// As `Only`, and every process's pipe holders: a new finding must not rest on an
     /// index entry that misses a live holder.
-    Confirm(&'a BTreeSet<i32>),
+    Confirm(&'a BTreeSet<Pid>),
 }
 
 impl Fresh<'_> {
-    fn contains(&self, pid: i32) -> bool {
+    fn contains(&self, pid: Pid) -> bool {
         match self {
             Fresh::All => true,
             Fresh::Only(pids) | Fresh::Confirm(pids) => pids.contains(&pid),
@@ -184,14 +191,14 @@ pub struct Scan {
     pub gone_tids: Vec<u32>,
     pub gone_pids: Vec<u32>,
     /// Processes newly found inside libc's `exit` by their stacks.
-    pub exits_found: Vec<i32>,
+    pub exits_found: Vec<Pid>,
     /// Failed `/proc` reads, by [`crate::procfs::Error::reason`].
     pub errors: BTreeMap<&'static str, u64>,
     /// Processes that were wanted but could not be read, with why.
-    pub unreadable: BTreeMap<i32, crate::procfs::Error>,
+    pub unreadable: BTreeMap<Pid, crate::procfs::Error>,
     /// The blocked processes this scan looked at because of their own waits, with those
     /// waits: the ones [`ScanState::note_live`] may let later scans skip.
-    pub seed_waits: BTreeMap<i32, Waits>,
+    pub seed_waits: BTreeMap<Pid, Waits>,
 }
 
 /// A thread verified to be in the wait its map entry describes.
@@ -224,7 +231,7 @@ pub fn collect(
     kernel: &KernelView,
     now_ns: u64,
     options: Options,
-    describe: &[i32],
+    describe: &[Pid],
     fresh: Fresh,
     state: &mut ScanState,
 ) -> Scan {
@@ -234,10 +241,10 @@ pub fn collect(
         ..
     } = options;
     let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
-    let mut exiting: BTreeMap<i32, ExitState> = kernel
+    let mut exiting: BTreeMap<Pid, ExitState> = kernel
         .exiting
         .iter()
-        .map(|(pid, state)| (*pid as i32, *state))
+        .filter_map(|(pid, state)| Some((Pid::try_from(*pid).ok()?, *state)))
         .collect();
     let mut errors = BTreeMap::new();
     let checked = verify_all(
@@ -261,7 +268,7 @@ pub fn collect(
         &mut state.quiet,
         now_ns,
     );
-    let seeds: BTreeSet<i32> = seed_waits
+    let seeds: BTreeSet<Pid> = seed_waits
         .keys()
         .copied()
         .chain(
@@ -314,23 +321,25 @@ pub fn collect(
 /// child leads to their process.
 fn seed_waits(
     verdicts: &Verdicts,
-    active: &HashSet<i32>,
-    exiting: &BTreeMap<i32, ExitState>,
-    describe: &[i32],
+    active: &HashSet<Pid>,
+    exiting: &BTreeMap<Pid, ExitState>,
+    describe: &[Pid],
     fresh: Fresh,
     quiet: &mut QuietSeeds,
     now_ns: u64,
-) -> BTreeMap<i32, Waits> {
-    let mut seeds: BTreeMap<i32, BTreeMap<u32, BlockedWait>> = BTreeMap::new();
+) -> BTreeMap<Pid, Waits> {
+    let mut seeds: BTreeMap<Pid, BTreeMap<u32, BlockedWait>> = BTreeMap::new();
     let exiting_waits = exiting
         .keys()
         .flat_map(|&pid| verdicts.of_process(pid))
         .filter(|(.., thread)| thread.stuck);
     for (pid, tid, record, _) in verdicts.seeding().chain(exiting_waits) {
-        seeds.entry(pid).or_default().insert(tid as u32, *record);
+        if let Ok(key) = u32::try_from(tid) {
+            seeds.entry(pid).or_default().insert(key, *record);
+        }
     }
     quiet.retain(|pid| seeds.contains_key(&pid));
-    let active: HashSet<i32> = active.iter().chain(exiting.keys()).copied().collect();
+    let active: HashSet<Pid> = active.iter().chain(exiting.keys()).copied().collect();
     seeds
         .into_iter()
         .map(|(pid, waits)| (pid, waits.into_iter().collect::<Waits>()))
@@ -353,7 +362,7 @@ fn wakes(record: &BlockedWait) -> bool {
 /// What verifying this scan's records found besides the verdicts themselves.
 struct Checked {
     /// Processes with a wait found stuck for the first time in this scan.
-    active: HashSet<i32>,
+    active: HashSet<Pid>,
     gone_tids: Vec<u32>,
 }
 
@@ -364,7 +373,7 @@ struct Checked {
 fn verify_all(
     procfs: &ProcFs,
     kernel: &KernelView,
-    exiting: &BTreeMap<i32, ExitState>,
+    exiting: &BTreeMap<Pid, ExitState>,
     fresh: Fresh,
     state: &mut ScanState,
     options: Options,
@@ -389,7 +398,7 @@ fn verify_all(
     };
     // Records of exiting processes that are not old yet change while they run; they are
     // few, and always read. Fresh processes are read whatever was kept.
-    let mut exact: BTreeSet<i32> = exiting
+    let mut exact: BTreeSet<Pid> = exiting
         .iter()
         .filter(|(_, e)| old_enough(e.since_ns))
         .map(|(pid, _)| *pid)
@@ -397,26 +406,27 @@ fn verify_all(
     if let Fresh::Only(pids) | Fresh::Confirm(pids) = fresh {
         exact.extend(pids);
     }
-    let mut wanted: Vec<(u32, BlockedWait, bool)> = Vec::new();
+    // (map key, (pid, tid), record, whether it is old enough to be stuck)
+    let mut wanted: Vec<(u32, (Pid, Pid), BlockedWait, bool)> = Vec::new();
     for &pid in &exact {
         let Ok(tids) = procfs.tids(pid) else {
             continue;
         };
         let records = tids
             .into_iter()
-            .filter_map(|tid| u32::try_from(tid).ok())
-            .filter_map(|tid| Some((tid, (kernel.waits)(tid)?)))
-            .filter(|(_, record)| record.tgid as i32 == pid);
-        for (tid, record) in records {
+            .filter_map(|tid| Some((u32::try_from(tid).ok()?, tid)))
+            .filter_map(|(key, tid)| Some((key, tid, (kernel.waits)(key)?)))
+            .filter(|(.., record)| Pid::try_from(record.tgid) == Ok(pid));
+        for (key, tid, record) in records {
             let old = old_enough(record.last_ns);
             if old {
-                pending.remove(tid);
+                pending.remove(key);
             } else {
-                pending.insert(tid, record.last_ns, wakes(&record));
+                pending.insert(key, record.last_ns, wakes(&record));
             }
             let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));
             if old || exit_is_old {
-                wanted.push((tid, record, old));
+                wanted.push((key, (pid, tid), record, old));
             } else {
                 verdicts.forget(tid);
             }
@@ -438,48 +448,53 @@ fn verify_all(
             break;
         };
         cursor = Some(due);
-        let tid = due.1;
-        match (kernel.waits)(tid) {
-            None => {
-                pending.remove(tid);
+        let key = due.1;
+        let Some(record) = (kernel.waits)(key) else {
+            pending.remove(key);
+            if let Ok(tid) = Pid::try_from(key) {
                 verdicts.forget(tid);
             }
-            Some(record) if !old_enough(record.last_ns) => {
-                pending.insert(tid, record.last_ns, wakes(&record))
-            }
-            Some(record) => {
-                pending.remove(tid);
-                if !exact.contains(&(record.tgid as i32)) {
-                    budget -= 1;
-                    wanted.push((tid, record, true));
-                }
+            continue;
+        };
+        // Ids above `i32::MAX` name no thread: nothing to verify, and the entry goes.
+        let (Ok(pid), Ok(tid)) = (Pid::try_from(record.tgid), Pid::try_from(key)) else {
+            pending.remove(key);
+            checked.gone_tids.push(key);
+            continue;
+        };
+        if !old_enough(record.last_ns) {
+            pending.insert(key, record.last_ns, wakes(&record));
+        } else {
+            pending.remove(key);
+            if !exact.contains(&pid) {
+                budget -= 1;
+                wanted.push((key, (pid, tid), record, true));
             }
         }
     }
-    for (tid, record, old) in wanted {
-        let pid = record.tgid as i32;
+    for (key, (pid, tid), record, old) in wanted {
         // Already known stuck (a fresh process read again): nothing new about it.
         let known = verdicts.known_stuck(tid, &record);
-        match verify(procfs, pid, tid as i32, &record, old) {
+        match verify(procfs, pid, tid, &record, old) {
             Ok(verdict) => {
                 if verdict.as_ref().is_some_and(|v| v.stuck) && !known {
                     checked.active.insert(pid);
-                    if tid as i32 == pid {
+                    if tid == pid {
                         exit_searches.insert((record.last_ns, pid));
                     }
                 }
                 // What /proc says now is what later scans start from.
-                verdicts.insert(tid, record, verdict);
+                verdicts.insert((pid, tid), record, verdict);
             }
             Err(error) => {
                 count(errors, &error);
                 verdicts.forget(tid);
                 if error.is_gone() {
-                    pending.remove(tid);
-                    checked.gone_tids.push(tid);
+                    pending.remove(key);
+                    checked.gone_tids.push(key);
                 } else {
                     // Tried again in a later scan.
-                    pending.insert(tid, record.last_ns, false);
+                    pending.insert(key, record.last_ns, false);
                 }
             }
         }
@@ -495,8 +510,8 @@ fn verify_all(
 fn find_exits(
     procfs: &ProcFs,
     state: &mut ScanState,
-    exiting: &mut BTreeMap<i32, ExitState>,
-) -> Vec<i32> {
+    exiting: &mut BTreeMap<Pid, ExitState>,
+) -> Vec<Pid> {
     let ScanState {
         verdicts,
         exit_stacks,
@@ -506,7 +521,7 @@ fn find_exits(
     if verdicts.take_dropped() {
         exit_stacks.retain(|pid, tid| verdicts.get(pid, tid).is_some());
     }
-    let in_wait = |pid: i32, since_ns: u64| {
+    let in_wait = |pid: Pid, since_ns: u64| {
         verdicts
             .get(pid, pid)
             .is_some_and(|v| v.stuck && v.since_ns == since_ns)
@@ -541,15 +556,16 @@ fn find_exits(
             exit_searches.remove(&(since_ns, pid));
         }
     }
-    let inside: Vec<(i32, i32, u64)> = exit_stacks
+    let inside: Vec<(Pid, u32, u64)> = exit_stacks
         .inside()
         .filter(|&(pid, tid, since_ns)| pid == tid && in_wait(pid, since_ns))
+        .filter_map(|(pid, tid, since_ns)| Some((pid, u32::try_from(tid).ok()?, since_ns)))
         .collect();
-    for (pid, tid, since_ns) in inside {
+    for (pid, exit_tid, since_ns) in inside {
         exiting.entry(pid).or_insert(ExitState {
             since_ns,
             reasons: exit_reason::LIBC_EXIT,
-            exit_tid: tid as u32,
+            exit_tid,
             ..ExitState::default()
         });
     }
@@ -566,8 +582,8 @@ fn count(errors: &mut BTreeMap<&'static str, u64>, error: &crate::procfs::Error)
 /// arguments, and decodes what it waits for (and where its stack is).
 fn verify(
     procfs: &ProcFs,
-    pid: i32,
-    tid: i32,
+    pid: Pid,
+    tid: Pid,
     entry: &BlockedWait,
     stuck: bool,
 ) -> Result<Option<Verified>, crate::procfs::Error> {
@@ -604,17 +620,17 @@ struct Builder<'a> {
     /// Only these get the details that incidents show and analysis does not need
     /// (command line, wait channels).
     fresh: Fresh<'a>,
-    exiting: &'a BTreeMap<i32, ExitState>,
+    exiting: &'a BTreeMap<Pid, ExitState>,
     verdicts: &'a Verdicts,
-    describe: &'a [i32],
-    processes: BTreeMap<i32, Process>,
+    describe: &'a [Pid],
+    processes: BTreeMap<Pid, Process>,
     gone_pids: Vec<u32>,
     errors: BTreeMap<&'static str, u64>,
-    unreadable: BTreeMap<i32, crate::procfs::Error>,
+    unreadable: BTreeMap<Pid, crate::procfs::Error>,
 }
 
 impl Builder<'_> {
-    fn add(&mut self, pid: i32) {
+    fn add(&mut self, pid: Pid) {
         if self.processes.contains_key(&pid) {
             return;
         }
@@ -625,7 +641,7 @@ impl Builder<'_> {
             Err(error) => {
                 count(&mut self.errors, &error);
                 if error.is_gone() {
-                    self.gone_pids.push(pid as u32);
+                    self.gone_pids.extend(u32::try_from(pid).ok());
                 } else {
                     log::debug!("skipping pid {pid}: {error}");
                 }
@@ -634,14 +650,15 @@ impl Builder<'_> {
         }
     }
 
-    fn read_process(&self, pid: i32) -> Result<Process, crate::procfs::Error> {
+    fn read_process(&self, pid: Pid) -> Result<Process, crate::procfs::Error> {
         let stat = self.procfs.stat(pid, pid)?;
         let exit = self.exiting.get(&pid).map(|state| ExitPhase {
             since_ns: state.since_ns,
             reasons: state.reasons,
             thread_spawns: state.thread_spawns,
             signal: state.signal,
-            exit_tid: state.exit_tid as i32,
+            // An impossible id finds no thread, as the main thread's absence would.
+            exit_tid: Pid::try_from(state.exit_tid).unwrap_or(pid),
         });
         let describe = exit.is_some() || self.describe.contains(&pid);
         let mut threads = Vec::new();
@@ -675,9 +692,9 @@ impl Builder<'_> {
     /// when not stuck, because the incident reports what every remaining thread does.
     fn read_thread(
         &self,
-        pid: i32,
-        tid: i32,
-        pgrp: i32,
+        pid: Pid,
+        tid: Pid,
+        pgrp: Pid,
         describe: bool,
     ) -> Result<Thread, crate::procfs::Error> {
         // A verified thread's state was read moments ago; the others need theirs now.
@@ -724,7 +741,7 @@ impl Builder<'_> {
         Ok(thread)
     }
 
-    fn wchan(&self, pid: i32, tid: i32) -> String {
+    fn wchan(&self, pid: Pid, tid: Pid) -> String {
         if !self.fresh.contains(pid) {
             return String::new();
         }
@@ -739,14 +756,14 @@ impl Builder<'_> {
     fn add_releasers(
         &mut self,
         index: &mut HolderIndex,
-        reread: &HashSet<i32>,
+        reread: &HashSet<Pid>,
     ) -> BTreeMap<u64, PipeEnds> {
         let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
-        let mut waiters_done: BTreeSet<i32> = BTreeSet::new();
+        let mut waiters_done: BTreeSet<Pid> = BTreeSet::new();
         let mut refreshed = false;
         let mut rebuilt = false;
         for _ in 0..MAX_RELEASER_ROUNDS {
-            let stuck: Vec<(i32, Wait)> = self
+            let stuck: Vec<(Pid, Wait)> = self
                 .processes
                 .values()
                 .flat_map(|p| p.threads.iter().filter(|t| t.stuck).map(|t| (p.pid, t)))
@@ -759,7 +776,7 @@ impl Builder<'_> {
                 .collect();
             // A pipe reader's children too: one that exited unreaped tells a parent reading
             // its child's output to EOF (see `graph::orphan`).
-            let waiters: BTreeSet<i32> = stuck
+            let waiters: BTreeSet<Pid> = stuck
                 .iter()
                 .filter(|(_, w)| {
                     matches!(
@@ -785,7 +802,7 @@ impl Builder<'_> {
                 rebuilt = true;
             }
             waiters_done.extend(&waiters);
-            let mut releasers: BTreeSet<i32> = stuck
+            let mut releasers: BTreeSet<Pid> = stuck
                 .iter()
                 .filter_map(|(_, wait)| match wait {
                     Wait::Child {
@@ -813,7 +830,7 @@ impl Builder<'_> {
 /// and the blocked thread's own process holds its end. Only the `wanted` pipes count:
 /// `ends` holds no others.
 fn contradicts(
-    stuck: &[(i32, Wait)],
+    stuck: &[(Pid, Wait)],
     wanted: &BTreeSet<u64>,
     ends: &BTreeMap<u64, PipeEnds>,
 ) -> bool {

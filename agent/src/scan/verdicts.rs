@@ -12,9 +12,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use exitwatch_common::BlockedWait;
 
 use super::collect::Verified;
-use crate::graph::Wait;
+use crate::{graph::Wait, pid::Pid};
 
 struct Kept {
+    pid: Pid,
     record: BlockedWait,
     /// `None`: the thread was not in that wait.
     verdict: Option<Verified>,
@@ -32,28 +33,37 @@ impl Kept {
 
 #[derive(Default)]
 pub struct Verdicts {
-    by_tid: HashMap<u32, Kept>,
+    by_tid: HashMap<Pid, Kept>,
     /// (pid, tid) of every verdict.
-    by_pid: BTreeSet<(i32, u32)>,
+    by_pid: BTreeSet<(Pid, Pid)>,
     /// (pid, tid) of stuck waits that are not untimed futex waits.
-    seeding: BTreeSet<(i32, u32)>,
+    seeding: BTreeSet<(Pid, Pid)>,
     /// Verdicts dropped since the last [`Verdicts::take_dropped`].
     dropped: bool,
 }
 
 impl Verdicts {
     /// Whether `record` was verified stuck before (and so is nothing new).
-    pub fn known_stuck(&self, tid: u32, record: &BlockedWait) -> bool {
+    pub fn known_stuck(&self, tid: Pid, record: &BlockedWait) -> bool {
         self.by_tid.get(&tid).is_some_and(|kept| {
             kept.record == *record && kept.verdict.as_ref().is_some_and(|v| v.stuck)
         })
     }
 
     /// Keeps `verdict` on `record`, replacing any verdict on the thread's earlier record.
-    pub fn insert(&mut self, tid: u32, record: BlockedWait, verdict: Option<Verified>) {
+    pub fn insert(
+        &mut self,
+        (pid, tid): (Pid, Pid),
+        record: BlockedWait,
+        verdict: Option<Verified>,
+    ) {
         self.remove(tid);
-        let key = (record.tgid as i32, tid);
-        let kept = Kept { record, verdict };
+        let key = (pid, tid);
+        let kept = Kept {
+            pid,
+            record,
+            verdict,
+        };
         if kept.seeds() {
             self.seeding.insert(key);
         }
@@ -62,15 +72,15 @@ impl Verdicts {
     }
 
     /// Drops the verdict on thread `tid`; returns its record.
-    pub fn forget(&mut self, tid: u32) -> Option<BlockedWait> {
+    pub fn forget(&mut self, tid: Pid) -> Option<BlockedWait> {
         let record = self.remove(tid)?;
         self.dropped = true;
         Some(record)
     }
 
-    fn remove(&mut self, tid: u32) -> Option<BlockedWait> {
+    fn remove(&mut self, tid: Pid) -> Option<BlockedWait> {
         let kept = self.by_tid.remove(&tid)?;
-        let key = (kept.record.tgid as i32, tid);
+        let key = (kept.pid, tid);
         self.by_pid.remove(&key);
         self.seeding.remove(&key);
         Some(kept.record)
@@ -78,7 +88,7 @@ impl Verdicts {
 
     /// Drops every verdict on threads of these processes (they exec'd or exited), and
     /// returns their records.
-    pub fn forget_processes(&mut self, pids: &HashSet<i32>) -> Vec<(u32, BlockedWait)> {
+    pub fn forget_processes(&mut self, pids: &HashSet<Pid>) -> Vec<(Pid, BlockedWait)> {
         let mut forgotten = Vec::new();
         for &pid in pids {
             for tid in self.tids(pid).collect::<Vec<_>>() {
@@ -89,12 +99,14 @@ impl Verdicts {
     }
 
     /// Keeps only the verdicts whose record is still `current` (the whole map, read
-    /// anew); returns how many were dropped.
+    /// anew, by kernel thread id); returns how many were dropped.
     pub fn retain_current(&mut self, current: &HashMap<u32, BlockedWait>) -> usize {
-        let stale: Vec<u32> = self
+        let stale: Vec<Pid> = self
             .by_tid
             .iter()
-            .filter(|(tid, kept)| current.get(tid) != Some(&kept.record))
+            .filter(|(tid, kept)| {
+                u32::try_from(**tid).map_or(true, |key| current.get(&key) != Some(&kept.record))
+            })
             .map(|(tid, _)| *tid)
             .collect();
         for tid in &stale {
@@ -103,44 +115,43 @@ impl Verdicts {
         stale.len()
     }
 
-    pub fn contains(&self, tid: u32) -> bool {
+    pub fn contains(&self, tid: Pid) -> bool {
         self.by_tid.contains_key(&tid)
     }
 
     /// Threads of `pid` with a verdict.
-    pub fn tids(&self, pid: i32) -> impl Iterator<Item = u32> + '_ {
+    pub fn tids(&self, pid: Pid) -> impl Iterator<Item = Pid> + '_ {
+        let all = (Pid::from_raw(i32::MIN), Pid::from_raw(i32::MAX));
         self.by_pid
-            .range((pid, 0)..=(pid, u32::MAX))
+            .range((pid, all.0)..=(pid, all.1))
             .map(|(_, tid)| *tid)
     }
 
     /// Thread `tid` in its recorded wait: (pid, tid, record, verdict).
-    pub fn entry(&self, tid: u32) -> Option<(i32, i32, &BlockedWait, &Verified)> {
+    pub fn entry(&self, tid: Pid) -> Option<(Pid, Pid, &BlockedWait, &Verified)> {
         let kept = self.by_tid.get(&tid)?;
         let verified = kept.verdict.as_ref()?;
-        Some((kept.record.tgid as i32, tid as i32, &kept.record, verified))
+        Some((kept.pid, tid, &kept.record, verified))
     }
 
     /// Stuck waits that make their process worth a look by themselves (see
     /// [`Kept::seeds`]): (pid, tid, record, verdict).
-    pub fn seeding(&self) -> impl Iterator<Item = (i32, i32, &BlockedWait, &Verified)> {
+    pub fn seeding(&self) -> impl Iterator<Item = (Pid, Pid, &BlockedWait, &Verified)> {
         self.seeding.iter().filter_map(|&(_, tid)| self.entry(tid))
     }
 
     /// The waits of `pid`'s threads, as [`Verdicts::entry`].
     pub fn of_process(
         &self,
-        pid: i32,
-    ) -> impl Iterator<Item = (i32, i32, &BlockedWait, &Verified)> {
+        pid: Pid,
+    ) -> impl Iterator<Item = (Pid, Pid, &BlockedWait, &Verified)> {
         self.tids(pid).filter_map(|tid| self.entry(tid))
     }
 
     /// Thread `tid` of `pid`, if it is in its recorded wait.
-    pub fn get(&self, pid: i32, tid: i32) -> Option<&Verified> {
-        let kept = self.by_tid.get(&u32::try_from(tid).ok()?)?;
-        (kept.record.tgid as i32 == pid)
-            .then_some(kept.verdict.as_ref())
-            .flatten()
+    pub fn get(&self, pid: Pid, tid: Pid) -> Option<&Verified> {
+        let kept = self.by_tid.get(&tid)?;
+        (kept.pid == pid).then_some(kept.verdict.as_ref()).flatten()
     }
 
     /// Whether any verdict was dropped since the last call.
