@@ -64,6 +64,21 @@ fn idle_waiters_are_no_incident_and_a_deadlock_among_them_is_found() {
         serde_json::to_string_pretty(&wrong).unwrap_or_default(),
         agent.log()
     );
+    // Scans learn which waits changed from the probes' marks: the whole map of waits is
+    // read once, at start-up, and no change went unmarked.
+    let whole_reads = |reason: &str| {
+        agent.metric(&format!(
+            "exitwatch_waits_map_reads_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(whole_reads("start"), 1.0, "{}", agent.log());
+    assert_eq!(whole_reads("lost_changes"), 0.0, "{}", agent.log());
+    assert_eq!(
+        agent.metric("exitwatch_waits_changes_lost_total"),
+        0.0,
+        "{}",
+        agent.log()
+    );
     agent.assert_peak_rss_bounded();
     assert!(
         agent.stop().success(),
