@@ -246,17 +246,7 @@ pub fn collect(
         .iter()
         .filter_map(|(pid, state)| Some((Pid::try_from(*pid).ok()?, *state)))
         .collect();
-    let mut errors = BTreeMap::new();
-    let checked = verify_all(
-        procfs,
-        kernel,
-        &exiting,
-        fresh,
-        state,
-        options,
-        now_ns,
-        &mut errors,
-    );
+    let mut checked = verify_all(procfs, kernel, &exiting, fresh, state, options, now_ns);
     let exits_found = find_exits(procfs, state, &mut exiting);
     let verdicts = &state.verdicts;
     let seed_waits = seed_waits(
@@ -291,7 +281,7 @@ pub fn collect(
         describe,
         processes: BTreeMap::new(),
         gone_pids: Vec::new(),
-        errors,
+        errors: std::mem::take(&mut checked.errors),
         unreadable: BTreeMap::new(),
     };
     for pid in seeds {
@@ -364,6 +354,8 @@ struct Checked {
     /// Processes with a wait found stuck for the first time in this scan.
     active: HashSet<Pid>,
     gone_tids: Vec<u32>,
+    /// Failed `/proc` reads, by [`crate::procfs::Error::reason`].
+    errors: BTreeMap<&'static str, u64>,
 }
 
 /// Verifies the records that may have become old enough (or belong to processes in their
@@ -378,7 +370,6 @@ fn verify_all(
     state: &mut ScanState,
     options: Options,
     now_ns: u64,
-    errors: &mut BTreeMap<&'static str, u64>,
 ) -> Checked {
     let Options {
         hang_after_ns,
@@ -395,6 +386,7 @@ fn verify_all(
     let mut checked = Checked {
         active: HashSet::new(),
         gone_tids: Vec::new(),
+        errors: BTreeMap::new(),
     };
     // Records of exiting processes that are not old yet change while they run; they are
     // few, and always read. Fresh processes are read whatever was kept.
@@ -487,7 +479,7 @@ fn verify_all(
                 verdicts.insert((pid, tid), record, verdict);
             }
             Err(error) => {
-                count(errors, &error);
+                count(&mut checked.errors, &error);
                 verdicts.forget(tid);
                 if error.is_gone() {
                     pending.remove(key);
