@@ -141,9 +141,20 @@ impl ScanState {
         involved: &BTreeSet<Pid>,
         now_ns: u64,
     ) {
+        // A witness live only because its poll is younger than the threshold is no
+        // witness for long: it turns stuck by itself, with no event that would wake the
+        // process it keeps live (polls are not recorded), so that one is looked at again.
+        let polling = |pid: Pid| {
+            scan.snapshot.processes.get(&pid).is_some_and(|process| {
+                process
+                    .threads
+                    .iter()
+                    .any(|t| !t.stuck && matches!(t.wait, Some(Wait::PollRead { .. })))
+            })
+        };
         for (pid, waits) in &scan.seed_waits {
             match live_by.get(pid) {
-                Some(&witness) if !involved.contains(pid) => {
+                Some(&witness) if !involved.contains(pid) && !polling(witness) => {
                     self.quiet.note(*pid, waits.clone(), witness, now_ns)
                 }
                 _ => self.quiet.retain(|quiet| quiet != *pid),
@@ -318,28 +329,48 @@ fn seed_waits(
     quiet: &mut QuietSeeds,
     now_ns: u64,
 ) -> BTreeMap<Pid, Waits> {
-    let mut seeds: BTreeMap<Pid, BTreeMap<u32, BlockedWait>> = BTreeMap::new();
+    let active: HashSet<Pid> = active.iter().chain(exiting.keys()).copied().collect();
+    let keep = |pid: Pid, waits: &Waits| {
+        fresh.contains(pid)
+            || exiting.contains_key(&pid)
+            || describe.contains(&pid)
+            || !quiet.is_quiet(pid, waits, now_ns, &active)
+    };
+    // Both come ordered by (pid, tid), so each process's waits are one run: a host's
+    // idle pipe readers cost a comparison each here, and no allocation while they stay
+    // quiet.
     let exiting_waits = exiting
         .keys()
         .flat_map(|&pid| verdicts.of_process(pid))
         .filter(|(.., thread)| thread.stuck);
-    for (pid, tid, record, _) in verdicts.seeding().chain(exiting_waits) {
-        if let Ok(key) = u32::try_from(tid) {
-            seeds.entry(pid).or_default().insert(key, *record);
+    let waits = verdicts
+        .seeding()
+        .filter(|(pid, ..)| !exiting.contains_key(pid))
+        .chain(exiting_waits)
+        .filter_map(|(pid, tid, record, _)| Some((pid, u32::try_from(tid).ok()?, *record)));
+    let mut seeds: BTreeMap<Pid, Waits> = BTreeMap::new();
+    let mut blocked: Vec<Pid> = Vec::new();
+    let mut run: Waits = Vec::new();
+    for (pid, tid, record) in waits {
+        if blocked.last() != Some(&pid) {
+            if let Some(&last) = blocked.last() {
+                if keep(last, &run) {
+                    seeds.insert(last, std::mem::take(&mut run));
+                }
+                run.clear();
+            }
+            blocked.push(pid);
+        }
+        run.push((tid, record));
+    }
+    if let Some(&last) = blocked.last() {
+        if keep(last, &run) {
+            seeds.insert(last, run);
         }
     }
-    quiet.retain(|pid| seeds.contains_key(&pid));
-    let active: HashSet<Pid> = active.iter().chain(exiting.keys()).copied().collect();
+    blocked.sort_unstable();
+    quiet.retain(|pid| blocked.binary_search(&pid).is_ok());
     seeds
-        .into_iter()
-        .map(|(pid, waits)| (pid, waits.into_iter().collect::<Waits>()))
-        .filter(|(pid, waits)| {
-            fresh.contains(*pid)
-                || exiting.contains_key(pid)
-                || describe.contains(pid)
-                || !quiet.is_quiet(*pid, waits, now_ns, &active)
-        })
-        .collect()
 }
 
 /// Whether a wait, once old, is worth a scan at that very time: untimed futex waits are

@@ -7,7 +7,8 @@
 //! - the witness began no new wait and did not exec or exit,
 //! - and the finding is younger than its age limit (a witness can stop for good in a
 //!   wait the probes do not record, `poll` for instance; the limit bounds how long that
-//!   goes unseen).
+//!   goes unseen). A witness already in such a wait, only younger than the threshold, is
+//!   no witness at all: it turns stuck by itself, and the process is not skipped.
 //!
 //! A skipped process is still read whenever another one's wait leads to it.
 use std::collections::{HashMap, HashSet};
