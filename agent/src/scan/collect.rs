@@ -8,11 +8,12 @@
 //! new findings, which `/proc` confirms before anything is reported.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use exitwatch_common::{exit_reason, BlockedWait, ExitState};
+use exitwatch_common::{BlockedWait, ExitState};
 
 use super::{
     cmdline::shown,
-    exit_stack::ExitStacks,
+    exit_search::Search,
+    exit_stack::LibcExit,
     holders::HolderIndex,
     lifecycle::Changed,
     quiet::{QuietSeeds, Waits},
@@ -30,8 +31,6 @@ const MAX_RELEASER_ROUNDS: usize = 3;
 /// Records verified for the first time per scan. At start-up on a big host every idle
 /// thread is new; the newest waits go first, so a fresh hang is never behind the backlog.
 const MAX_NEW_VERDICTS: usize = 2048;
-/// Stacks searched for libc's `exit` per scan, newest waits first, for the same reason.
-const MAX_EXIT_SEARCHES: usize = 256;
 
 /// What scans learn and later scans reuse.
 #[derive(Default)]
@@ -39,7 +38,7 @@ pub struct ScanState {
     verdicts: Verdicts,
     holders: HolderIndex,
     quiet: QuietSeeds,
-    exit_stacks: ExitStacks,
+    libc_exits: Search<LibcExit>,
 }
 
 impl ScanState {
@@ -52,9 +51,10 @@ impl ScanState {
                 self.quiet.forget_processes(&pids);
             }
             Changed::All => {
-                let exit_stacks = std::mem::take(&mut self.exit_stacks);
+                // What was read of libc files stays true.
+                let libc_exits = std::mem::take(&mut self.libc_exits);
                 *self = ScanState {
-                    exit_stacks,
+                    libc_exits,
                     ..ScanState::default()
                 };
             }
@@ -133,13 +133,27 @@ pub struct Scan {
 /// A thread verified to be in the wait its map entry describes.
 #[derive(Clone, Debug)]
 pub struct Verified {
-    wait: Wait,
-    since_ns: u64,
+    pub(super) wait: Wait,
+    pub(super) since_ns: u64,
     pub stuck: bool,
     /// Stack pointer in the syscall, for the exit-phase search.
-    sp: u64,
+    pub(super) sp: u64,
     /// `/proc` state letter, `S` or `D`.
     state: char,
+}
+
+#[cfg(test)]
+impl Verified {
+    /// A thread stuck in `wait` since `since_ns`, with its stack pointer at `sp`.
+    pub(super) fn stuck_in(wait: Wait, since_ns: u64, sp: u64) -> Self {
+        Self {
+            wait,
+            since_ns,
+            stuck: true,
+            sp,
+            state: 'S',
+        }
+    }
 }
 
 /// What a scan looks for and keeps.
@@ -182,7 +196,7 @@ pub fn collect(
         &mut errors,
     );
     let verdicts = &state.verdicts;
-    let exits_found = find_exits(procfs, verdicts, &mut exiting, &mut state.exit_stacks);
+    let exits_found = state.libc_exits.find(procfs, verdicts, &mut exiting);
     let seed_waits = seed_waits(
         verdicts,
         &checked.active,
@@ -341,50 +355,6 @@ fn verify_all(
     }
     verdicts.end_scan();
     checked
-}
-
-/// C programs have no exit probe: a stuck main thread inside libc's `exit` marks one.
-/// Only main threads are searched, where `exit` runs when `main` returns: on a host of
-/// idle thread pools, every pool thread's stack would be read once per wait for nothing.
-/// Each wait's stack is searched once; returns the processes found in this scan.
-fn find_exits(
-    procfs: &ProcFs,
-    verdicts: &Verdicts,
-    exiting: &mut BTreeMap<i32, ExitState>,
-    exit_stacks: &mut ExitStacks,
-) -> Vec<i32> {
-    let mut unknown = Vec::new();
-    let mut inside = Vec::new();
-    for (pid, tid, _, thread) in verdicts.current().filter(|(.., v)| v.stuck) {
-        if tid != pid || exiting.contains_key(&pid) {
-            continue;
-        }
-        match exit_stacks.remembered(pid, tid, thread.since_ns) {
-            Some(true) => inside.push((pid, tid, thread.since_ns)),
-            Some(false) => {}
-            None => unknown.push((pid, tid, thread)),
-        }
-    }
-    unknown.sort_unstable_by_key(|(_, _, thread)| std::cmp::Reverse(thread.since_ns));
-    let mut found = Vec::new();
-    for (pid, tid, thread) in unknown.into_iter().take(MAX_EXIT_SEARCHES) {
-        if exit_stacks.search(procfs, pid, tid, thread.since_ns, thread.sp) {
-            inside.push((pid, tid, thread.since_ns));
-            found.push(pid);
-        }
-    }
-    for (pid, tid, since_ns) in inside {
-        exiting.entry(pid).or_insert(ExitState {
-            since_ns,
-            reasons: exit_reason::LIBC_EXIT,
-            exit_tid: tid as u32,
-            ..ExitState::default()
-        });
-    }
-    exit_stacks.retain(|pid, tid| verdicts.get(pid, tid).is_some());
-    found.sort_unstable();
-    found.dedup();
-    found
 }
 
 fn count(errors: &mut BTreeMap<&'static str, u64>, error: &crate::procfs::Error) {

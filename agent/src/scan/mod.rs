@@ -2,6 +2,7 @@
 //! every candidate is checked against `/proc` before the graph sees it.
 mod cmdline;
 mod collect;
+mod exit_search;
 mod exit_stack;
 mod holders;
 mod lifecycle;
