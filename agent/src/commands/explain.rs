@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     clock::monotonic_ns,
-    graph::{analyze, Kind, Process, Snapshot},
+    graph::{analyze, exit_phase, Kind, Phase, Process, Snapshot},
     incidents::{describe as describe_process, IncidentProcess},
     procfs::ProcFs,
     scan::{blocked_from_proc, collect, Fresh, KernelView, Options, ScanState},
@@ -27,6 +27,7 @@ struct Explanation {
 struct FindingJson {
     kind: Kind,
     pids: Vec<i32>,
+    exit_phase: Option<Phase>,
     summary: String,
 }
 
@@ -91,6 +92,7 @@ pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
                 .into_iter()
                 .map(|f| FindingJson {
                     kind: f.kind,
+                    exit_phase: exit_phase(&scan.snapshot, &f),
                     pids: f.pids,
                     summary: f.summary,
                 })
