@@ -104,6 +104,21 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
             ))
         })
         .collect();
+    // The thread driving the exit; a multiprocessing child has no exit marker, and runs
+    // its exit functions on its main thread.
+    let driver = process
+        .exit_thread()
+        .or_else(|| process.thread(process.pid));
+    let frames = python
+        .iter()
+        .find(|(tid, _)| driver.is_some_and(|d| d.tid == *tid))
+        .map(|(_, frames)| frames.as_slice())
+        .unwrap_or_default();
+    if let Some(found) = driver.and_then(|d| python_exit_function(&python, d.tid, frames)) {
+        return Some(found);
+    }
+    // Before the interpreter finalizes (3.12+ gives up after 300 s and finalizes, and
+    // its exit then joins the same worker: the phase above).
     if let Some((shutdown, _)) = python
         .iter()
         .find(|(_, frames)| frames.iter().any(|f| is_asyncio_executor_shutdown(f)))
@@ -113,20 +128,38 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
             task: executor_task(&python, *shutdown),
         });
     }
-    // The thread driving the exit; a multiprocessing child has no exit marker, and runs
-    // its exit functions on its main thread.
-    let driver = process
-        .exit_thread()
-        .or_else(|| process.thread(process.pid))?;
-    let frames = python
-        .iter()
-        .find(|(tid, _)| *tid == driver.tid)
-        .map(|(_, frames)| frames.as_slice())
-        .unwrap_or_default();
+    let exit = process.exit?;
+    let finalizing = exit.reasons & exitwatch_common::exit_reason::PY_FINALIZE != 0;
+    // Inside `Py_FinalizeEx`, after `threading._shutdown`, Python code on the exiting
+    // thread runs from an atexit callback: its outermost frame is the handler (nothing
+    // of `__main__` is left below it).
+    if let Some(handler) = frames.last().filter(|_| finalizing) {
+        return (handler.function.as_deref() != Some("<module>")).then_some(Found::AtexitHandler {
+            handler: Some(handler),
+            python: true,
+        });
+    }
+    let stack = driver?.stack.as_deref()?;
+    match stack.under_exit()? {
+        Some(destructor) => Some(Found::StaticDestructor { destructor }),
+        None => Some(Found::AtexitHandler {
+            handler: stack.user_frame(),
+            python: false,
+        }),
+    }
+}
+
+/// The exit functions of the standard library on the `frames` of `driver`, the thread
+/// driving the exit.
+fn python_exit_function<'a>(
+    python: &PythonStacks<'a>,
+    driver: Pid,
+    frames: &[&'a Frame],
+) -> Option<Found<'a>> {
     let on_stack = |module: &str, function: &str| frames.iter().any(|f| is(f, module, function));
     if on_stack("concurrent/futures/thread.py", "_python_exit") {
         return Some(Found::ExecutorShutdown {
-            task: executor_task(&python, driver.tid),
+            task: executor_task(python, driver),
         });
     }
     if on_stack("multiprocessing/util.py", "_exit_function") {
@@ -142,7 +175,7 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
     if on_stack("threading.py", "_shutdown") {
         let joined = python
             .iter()
-            .filter(|(tid, _)| *tid != driver.tid)
+            .filter(|(tid, _)| *tid != driver)
             .find_map(|(tid, frames)| {
                 Some(Doing {
                     tid: *tid,
@@ -151,24 +184,7 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
             });
         return Some(Found::ThreadingShutdown { joined });
     }
-    let exit = process.exit?;
-    let finalizing = exit.reasons & exitwatch_common::exit_reason::PY_FINALIZE != 0;
-    // Inside `Py_FinalizeEx`, after `threading._shutdown`, Python code on the exiting
-    // thread runs from an atexit callback: its outermost frame is the handler (nothing
-    // of `__main__` is left below it).
-    if let Some(handler) = frames.last().filter(|_| finalizing) {
-        return (handler.function.as_deref() != Some("<module>")).then_some(Found::AtexitHandler {
-            handler: Some(handler),
-            python: true,
-        });
-    }
-    match driver.stack.as_deref()?.under_exit()? {
-        Some(destructor) => Some(Found::StaticDestructor { destructor }),
-        None => Some(Found::AtexitHandler {
-            handler: driver.stack.as_deref()?.user_frame(),
-            python: false,
-        }),
-    }
+    None
 }
 
 /// The task a `concurrent.futures` worker runs (the frame `_WorkItem.run` called), on
@@ -205,7 +221,9 @@ fn doing<'a>(frames: &[&'a Frame]) -> Option<&'a Frame> {
         .copied()
 }
 
-fn is_asyncio_executor_shutdown(frame: &Frame) -> bool {
+/// `BaseEventLoop._do_shutdown`: the thread that `loop.shutdown_default_executor()`
+/// starts to join the default executor's workers.
+pub fn is_asyncio_executor_shutdown(frame: &Frame) -> bool {
     is(frame, "asyncio/base_events.py", "_do_shutdown")
 }
 

@@ -383,3 +383,45 @@ fn without_a_telling_stack_there_is_no_phase() {
         );
     }
 }
+
+#[test]
+fn asyncio_past_its_shutdown_timeout_is_the_interpreters_exit() {
+    // 3.12+: asyncio.run() gave up after its timeout, the interpreter finalizes and
+    // joins the same worker; the `_do_shutdown` thread is still there.
+    let main = with_stack(
+        stuck(20, FUTEX),
+        vec![
+            lib("Thread.join", "threading.py"),
+            lib("_python_exit", "concurrent/futures/thread.py"),
+            lib("_shutdown", "threading.py"),
+        ],
+    );
+    let mut frames = vec![
+        lib("Thread.join", "threading.py"),
+        lib(
+            "ThreadPoolExecutor.shutdown",
+            "concurrent/futures/thread.py",
+        ),
+        lib("BaseEventLoop._do_shutdown", "asyncio/base_events.py"),
+    ];
+    frames.extend(thread_entry("Thread.run"));
+    let shutdown = with_stack(stuck(21, FUTEX), frames);
+    let job = with_stack(
+        stuck(22, FUTEX),
+        worker(py("blocking_forever", "/srv/app/main.py", 21)),
+    );
+    let (finding, phase) = only_finding(
+        vec![exiting(
+            process(20, 1, vec![main, shutdown, job]),
+            exit_reason::PY_FINALIZE,
+            15 * SECOND,
+            0,
+        )],
+        vec![],
+    );
+    assert_eq!(phase, Some(Phase::ExecutorShutdown));
+    assert_mentions(
+        &finding.summary,
+        &["worker thread 22 still runs its task `blocking_forever`"],
+    );
+}
