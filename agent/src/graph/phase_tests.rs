@@ -90,6 +90,21 @@ fn only_finding(
     (findings[0].clone(), phase)
 }
 
+/// The one finding of process 20 with `threads`, in `Py_FinalizeEx` for 15 s with
+/// `spawns` threads started since: it is in `phase`, and its summary says `parts`.
+fn finalizing(threads: Vec<Thread>, spawns: u64, phase: Option<Phase>, parts: &[&str]) -> Finding {
+    let process = exiting(
+        process(20, 1, threads),
+        exit_reason::PY_FINALIZE,
+        15 * SECOND,
+        spawns,
+    );
+    let (finding, found) = only_finding(vec![process], vec![]);
+    assert_eq!(found, phase, "{}", finding.summary);
+    assert_mentions(&finding.summary, parts);
+    finding
+}
+
 fn assert_mentions(summary: &str, parts: &[&str]) {
     for part in parts {
         assert!(summary.contains(part), "{part:?} in {summary}");
@@ -112,25 +127,17 @@ fn the_seed_timer_is_threading_shutdown_joining_timer_run() {
     ];
     timer_frames.extend(thread_entry("Timer.run"));
     let timer = with_stack(waiting(21, TIMED_FUTEX), timer_frames);
-    let (finding, phase) = only_finding(
-        vec![exiting(
-            process(20, 1, vec![main, timer]),
-            exit_reason::PY_FINALIZE,
-            15 * SECOND,
-            30,
-        )],
-        vec![],
-    );
-    assert_eq!(finding.kind, Kind::ExitBlockedOnThreads);
-    assert_eq!(phase, Some(Phase::ThreadingShutdown));
-    assert_mentions(
-        &finding.summary,
+    let finding = finalizing(
+        vec![main, timer],
+        30,
+        Some(Phase::ThreadingShutdown),
         &[
             "threading._shutdown()",
             "thread 21 is still in `Timer.run`",
             "Fix: cancel() the timer",
         ],
     );
+    assert_eq!(finding.kind, Kind::ExitBlockedOnThreads);
 }
 
 #[test]
@@ -149,18 +156,10 @@ fn a_joined_thread_is_named_by_its_own_code_before_its_entry_point() {
     ];
     frames.extend(thread_entry("run"));
     let getter = with_stack(stuck(21, FUTEX), frames);
-    let (finding, phase) = only_finding(
-        vec![exiting(
-            process(20, 1, vec![main, getter]),
-            exit_reason::PY_FINALIZE,
-            15 * SECOND,
-            0,
-        )],
-        vec![],
-    );
-    assert_eq!(phase, Some(Phase::ThreadingShutdown));
-    assert_mentions(
-        &finding.summary,
+    finalizing(
+        vec![main, getter],
+        0,
+        Some(Phase::ThreadingShutdown),
         &[
             "thread 21 is still in `consume` at /srv/app/consumer.py:12",
             "daemon=True",
@@ -182,18 +181,10 @@ fn an_executor_worker_joined_at_exit_is_named_by_its_task() {
     );
     let task = py("fetch", "/srv/app/jobs.py", 40);
     let worker = with_stack(stuck(21, FUTEX), worker(task));
-    let (finding, phase) = only_finding(
-        vec![exiting(
-            process(20, 1, vec![main, worker]),
-            exit_reason::PY_FINALIZE,
-            15 * SECOND,
-            0,
-        )],
-        vec![],
-    );
-    assert_eq!(phase, Some(Phase::ExecutorShutdown));
-    assert_mentions(
-        &finding.summary,
+    finalizing(
+        vec![main, worker],
+        0,
+        Some(Phase::ExecutorShutdown),
         &[
             "_python_exit",
             "worker thread 21 still runs its task `fetch` at /srv/app/jobs.py:40",
@@ -215,18 +206,10 @@ fn a_python_atexit_handler_is_named_with_its_place() {
     let mut frames = vec![lib("wait", "threading.py"), lib("wait", "threading.py")];
     frames.extend(thread_entry("run"));
     let worker = with_stack(stuck(21, FUTEX), frames);
-    let (finding, phase) = only_finding(
-        vec![exiting(
-            process(20, 1, vec![main, worker]),
-            exit_reason::PY_FINALIZE,
-            15 * SECOND,
-            0,
-        )],
-        vec![],
-    );
-    assert_eq!(phase, Some(Phase::AtexitHandler));
-    assert_mentions(
-        &finding.summary,
+    finalizing(
+        vec![main, worker],
+        0,
+        Some(Phase::AtexitHandler),
         &[
             "It is in the atexit handler `stop_worker` at /srv/app/atexit_join.py:17",
             "Fix: the atexit handler `stop_worker`",
@@ -367,18 +350,10 @@ fn without_a_telling_stack_there_is_no_phase() {
         vec![main, stuck(21, FUTEX)],
         vec![stuck(20, FUTEX), stuck(21, FUTEX)],
     ] {
-        let (finding, phase) = only_finding(
-            vec![exiting(
-                process(20, 1, threads),
-                exit_reason::PY_FINALIZE,
-                15 * SECOND,
-                0,
-            )],
-            vec![],
-        );
-        assert_eq!(phase, None);
-        assert_mentions(
-            &finding.summary,
+        finalizing(
+            threads,
+            0,
+            None,
             &["Fix: make background threads daemon=True"],
         );
     }
@@ -410,18 +385,10 @@ fn asyncio_past_its_shutdown_timeout_is_the_interpreters_exit() {
         stuck(22, FUTEX),
         worker(py("blocking_forever", "/srv/app/main.py", 21)),
     );
-    let (finding, phase) = only_finding(
-        vec![exiting(
-            process(20, 1, vec![main, shutdown, job]),
-            exit_reason::PY_FINALIZE,
-            15 * SECOND,
-            0,
-        )],
-        vec![],
-    );
-    assert_eq!(phase, Some(Phase::ExecutorShutdown));
-    assert_mentions(
-        &finding.summary,
+    finalizing(
+        vec![main, shutdown, job],
+        0,
+        Some(Phase::ExecutorShutdown),
         &["worker thread 22 still runs its task `blocking_forever`"],
     );
 }
