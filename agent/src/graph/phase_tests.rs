@@ -11,9 +11,12 @@ use super::{
     },
     *,
 };
-use crate::stacks::{
-    model::{Frame, FrameKind},
-    Stack,
+use crate::{
+    pid::Pid,
+    stacks::{
+        model::{Frame, FrameKind},
+        Stack,
+    },
 };
 
 const LIB: &str = "/usr/lib/python3.11";
@@ -242,7 +245,7 @@ fn asyncio_run_waiting_for_its_default_executor_names_the_job() {
         0,
     );
     if let Some(exit) = asyncio.exit.as_mut() {
-        exit.exit_tid = 21;
+        exit.exit_tid = Pid::from_raw(21);
     }
     let (finding, phase) = only_finding(vec![asyncio], vec![]);
     assert_eq!(finding.kind, Kind::ExitBlockedOnThreads);

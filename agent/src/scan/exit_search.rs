@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use exitwatch_common::ExitState;
 
 use super::{collect::Verified, verdicts::Verdicts};
-use crate::procfs::ProcFs;
+use crate::{pid::Pid, procfs::ProcFs};
 
 /// What the stacks are searched for.
 pub trait Sign {
@@ -19,18 +19,18 @@ pub trait Sign {
 
     /// Whether thread `tid` of `pid`, stuck as `thread` says, is worth a search: decided
     /// without reading anything.
-    fn candidate(&self, pid: i32, tid: i32, thread: &Verified) -> bool;
+    fn candidate(&self, pid: Pid, tid: Pid, thread: &Verified) -> bool;
 
     /// Whether the thread's stack shows the sign; `None` when a read failed or timed out
     /// (no verdict: a later scan looks again).
-    fn search(&mut self, procfs: &ProcFs, pid: i32, tid: i32, thread: &Verified) -> Option<bool>;
+    fn search(&mut self, procfs: &ProcFs, pid: Pid, tid: Pid, thread: &Verified) -> Option<bool>;
 }
 
 #[derive(Default)]
 pub struct Search<S> {
     pub sign: S,
     /// Verdicts per waiting thread, with the first sleep of the wait they hold for.
-    verdicts: BTreeMap<(i32, i32), (u64, bool)>,
+    verdicts: BTreeMap<(Pid, Pid), (u64, bool)>,
 }
 
 impl<S: Sign> Search<S> {
@@ -40,8 +40,8 @@ impl<S: Sign> Search<S> {
         &mut self,
         procfs: &ProcFs,
         verdicts: &Verdicts,
-        exiting: &mut BTreeMap<i32, ExitState>,
-    ) -> Vec<i32> {
+        exiting: &mut BTreeMap<Pid, ExitState>,
+    ) -> Vec<Pid> {
         let mut unknown = Vec::new();
         let mut inside = Vec::new();
         for (pid, tid, record, thread) in verdicts.current() {
@@ -68,10 +68,13 @@ impl<S: Sign> Search<S> {
             }
         }
         for (pid, tid, since_ns) in inside {
+            let Ok(exit_tid) = u32::try_from(tid) else {
+                continue;
+            };
             exiting.entry(pid).or_insert(ExitState {
                 since_ns,
                 reasons: S::REASON,
-                exit_tid: tid as u32,
+                exit_tid,
                 ..ExitState::default()
             });
         }
@@ -95,20 +98,20 @@ mod tests {
     /// read) for those in `fails`, else `Some(false)`; records every search.
     #[derive(Default)]
     struct Scripted {
-        shows: Vec<i32>,
-        fails: Vec<i32>,
-        searched: Vec<i32>,
+        shows: Vec<Pid>,
+        fails: Vec<Pid>,
+        searched: Vec<Pid>,
     }
 
     impl Sign for Scripted {
         const REASON: u32 = 1 << 30;
         const MAX_SEARCHES: usize = 2;
 
-        fn candidate(&self, _: i32, _: i32, thread: &Verified) -> bool {
+        fn candidate(&self, _: Pid, _: Pid, thread: &Verified) -> bool {
             thread.stuck
         }
 
-        fn search(&mut self, _: &ProcFs, _: i32, tid: i32, _: &Verified) -> Option<bool> {
+        fn search(&mut self, _: &ProcFs, _: Pid, tid: Pid, _: &Verified) -> Option<bool> {
             self.searched.push(tid);
             (!self.fails.contains(&tid)).then(|| self.shows.contains(&tid))
         }
@@ -125,7 +128,8 @@ mod tests {
                 ..BlockedWait::default()
             };
             let thread = Verified::stuck_in(Wait::Futex { timed: false }, first_ns, 0);
-            verdicts.insert(tid as u32, record, Some(thread), true);
+            let ids = (Pid::from_raw(pid), Pid::from_raw(tid));
+            verdicts.insert(ids, record, Some(thread), true);
         }
         verdicts.end_scan();
     }
@@ -133,7 +137,7 @@ mod tests {
     #[test]
     fn each_wait_is_searched_once_newest_first_a_few_per_scan() {
         let mut search = Search::<Scripted>::default();
-        search.sign.shows = vec![11];
+        search.sign.shows = vec![Pid::from_raw(11)];
         let mut verdicts = Verdicts::default();
         let threads = [(10, 10, 1), (10, 11, 2), (20, 20, 3), (30, 30, 4)];
         let (mut found, mut marked) = (Vec::new(), Vec::new());
@@ -141,7 +145,7 @@ mod tests {
             scan(&mut verdicts, &threads);
             let mut exiting = BTreeMap::new();
             found.push(search.find(&ProcFs::default(), &verdicts, &mut exiting));
-            marked.push(exiting.get(&10).map(|e| e.exit_tid));
+            marked.push(exiting.get(&Pid::from_raw(10)).map(|e| e.exit_tid));
         }
         assert_eq!(search.sign.searched, [30, 20, 11, 10]);
         // Found once; marked from then on, by the thread that shows the sign.
@@ -156,7 +160,7 @@ mod tests {
     #[test]
     fn a_failed_search_is_tried_again_and_a_found_one_marks_its_process() {
         let mut search = Search::<Scripted>::default();
-        search.sign.fails = vec![40];
+        search.sign.fails = vec![Pid::from_raw(40)];
         let mut verdicts = Verdicts::default();
         scan(&mut verdicts, &[(40, 40, 7)]);
         let mut exiting = BTreeMap::new();
@@ -167,13 +171,13 @@ mod tests {
         }
         assert_eq!(search.sign.searched, [40, 40]);
         search.sign.fails.clear();
-        search.sign.shows = vec![40];
+        search.sign.shows = vec![Pid::from_raw(40)];
         assert_eq!(
             search.find(&ProcFs::default(), &verdicts, &mut exiting),
             [40]
         );
         assert_eq!(
-            exiting.get(&40),
+            exiting.get(&Pid::from_raw(40)),
             Some(&ExitState {
                 since_ns: 7,
                 reasons: Scripted::REASON,

@@ -8,6 +8,7 @@ use exitwatch_common::exit_reason;
 use super::{collect::Verified, exit_search::Sign};
 use crate::{
     elf::Elf,
+    pid::Pid,
     procfs::{open_mapping, FileId, Mapping, ProcFs},
 };
 
@@ -30,12 +31,12 @@ impl Sign for LibcExit {
 
     /// Only main threads, where `exit` runs when `main` returns: on a host of idle thread
     /// pools, every pool thread's stack would be read once per wait for nothing.
-    fn candidate(&self, pid: i32, tid: i32, thread: &Verified) -> bool {
+    fn candidate(&self, pid: Pid, tid: Pid, thread: &Verified) -> bool {
         tid == pid && thread.stuck
     }
 
     /// Whether the thread is running inside libc's `exit`.
-    fn search(&mut self, procfs: &ProcFs, pid: i32, _: i32, thread: &Verified) -> Option<bool> {
+    fn search(&mut self, procfs: &ProcFs, pid: Pid, _: Pid, thread: &Verified) -> Option<bool> {
         let maps = procfs.mappings(pid).ok()?;
         let Some(libc) = maps.iter().find(|m| m.offset == 0 && is_libc(m)) else {
             return Some(false);
@@ -75,7 +76,7 @@ impl LibcExit {
     fn exit_range(
         &mut self,
         procfs: &ProcFs,
-        pid: i32,
+        pid: Pid,
         libc: &Mapping,
     ) -> Option<Option<Range<u64>>> {
         let key = libc.file_id();
@@ -125,8 +126,8 @@ mod tests {
     use crate::graph::Wait;
 
     /// This thread, as if stuck in a futex wait right here.
-    fn this_thread() -> (ProcFs, i32, Verified) {
-        let pid = i32::try_from(std::process::id()).expect("a pid");
+    fn this_thread() -> (ProcFs, Pid, Verified) {
+        let pid = Pid::try_from(std::process::id()).expect("a pid");
         let local = 0u64;
         let sp = std::ptr::addr_of!(local) as u64;
         let thread = Verified::stuck_in(Wait::Futex { timed: false }, 7, sp);
@@ -140,7 +141,11 @@ mod tests {
         let fixture = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
         let (proc, pid, thread) = this_thread();
         let fixture_thread = Verified::stuck_in(Wait::Futex { timed: false }, 7, 0x7ffd_a5bf_0000);
-        assert_eq!(libc.search(&fixture, 100, 100, &fixture_thread), None);
+        let fixture_pid = Pid::from_raw(100);
+        assert_eq!(
+            libc.search(&fixture, fixture_pid, fixture_pid, &fixture_thread),
+            None
+        );
         assert_eq!(libc.search(&proc, pid, pid, &thread), Some(false));
     }
 

@@ -8,6 +8,7 @@ use super::{
     symbolize,
     unwind::{walk, Registers, StackCopy},
 };
+use crate::pid::Pid;
 use crate::procfs::{Error, ProcFs};
 
 /// Stack copied above the stack pointer at most: hangs sit in short call chains.
@@ -37,7 +38,7 @@ impl CaptureError {
     }
 }
 
-pub fn capture(procfs: &ProcFs, pid: i32, regs: Registers) -> Result<Stack, CaptureError> {
+pub fn capture(procfs: &ProcFs, pid: Pid, regs: Registers) -> Result<Stack, CaptureError> {
     let until = Instant::now() + BUDGET;
     let maps = procfs.mappings(pid)?;
     if maps.is_empty() {
