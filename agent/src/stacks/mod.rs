@@ -1,8 +1,10 @@
-//! Where stuck code is: native stacks of the stuck threads of every finding, captured
-//! once per wait and remembered while it lasts, then named in the finding's summary.
+//! Where stuck code is: native stacks (with Python frames in CPython processes) of the
+//! stuck threads of every finding, captured once per wait and remembered while it lasts,
+//! then named in the finding's summary.
 mod capture;
 mod debug_file;
 pub mod model;
+mod python;
 mod symbolize;
 mod unwind;
 
@@ -196,7 +198,7 @@ fn capture_counted(
         bp: wait.bp,
     };
     let started = Instant::now();
-    match capture(procfs, pid, regs) {
+    match capture(procfs, pid, tid, regs) {
         Ok(stack) => {
             counted(if stack.complete { "ok" } else { "partial" });
             log::debug!(
