@@ -118,3 +118,50 @@ fn pipe_deadlock_on_3_12() {
 fn pipe_deadlock_on_3_13() {
     pipe_deadlock_names_the_wait("3.13", true);
 }
+
+/// Whether a thread of `pid` other than its main thread runs `Timer.run`.
+fn has_timer_thread(incident: &Incident, pid: i32) -> bool {
+    let Some(process) = incident.processes.iter().find(|p| p.pid == pid) else {
+        return false;
+    };
+    process.threads.iter().filter(|t| t.tid != pid).any(|t| {
+        python_frames(incident, pid, t.tid).iter().any(|f| {
+            f.function.as_deref() == Some("Timer.run")
+                && f.module.as_deref() == Some("threading.py")
+        })
+    })
+}
+
+/// The re-arming Timer keeps the interpreter's exit (`threading._shutdown`) waiting: the
+/// main thread's frames say so, and so do those of the timer thread it waits for (not
+/// stuck itself: each timer lives half a second).
+fn timer_hang_shows_shutdown_and_the_timer(minor: &str) {
+    let agent = Agent::start();
+    let subject = Subject::python_with(&pyenv_python(minor), "seed_timer_exit.py", &[]);
+    let pid = subject.pid("pid");
+    let incident = agent.wait_for(WITHIN, "exit hang with the timer's Python stack", |i| {
+        i.kind == Kind::ExitBlockedOnThreads
+            && i.state == State::Active
+            && !python_frames(i, pid, pid).is_empty()
+            && has_timer_thread(i, pid)
+    });
+    let main = python_frames(&incident, pid, pid);
+    position(&main, "_shutdown", "threading.py");
+    assert!(
+        main.iter().all(|f| f
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("/threading.py"))),
+        "the exit runs nothing but threading's shutdown: {main:#?}"
+    );
+}
+
+#[test]
+fn timer_hang_on_3_11() {
+    timer_hang_shows_shutdown_and_the_timer("3.11");
+}
+
+#[test]
+fn timer_hang_on_3_13() {
+    timer_hang_shows_shutdown_and_the_timer("3.13");
+}

@@ -2,7 +2,10 @@
 //! then unwinding and symbolizing on the bounded worker (module files may sit on a file
 //! system their owner can stall), all within a time budget; then, in a process that runs
 //! CPython, its Python frames in place of the interpreter's own (see [`merge`]).
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use super::{
     model::{Frame, Stack},
@@ -10,7 +13,7 @@ use super::{
     symbolize,
     unwind::{walk, Registers, StackCopy},
 };
-use crate::procfs::{Error, ProcFs};
+use crate::procfs::{Error, Mapping, ProcFs};
 
 /// Stack copied above the stack pointer at most: hangs sit in short call chains.
 pub const STACK_BYTES: u64 = 64 * 1024;
@@ -81,21 +84,33 @@ pub fn capture(
     if !runs_python {
         return Ok(native);
     }
+    Ok(match read_python(procfs, pid, maps, &[tid]).remove(&tid) {
+        Some(python) => merge(native, python),
+        None => native,
+    })
+}
+
+/// The Python stacks of `tids`, read on the bounded worker; none (and the reason
+/// logged) when they cannot be read.
+fn read_python(
+    procfs: &ProcFs,
+    pid: i32,
+    maps: Vec<Mapping>,
+    tids: &[i32],
+) -> BTreeMap<i32, PythonStack> {
+    let wanted = tids.to_vec();
     let read = procfs.bounded(pid, move |root| {
         let until = Instant::now() + PYTHON;
-        Ok(python::stacks(root, pid, &maps, &[tid], until))
+        Ok(python::stacks(root, pid, &maps, &wanted, until))
     });
     match read
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
     {
-        Ok(mut stacks) => Ok(match stacks.remove(&tid) {
-            Some(python) => merge(native, python),
-            None => native,
-        }),
+        Ok(stacks) => stacks,
         Err(error) => {
-            log::debug!("no Python frames for thread {tid} of pid {pid}: {error}");
-            Ok(native)
+            log::debug!("no Python frames for threads {tids:?} of pid {pid}: {error}");
+            BTreeMap::new()
         }
     }
 }
