@@ -369,7 +369,7 @@ mod tests {
     /// The libc this test binary runs on, opened through its mapping.
     fn own_libc() -> File {
         let proc = ProcFs::default();
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = crate::pid::Pid::try_from(std::process::id()).unwrap();
         let maps = proc.mappings(pid).unwrap();
         let libc = maps
             .iter()

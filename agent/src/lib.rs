@@ -13,6 +13,7 @@ mod http;
 pub mod incidents;
 pub mod logging;
 mod metrics;
+pub mod pid;
 mod probes;
 mod procfs;
 mod scan;

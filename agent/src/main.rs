@@ -27,7 +27,7 @@ enum Command {
     /// Explain, from /proc alone, why a process does not exit (no agent needed).
     Explain {
         /// The process that does not exit.
-        pid: i32,
+        pid: exitwatch::pid::Pid,
         /// Waits shorter than this are not considered stuck.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         hang_after: Duration,

@@ -5,6 +5,7 @@ mod common;
 use std::{path::Path, process::Output, time::Duration};
 
 use common::{as_nobody, compile, exitwatch, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
+use exitwatch::pid::Pid;
 use exitwatch::{graph::Kind, incidents::IncidentList};
 
 fn stderr(output: &Output) -> String {
@@ -115,7 +116,9 @@ fn a_deadlock_that_began_before_the_agent_is_found_in_the_first_scans() {
     std::thread::sleep(HANG_AFTER + Duration::from_secs(1));
     let agent = Agent::start();
     let incident = agent.wait_for(Duration::from_secs(2), "for the older deadlock", |i| {
-        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child)
+        i.kind == Kind::PipeDeadlock
+            && i.pids.contains(&Pid::from_raw(parent))
+            && i.pids.contains(&Pid::from_raw(child))
     });
     assert_eq!(incident.pipes, [pipe_inode(child, 1)]);
 }
@@ -177,7 +180,7 @@ fn incidents_command_prints_a_table_and_json() {
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
     let parent = subject.pid("parent");
     agent.wait_for(HANG_AFTER + Duration::from_secs(3), "pipe_deadlock", |i| {
-        i.pids.contains(&parent)
+        i.pids.contains(&Pid::from_raw(parent))
     });
     let table = exitwatch(&["incidents", "--agent", &agent.url]);
     let text = String::from_utf8_lossy(&table.stdout);

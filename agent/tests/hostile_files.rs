@@ -12,6 +12,7 @@ use std::{
 
 use common::{as_nobody, compile_c, programs_dir, Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
 use exitwatch::graph::Kind;
+use exitwatch::pid::Pid;
 
 const NOBODY: u32 = 65534;
 const SLACK: Duration = Duration::from_secs(3);
@@ -81,7 +82,7 @@ fn disguised_fifo_and_sparse_libc_neither_stall_nor_inflate_the_agent() {
     for attacker in &attackers {
         let pid = attacker.pid("pid");
         agent.wait_for(HANG_AFTER + SLACK, "for the attacker", |i| {
-            i.pids.contains(&pid)
+            i.pids.contains(&Pid::from_raw(pid))
         });
     }
     for attacker in &attackers {
@@ -111,7 +112,7 @@ fn a_mapping_named_in_non_utf8_does_not_hide_an_exit_hang() {
     agent.wait_for(
         HANG_AFTER + SLACK,
         "exit hang despite an odd mapping",
-        |i| i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&pid),
+        |i| i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&Pid::from_raw(pid)),
     );
 }
 
@@ -162,7 +163,9 @@ fn detection_still_works(agent: &Agent) {
     let seed = Subject::python("seed_pipe_deadlock.py", &[]);
     let (parent, child) = (seed.pid("parent"), seed.pid("child"));
     agent.wait_for(HANG_AFTER + SLACK, "pipe deadlock during the attack", |i| {
-        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child)
+        i.kind == Kind::PipeDeadlock
+            && i.pids.contains(&Pid::from_raw(parent))
+            && i.pids.contains(&Pid::from_raw(child))
     });
 }
 

@@ -7,6 +7,7 @@ mod common;
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
 
 use common::{exitwatch, process_of, programs_dir, python, Agent, Subject, HANG_AFTER};
+use exitwatch::pid::Pid;
 use exitwatch::{
     graph::Kind,
     incidents::{Ending, Incident, State},
@@ -49,7 +50,7 @@ fn deadlocks_with_megabytes_of_command_line_stay_small_and_keep_secrets() {
     for subject in &subjects {
         let parent = subject.pid("parent");
         let incident = agent.wait_for(HANG_AFTER + SLACK, "for a big-cmdline deadlock", |i| {
-            i.kind == Kind::PipeDeadlock && i.pids.contains(&parent)
+            i.kind == Kind::PipeDeadlock && i.pids.contains(&Pid::from_raw(parent))
         });
         let cmdline = &process_of(&incident, parent).cmdline;
         assert!(
@@ -87,7 +88,9 @@ fn a_knot_of_hundreds_of_processes_is_one_bounded_incident() {
     let subject = Subject::c("inherited_pipes_knot.c", &["500"]);
     let parent = subject.pid("parent");
     let incident = agent.wait_for(Duration::from_secs(60), "for the 501-process knot", |i| {
-        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.len() == 501
+        i.kind == Kind::PipeDeadlock
+            && i.pids.contains(&Pid::from_raw(parent))
+            && i.pids.len() == 501
     });
     let summary = &incident.summary;
     assert!(summary.len() < 4096, "{} bytes: {summary}", summary.len());
@@ -123,7 +126,7 @@ fn control_characters_in_a_process_name_are_shown_not_obeyed() {
     let subject = Subject::python("control_chars_comm.py", &[]);
     let parent = subject.pid("parent");
     let incident = agent.wait_for(HANG_AFTER + SLACK, "for the deadlock", |i| {
-        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent)
+        i.kind == Kind::PipeDeadlock && i.pids.contains(&Pid::from_raw(parent))
     });
     // JSON carries the real name; text outputs escape it.
     assert_eq!(process_of(&incident, parent).comm, "ev\nINFO x\u{1b}[2J");
@@ -155,7 +158,7 @@ fn a_killed_process_left_a_zombie_has_exited() {
     let subject = Subject::python("seed_timer_exit.py", &["0.3"]);
     let pid = subject.pid("pid");
     let incident = agent.wait_for(HANG_AFTER + SLACK, "exit_blocked_on_threads", |i| {
-        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&pid)
+        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&Pid::from_raw(pid))
     });
     // Not reaped: the subject stays a zombie until it drops.
     signal(pid, libc::SIGKILL);
@@ -175,7 +178,8 @@ fn incident_ids_are_unique_across_restarts_and_cmdlines_can_be_left_out() {
     let first = Agent::start();
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
     let parent = subject.pid("parent");
-    let deadlock = |i: &Incident| i.kind == Kind::PipeDeadlock && i.pids.contains(&parent);
+    let deadlock =
+        |i: &Incident| i.kind == Kind::PipeDeadlock && i.pids.contains(&Pid::from_raw(parent));
     let before = first.wait_for(HANG_AFTER + SLACK, "pipe_deadlock", deadlock);
     assert!(first.stop().success());
 

@@ -15,6 +15,7 @@ use std::{
 };
 
 use common::{Agent, Setup, Subject, TlsFixture, HANG_AFTER};
+use exitwatch::pid::Pid;
 use exitwatch::{graph::Kind, incidents::IncidentList};
 
 /// The agent's header-read timeout, and how late a disconnect may come after it.
@@ -255,9 +256,9 @@ fn held_connections_neither_lock_out_scrapers_nor_exhaust_descriptors() {
         loop {
             let found = agent.get("/api/v1/incidents").and_then(|body| {
                 let list: IncidentList = serde_json::from_str(&body).ok()?;
-                list.incidents
-                    .into_iter()
-                    .find(|i| i.kind == Kind::PipeDeadlock && i.pids.contains(&parent))
+                list.incidents.into_iter().find(|i| {
+                    i.kind == Kind::PipeDeadlock && i.pids.contains(&Pid::from_raw(parent))
+                })
             });
             if let Some(found) = found {
                 break found;
@@ -341,7 +342,7 @@ fn sigterm_with_a_half_sent_request_exits_within_five_seconds() {
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
     let parent = subject.pid("parent");
     next.wait_for(HANG_AFTER + SLACK, "for the new deadlock", |i| {
-        i.pids.contains(&parent)
+        i.pids.contains(&Pid::from_raw(parent))
     });
 }
 

@@ -14,6 +14,7 @@ use std::{
 
 use common::{Agent, Subject, TlsFixture, HANG_AFTER};
 use exitwatch::graph::Kind;
+use exitwatch::pid::Pid;
 use serde_json::Value;
 
 /// How long every expression gets to return data after Prometheus is ready.
@@ -213,7 +214,11 @@ fn prometheus_scrapes_the_agent_answers_every_panel_and_fires_the_deadlock_alert
     agent.wait_for(
         HANG_AFTER + Duration::from_secs(5),
         "of kind pipe_deadlock",
-        |i| i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child),
+        |i| {
+            i.kind == Kind::PipeDeadlock
+                && i.pids.contains(&Pid::from_raw(parent))
+                && i.pids.contains(&Pid::from_raw(child))
+        },
     );
 
     // Every panel expression, as Grafana would send it, until each returns data.

@@ -6,11 +6,12 @@ use std::{process::Command, time::Duration};
 
 use common::{programs_dir, Agent, Subject, HANG_AFTER};
 use exitwatch::graph::Kind;
+use exitwatch::pid::Pid;
 
 fn timer_hang_is_caught(agent: &Agent, subject: &Subject) {
     let pid = subject.pid("pid");
     let incident = agent.wait_for(HANG_AFTER + Duration::from_secs(3), "exit hang", |i| {
-        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&pid)
+        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&Pid::from_raw(pid))
     });
     assert!(incident.thread_spawns.unwrap_or(0) >= 2, "{incident:#?}");
 }

@@ -125,10 +125,12 @@ fn has_timer_thread(incident: &Incident, pid: i32) -> bool {
         return false;
     };
     process.threads.iter().filter(|t| t.tid != pid).any(|t| {
-        python_frames(incident, pid, t.tid).iter().any(|f| {
-            f.function.as_deref() == Some("Timer.run")
-                && f.module.as_deref() == Some("threading.py")
-        })
+        python_frames(incident, pid, t.tid.as_raw())
+            .iter()
+            .any(|f| {
+                f.function.as_deref() == Some("Timer.run")
+                    && f.module.as_deref() == Some("threading.py")
+            })
     })
 }
 

@@ -13,6 +13,7 @@ use std::{
 
 use common::{require_root, Agent, Setup, Subject, HANG_AFTER};
 use exitwatch::graph::Kind;
+use exitwatch::pid::Pid;
 
 /// Files the tarball's README promises, under its top directory.
 const CONTENTS: &[&str] = &[
@@ -136,7 +137,9 @@ fn the_released_agent_finds_the_seed_deadlock_with_the_units_capabilities() {
     let (parent, child) = (subject.pid("parent"), subject.pid("child"));
     let slack = std::time::Duration::from_secs(3);
     let incident = agent.wait_for(HANG_AFTER + slack, "of kind pipe_deadlock", |i| {
-        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child)
+        i.kind == Kind::PipeDeadlock
+            && i.pids.contains(&Pid::from_raw(parent))
+            && i.pids.contains(&Pid::from_raw(child))
     });
     assert!(
         incident.summary.contains("communicate()"),

@@ -4,6 +4,7 @@ mod common;
 use std::time::Duration;
 
 use common::{pipe_inode, process_of, Agent, Subject, HANG_AFTER};
+use exitwatch::pid::Pid;
 use exitwatch::{
     graph::Kind,
     incidents::{Ending, Incident, State},
@@ -20,7 +21,9 @@ fn popen_wait_pipe_deadlock_is_detected_explained_and_resolved() {
     let (parent, child) = (subject.pid("parent"), subject.pid("child"));
 
     let incident = agent.wait_for(HANG_AFTER + SLACK, "of kind pipe_deadlock", |i| {
-        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child)
+        i.kind == Kind::PipeDeadlock
+            && i.pids.contains(&Pid::from_raw(parent))
+            && i.pids.contains(&Pid::from_raw(child))
     });
     assert_eq!(incident.state, State::Active);
     assert_api_shape(&agent, &incident);
@@ -46,7 +49,7 @@ fn popen_wait_pipe_deadlock_is_detected_explained_and_resolved() {
     assert!(
         threads
             .iter()
-            .any(|t| t.wait == "wait_child" && t.target_pid == Some(child)),
+            .any(|t| t.wait == "wait_child" && t.target_pid == Some(Pid::from_raw(child))),
         "{incident:#?}"
     );
     // Other hangs on the host may count too; this one must.
@@ -115,7 +118,7 @@ fn rearming_timer_blocks_interpreter_exit() {
     let pid = subject.pid("pid");
 
     let incident = agent.wait_for(HANG_AFTER + SLACK, "of kind exit_blocked_on_threads", |i| {
-        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&pid)
+        i.kind == Kind::ExitBlockedOnThreads && i.pids.contains(&Pid::from_raw(pid))
     });
     assert_eq!(incident.pids, [pid]);
     let spawns = incident.thread_spawns.unwrap_or(0);

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{pipe_inode, process_of, Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
+use exitwatch::pid::Pid;
 use exitwatch::{
     graph::Kind,
     incidents::{Incident, State},
@@ -23,7 +24,9 @@ fn has_wait(incident: &Incident, pid: i32, wait: &str) -> bool {
 
 fn expect(agent: &Agent, kind: Kind, pids: &[i32]) -> Incident {
     agent.wait_for(HANG_AFTER + SLACK, kind.as_str(), |i| {
-        i.kind == kind && i.state == State::Active && pids.iter().all(|p| i.pids.contains(p))
+        i.kind == kind
+            && i.state == State::Active
+            && pids.iter().all(|&p| i.pids.contains(&Pid::from_raw(p)))
     })
 }
 

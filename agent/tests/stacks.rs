@@ -84,6 +84,7 @@ fn c_atexit_handler_is_named_under_exit_with_its_line() {
     assert!(summary.contains("atexit handler"), "{summary}");
     assert!(!summary.contains("daemon=True"), "{summary}");
     assert!(agent.metric(r#"exitwatch_stack_captures_total{result="ok"}"#) >= 1.0);
+    assert!(agent.metric("exitwatch_stack_capture_duration_seconds_count") >= 1.0);
 }
 
 #[test]
@@ -126,4 +127,67 @@ fn stripped_binary_gives_module_and_offset_frames() {
     assert!(own.offset > 0, "{own:?}");
     let place = format!("(pid {pid}) in `atexit_join-stripped+{:#x}`", own.offset);
     assert!(incident.summary.contains(&place), "{}", incident.summary);
+}
+
+/// The shared libraries `binary` loads, as `ldd` (run on our own test binary) lists them.
+fn libraries_of(binary: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let output = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("running ldd");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.into())
+        })
+        .collect()
+}
+
+#[test]
+fn a_program_in_a_container_root_on_overlayfs_is_named() {
+    let agent = Agent::start();
+    let binary = compile("atexit_join.c", "-g", &["cc", "-O1", "-g", "-pthread"]);
+    // A container's root: an overlay whose lower layer holds the program and its own
+    // copies of libc and the loader, entered with chroot in a mount namespace of its
+    // own, so no file it maps has a path the agent could open from its own root.
+    let layers = std::env::temp_dir().join(format!("exitwatch-overlay-{}", std::process::id()));
+    let lower = layers.join("lower");
+    for library in libraries_of(&binary) {
+        let copy = lower.join(library.strip_prefix("/").expect("an absolute path"));
+        std::fs::create_dir_all(copy.parent().expect("a directory")).expect("creating lower");
+        std::fs::copy(&library, &copy).expect("copying a library into the lower layer");
+    }
+    std::fs::copy(&binary, lower.join("atexit_join")).expect("copying the program");
+    for dir in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(layers.join(dir)).expect("creating the overlay's directories");
+    }
+    let shell = format!(
+        "mount -t overlay exitwatch-test -o lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work \
+         {0}/merged && exec chroot {0}/merged /atexit_join",
+        layers.display()
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &shell]);
+    let subject = Subject::spawn("atexit_join in an overlay root", command);
+    let pid = subject.pid("pid");
+    let incident = agent.wait_for(WITHIN, "exit hang with a stack", |i| {
+        i.kind == Kind::ExitBlockedOnThreads
+            && i.pids == [pid]
+            && main_thread(i, pid).stack.is_some()
+    });
+    let names = functions(main_thread(&incident, pid));
+    assert!(
+        position(&names, PTHREAD_JOIN) < position(&names, &["join_worker"]),
+        "{names:?}"
+    );
+    assert!(
+        incident
+            .summary
+            .contains("in `join_worker` at atexit_join.c:"),
+        "{}",
+        incident.summary
+    );
+    drop(subject);
+    std::fs::remove_dir_all(&layers).ok();
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::{Agent, Subject, HANG_AFTER};
+use exitwatch::pid::Pid;
 use exitwatch::{graph::Kind, incidents::State};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -122,8 +123,8 @@ fn status_page_shows_the_active_deadlock_in_a_browser() {
         |i| {
             i.kind == Kind::PipeDeadlock
                 && i.state == State::Active
-                && i.pids.contains(&parent)
-                && i.pids.contains(&child)
+                && i.pids.contains(&Pid::from_raw(parent))
+                && i.pids.contains(&Pid::from_raw(child))
         },
     );
     let (id, summary) = (incident.id, incident.summary);

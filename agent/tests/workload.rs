@@ -15,6 +15,7 @@ use std::{
 };
 
 use common::{programs_dir, python, require_root, Agent, Subject, HANG_AFTER};
+use exitwatch::pid::Pid;
 use exitwatch::{
     graph::Kind,
     incidents::{Incident, State, Workload},
@@ -229,7 +230,9 @@ fn deadlock_in(cgroup: &Path) -> Subject {
 fn expect_deadlock(agent: &Agent, subject: &Subject) -> Incident {
     let (parent, child) = (subject.pid("parent"), subject.pid("child"));
     agent.wait_for(HANG_AFTER + SLACK, "of kind pipe_deadlock", |i| {
-        i.kind == Kind::PipeDeadlock && i.pids.contains(&parent) && i.pids.contains(&child)
+        i.kind == Kind::PipeDeadlock
+            && i.pids.contains(&Pid::from_raw(parent))
+            && i.pids.contains(&Pid::from_raw(child))
     })
 }
 

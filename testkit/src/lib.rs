@@ -6,6 +6,7 @@
 //! `Result`: the tests turn errors into panics with context, the bench into reports.
 mod agent;
 mod error;
+pub mod incidents;
 mod population;
 mod process;
 mod subject;

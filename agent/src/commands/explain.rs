@@ -9,6 +9,7 @@ use crate::{
     clock::monotonic_ns,
     graph::{analyze, Kind, Process, Snapshot},
     incidents::{describe as describe_process, IncidentProcess},
+    pid::Pid,
     procfs::ProcFs,
     scan::{blocked_from_proc, collect, Fresh, KernelView, Options, ScanState},
     stacks::Stacks,
@@ -26,11 +27,11 @@ struct Explanation {
 #[derive(Serialize)]
 struct FindingJson {
     kind: Kind,
-    pids: Vec<i32>,
+    pids: Vec<Pid>,
     summary: String,
 }
 
-pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
+pub fn print(pid: Pid, hang_after: Duration, json: bool) -> Result<()> {
     let procfs = ProcFs::default();
     procfs
         .stat(pid, pid)
@@ -76,7 +77,7 @@ pub fn print(pid: i32, hang_after: Duration, json: bool) -> Result<()> {
         &kernel.blocked,
         &mut scan.snapshot,
         &mut findings,
-        |_| {},
+        |_, _| {},
     );
     // Capturing stacks takes nothing out of the snapshot.
     let process = scan

@@ -13,6 +13,7 @@ use rustls::{pki_types::pem::PemObject, pki_types::CertificateDer, RootCertStore
 
 use crate::{
     incidents::{rfc3339, Incident, IncidentList, State},
+    pid::Pid,
     text::printable,
 };
 
@@ -115,7 +116,7 @@ fn table(incidents: &[Incident]) -> String {
                 (State::Resolved, Some(ended)) => format!("resolved ({})", ended.as_str()),
                 (state, _) => state.as_str().to_string(),
             };
-            let pids: Vec<String> = i.pids.iter().map(i32::to_string).collect();
+            let pids: Vec<String> = i.pids.iter().map(Pid::to_string).collect();
             [
                 i.id.to_string(),
                 i.kind.as_str().to_string(),

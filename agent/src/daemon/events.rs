@@ -12,6 +12,7 @@ use exitwatch_common::{event_kind, exit_reason, Event};
 use tokio::io::unix::AsyncFd;
 
 use super::Shared;
+use crate::pid::Pid;
 use crate::probes::{Streams, UprobeStats};
 
 /// How often the ring buffer is drained when the probes do not wake the agent: often
@@ -31,7 +32,7 @@ const DISCOVERY_QUEUE: usize = 1024;
 
 /// Where exec'd pids go for uprobe discovery, which runs on its own thread.
 struct Discovery {
-    pids: SyncSender<(i32, bool)>,
+    pids: SyncSender<(Pid, bool)>,
     stats: Arc<UprobeStats>,
 }
 
@@ -106,7 +107,10 @@ fn drain(shared: &Arc<Shared>, discovery: &Arc<Discovery>, ring: &mut RingBuf<Ma
 fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
     match event.kind {
         event_kind::EXEC => {
-            let pid = event.pid as i32;
+            // An id the kernel cannot have handed out names no process to look at.
+            let Ok(pid) = Pid::try_from(event.pid) else {
+                return;
+            };
             shared.lifecycle().changed(pid);
             let discovery = discovery.clone();
             tokio::spawn(async move {
@@ -121,8 +125,10 @@ fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
             });
         }
         event_kind::EXIT => {
-            shared.lifecycle().changed(event.pid as i32);
-            shared.zombies().exited(event.pid as i32, event.ts_ns);
+            if let Ok(pid) = Pid::try_from(event.pid) {
+                shared.lifecycle().changed(pid);
+                shared.zombies().exited(pid, event.ts_ns);
+            }
         }
         event_kind::EXIT_PHASE => {
             if let Some((_, name)) = exit_reason::ALL.iter().find(|(bit, _)| *bit == event.arg) {

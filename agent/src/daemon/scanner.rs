@@ -6,6 +6,7 @@ use crate::{
     clock::Clock,
     graph::{analysis, Finding},
     incidents::{Ending, MAX_ACTIVE},
+    pid::Pid,
     scan::{collect, Fresh, Options},
 };
 
@@ -54,7 +55,7 @@ fn scan_once(shared: &Shared) {
 
     // Open incidents are always read anew: that is how they end. A finding that rests on
     // anything earlier scans learnt is read again before it counts.
-    let mut fresh: BTreeSet<i32> = shared
+    let mut fresh: BTreeSet<Pid> = shared
         .store()
         .active()
         .flat_map(|incident| incident.pids.iter().chain(&incident.blocked_behind))
@@ -78,7 +79,7 @@ fn scan_once(shared: &Shared) {
         );
         shared.metrics.scan_errors(&scan.errors);
         let analysis = analysis(&scan.snapshot);
-        let unconfirmed: BTreeSet<i32> = involved(&analysis.findings)
+        let unconfirmed: BTreeSet<Pid> = involved(&analysis.findings)
             .filter(|pid| !fresh.contains(pid))
             .collect();
         if unconfirmed.is_empty() || passes == MAX_PASSES {
@@ -90,7 +91,7 @@ fn scan_once(shared: &Shared) {
     analysis
         .findings
         .retain(|finding| involved(std::slice::from_ref(finding)).all(|pid| fresh.contains(&pid)));
-    let involved_pids: BTreeSet<i32> = involved(&analysis.findings).collect();
+    let involved_pids: BTreeSet<Pid> = involved(&analysis.findings).collect();
     state.note_live(&scan, &analysis.live_by, &involved_pids, clock.monotonic_ns);
     drop(state);
     shared
@@ -111,7 +112,7 @@ fn scan_once(shared: &Shared) {
         &view.blocked,
         &mut scan.snapshot,
         &mut findings,
-        |result| shared.metrics.stack_captured(result),
+        |result, took| shared.metrics.stack_captured(result, took),
     );
 
     // A zombie has exited: whatever waited on it is released, and it will not run again.
@@ -164,7 +165,7 @@ fn scan_once(shared: &Shared) {
 }
 
 /// Every process of `findings`: their members and those blocked behind them.
-fn involved(findings: &[Finding]) -> impl Iterator<Item = i32> + '_ {
+fn involved(findings: &[Finding]) -> impl Iterator<Item = Pid> + '_ {
     findings
         .iter()
         .flat_map(|finding| finding.pids.iter().chain(&finding.behind))

@@ -261,10 +261,10 @@ fn pick<'a>(count: usize, one: &'a str, many: &'a str) -> &'a str {
 }
 
 fn first_pid(finding: &Finding) -> Pid {
-    finding
-        .chain
-        .first()
-        .map_or_else(|| finding.pids.first().copied().unwrap_or(0), |l| l.pid)
+    finding.chain.first().map_or_else(
+        || finding.pids.first().copied().unwrap_or_default(),
+        |l| l.pid,
+    )
 }
 
 fn exit_of(snapshot: &Snapshot, finding: &Finding) -> Option<super::model::ExitPhase> {

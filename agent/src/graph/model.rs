@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-pub type Pid = i32;
+pub use crate::pid::Pid;
 
 /// What a blocked thread is waiting for, resolved against `/proc`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -2,6 +2,7 @@
 use exitwatch_common::exit_reason;
 
 use super::*;
+use crate::pid::Pid;
 
 const SECOND: u64 = 1_000_000_000;
 const NOW: u64 = 1_000 * SECOND;
@@ -9,7 +10,7 @@ const HANG_AFTER: u64 = 10 * SECOND;
 
 fn stuck(tid: i32, wait: Wait) -> Thread {
     Thread {
-        tid,
+        tid: Pid::from_raw(tid),
         wait: Some(wait),
         since_ns: NOW - 30 * SECOND,
         stuck: true,
@@ -30,7 +31,7 @@ fn waiting(tid: i32, wait: Wait) -> Thread {
 
 fn running(tid: i32) -> Thread {
     Thread {
-        tid,
+        tid: Pid::from_raw(tid),
         state: 'R',
         ..Thread::default()
     }
@@ -38,9 +39,9 @@ fn running(tid: i32) -> Thread {
 
 fn process(pid: i32, ppid: i32, threads: Vec<Thread>) -> Process {
     Process {
-        pid,
-        ppid,
-        pgrp: ppid,
+        pid: Pid::from_raw(pid),
+        ppid: Pid::from_raw(ppid),
+        pgrp: Pid::from_raw(ppid),
         start_ticks: 1,
         comm: format!("prog{pid}"),
         cmdline: format!("prog{pid}"),
@@ -73,8 +74,8 @@ fn snapshot(processes: Vec<Process>, pipes: Vec<(u64, Vec<i32>, Vec<i32>)>) -> S
             .into_iter()
             .map(|(inode, readers, writers)| {
                 let ends = PipeEnds {
-                    readers: readers.into_iter().collect(),
-                    writers: writers.into_iter().collect(),
+                    readers: readers.into_iter().map(Pid::from_raw).collect(),
+                    writers: writers.into_iter().map(Pid::from_raw).collect(),
                 };
                 (inode, ends)
             })
@@ -88,7 +89,7 @@ const TIMED_FUTEX: Wait = Wait::Futex { timed: true };
 
 fn wait_for(pid: i32) -> Wait {
     Wait::Child {
-        target: ChildTarget::Pid(pid),
+        target: ChildTarget::Pid(Pid::from_raw(pid)),
     }
 }
 
@@ -511,7 +512,7 @@ fn pipes_held_by_the_readers_own_family_or_a_writer_are_no_orphans() {
     );
     let mut itself = orphan_case(stuck(10, read(77)), 1, vec![zombie(11, 10)]);
     if let Some(ends) = itself.pipes.get_mut(&77) {
-        ends.writers.insert(10);
+        ends.writers.insert(Pid::from_raw(10));
     }
     let writing = snapshot(
         vec![

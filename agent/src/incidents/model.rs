@@ -3,6 +3,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::rfc3339;
+use crate::pid::Pid;
 use crate::{graph::Kind, workload::Workload};
 
 /// The body of `/api/v1/incidents`: active first, newest first.
@@ -17,7 +18,7 @@ pub struct Incident {
     pub id: u64,
     pub kind: Kind,
     pub state: State,
-    pub pids: Vec<i32>,
+    pub pids: Vec<Pid>,
     /// The host the agent runs on (`NODE_NAME`, else the hostname).
     #[serde(default)]
     pub node: String,
@@ -27,7 +28,7 @@ pub struct Incident {
     pub workload: Option<Workload>,
     /// Processes that wait on this incident's processes and so are stuck too (a `tee`
     /// reading a deadlocked program's output), without being part of its cause.
-    pub blocked_behind: Vec<i32>,
+    pub blocked_behind: Vec<Pid>,
     /// At most 32 processes are described; this many more are in `pids` only.
     pub processes: Vec<IncidentProcess>,
     #[serde(default)]
@@ -53,7 +54,7 @@ impl Incident {
     /// hundreds; `pids` in the JSON has them all).
     pub fn pids_brief(&self) -> String {
         const SHOWN: usize = 10;
-        let shown: Vec<String> = self.pids.iter().take(SHOWN).map(i32::to_string).collect();
+        let shown: Vec<String> = self.pids.iter().take(SHOWN).map(Pid::to_string).collect();
         match self.pids.len().saturating_sub(SHOWN) {
             0 => format!("[{}]", shown.join(", ")),
             more => format!("[{}, … and {more} more]", shown.join(", ")),
@@ -97,8 +98,8 @@ impl Ending {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct IncidentProcess {
-    pub pid: i32,
-    pub ppid: i32,
+    pub pid: Pid,
+    pub ppid: Pid,
     pub comm: String,
     pub cmdline: String,
     #[serde(default)]
@@ -114,7 +115,7 @@ pub struct IncidentProcess {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct IncidentThread {
-    pub tid: i32,
+    pub tid: Pid,
     /// `pipe_write`, `pipe_read`, `wait_child`, `futex`, `other`, or `running`.
     pub wait: String,
     pub state: String,
@@ -122,7 +123,7 @@ pub struct IncidentThread {
     pub blocked_seconds: f64,
     pub pipe: Option<u64>,
     pub fd: Option<i32>,
-    pub target_pid: Option<i32>,
+    pub target_pid: Option<Pid>,
     pub timed: Option<bool>,
     /// Blocked past the threshold with no progress.
     pub stuck: bool,

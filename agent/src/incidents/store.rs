@@ -6,6 +6,7 @@ use super::model::{Ending, Incident, IncidentProcess, IncidentThread, State};
 use crate::{
     clock::Clock,
     graph::{ChildTarget, Finding, Kind, Process, Snapshot, Thread, Wait},
+    pid::Pid,
     workload::{Workload, Workloads},
 };
 
@@ -25,7 +26,7 @@ const MAX_THREADS: usize = 64;
 
 /// An incident's identity across scans: its kind and its processes, with their start
 /// times so a reused pid is a new incident.
-type Key = (Kind, Vec<(i32, u64)>);
+type Key = (Kind, Vec<(Pid, u64)>);
 
 pub struct Store {
     next_id: u64,
@@ -75,7 +76,7 @@ impl Store {
         snapshot: &Snapshot,
         findings: &[Finding],
         clock: &Clock,
-        alive: impl Fn(i32, u64) -> bool,
+        alive: impl Fn(Pid, u64) -> bool,
     ) -> Changes {
         let mut changes = Changes::default();
         let mut current = BTreeMap::new();
@@ -127,7 +128,7 @@ impl Store {
     /// Names the workload of each described process (once: an incident's processes keep
     /// what was found when they were first described) and the one they share, which the
     /// summary then names.
-    fn identify(&mut self, incident: &mut Incident, known: &BTreeMap<i32, Workload>) {
+    fn identify(&mut self, incident: &mut Incident, known: &BTreeMap<Pid, Workload>) {
         let Some(workloads) = self.workloads.as_mut() else {
             return;
         };
@@ -173,7 +174,7 @@ impl Store {
     }
 }
 
-fn workloads_of(incident: &Incident) -> BTreeMap<i32, Workload> {
+fn workloads_of(incident: &Incident) -> BTreeMap<Pid, Workload> {
     incident
         .processes
         .iter()
@@ -193,11 +194,11 @@ fn with_workload(summary: &str, phrase: &str) -> String {
 /// What an incident's `changed` event is about: which threads are stuck in which waits,
 /// the pipes, who waits behind, the workload; not the seconds that grow every scan.
 type Shape = (
-    Vec<i32>,
+    Vec<Pid>,
     Vec<u64>,
     usize,
     Option<Workload>,
-    Vec<(i32, Vec<(i32, String, bool)>)>,
+    Vec<(Pid, Vec<(Pid, String, bool)>)>,
 );
 
 fn shape(incident: &Incident) -> Shape {
@@ -359,16 +360,16 @@ mod tests {
     /// A pipe deadlock of `size` processes, each with `threads` threads and a long
     /// command line.
     fn deadlock(first_pid: i32, size: i32, threads: i32) -> (Snapshot, Finding) {
-        let pids: Vec<i32> = (first_pid..first_pid + size).collect();
+        let pids: Vec<Pid> = (first_pid..first_pid + size).map(Pid::from_raw).collect();
         let processes = pids
             .iter()
             .map(|&pid| {
                 let threads = (0..threads)
                     .map(|n| Thread {
-                        tid: pid * 1000 + n,
+                        tid: Pid::from_raw(pid.as_raw() * 1000 + n),
                         wait: Some(Wait::PipeWrite {
                             fd: 1,
-                            pipe: pid as u64,
+                            pipe: pid.as_raw().unsigned_abs().into(),
                         }),
                         since_ns: 1,
                         stuck: n % 2 == 1,
@@ -379,8 +380,8 @@ mod tests {
                     .collect();
                 let process = Process {
                     pid,
-                    ppid: 1,
-                    pgrp: 1,
+                    ppid: Pid::from_raw(1),
+                    pgrp: Pid::from_raw(1),
                     start_ticks: 1,
                     comm: "writer".into(),
                     cmdline: "x".repeat(4096),
@@ -436,6 +437,11 @@ mod tests {
         assert_eq!(active["started_at"], "2025-11-30T07:55:05.123Z");
         assert_eq!(active["detected_at"], "2025-11-30T07:56:45.123Z");
         assert_eq!(active["resolved_at"], serde_json::Value::Null);
+        // Pids stay plain numbers, and the benchmark's view of an incident reads it.
+        assert_eq!(active["pids"], serde_json::json!([10, 11]));
+        let bench: exitwatch_testkit::incidents::Incident = serde_json::from_value(active.clone())?;
+        assert!(bench.involves(10) && bench.involves(11));
+        assert_eq!(bench.detected_at, "2025-11-30T07:56:45.123Z");
         assert_eq!(
             serde_json::from_value::<Incident>(active)?,
             opened.opened[0]

@@ -4,7 +4,7 @@ mod process;
 mod register;
 mod wait_durations;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use process::ProcessMetrics;
 use prometheus::{
@@ -67,6 +67,7 @@ pub struct Metrics {
     scan_duration: Histogram,
     scan_errors: IntCounterVec,
     stack_captures: IntCounterVec,
+    stack_capture_duration: Histogram,
     uprobe_targets: IntGauge,
     uprobe_refusals: IntCounterVec,
     discovery_dropped: IntCounter,
@@ -292,6 +293,19 @@ impl Metrics {
                     STACK_CAPTURE_RESULTS,
                 ),
             )?,
+            stack_capture_duration: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "exitwatch_stack_capture_duration_seconds",
+                        "Time one stack capture takes (maps, stack memory, unwinding and \
+                         naming), whatever its result.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    ]),
+                )?,
+            )?,
             uprobe_targets: register(
                 r,
                 IntGauge::new(
@@ -403,8 +417,9 @@ impl Metrics {
         self.scan_errors.with_label_values(&["scan_failed"]).inc();
     }
 
-    pub fn stack_captured(&self, result: &str) {
+    pub fn stack_captured(&self, result: &str, took: Duration) {
         self.stack_captures.with_label_values(&[result]).inc();
+        self.stack_capture_duration.observe(took.as_secs_f64());
     }
 
     pub fn scan_errors(&self, errors: &BTreeMap<&'static str, u64>) {

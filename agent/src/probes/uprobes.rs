@@ -40,6 +40,7 @@ use exitwatch_common::names;
 use super::{program, ProbeError};
 use crate::{
     elf::{Elf, ElfError},
+    pid::Pid,
     procfs::{fs_type, open_mapping, Error as ProcError, FileId, Mapping, ProcFs, Refusal},
 };
 
@@ -126,7 +127,7 @@ struct Target {
     name: String,
     /// Processes (pid, start time) that mapped it when looked at; `None` for targets
     /// that stay (install directories, or too many users to track).
-    users: Option<BTreeSet<(i32, u64)>>,
+    users: Option<BTreeSet<(Pid, u64)>>,
 }
 
 pub struct Uprobes {
@@ -214,7 +215,7 @@ impl Uprobes {
     /// Serves discovery requests (pids that just exec'd, and whether their dynamic
     /// loader is surely done) until the sender goes away, detaching targets that no
     /// process maps any more.
-    pub fn run(mut self, pids: Receiver<(i32, bool)>) {
+    pub fn run(mut self, pids: Receiver<(Pid, bool)>) {
         let mut swept = Instant::now();
         loop {
             match pids.recv_timeout(SWEEP_EVERY) {
@@ -232,7 +233,7 @@ impl Uprobes {
     /// Looks at the interpreter-like files `pid` maps: new trusted ones get the probe,
     /// attached ones record `pid` as a user. `settled`: its dynamic loader is done, so
     /// what it maps now can be remembered for its program.
-    pub fn discover(&mut self, pid: i32, settled: bool) {
+    pub fn discover(&mut self, pid: Pid, settled: bool) {
         let Ok(start) = self.procfs.stat(pid, pid).map(|s| s.start_ticks) else {
             return;
         };
@@ -281,7 +282,7 @@ impl Uprobes {
         }
     }
 
-    fn add_user(&mut self, file: FileId, user: (i32, u64)) {
+    fn add_user(&mut self, file: FileId, user: (Pid, u64)) {
         let procfs = &self.procfs;
         let Some(target) = self.targets.get_mut(&file) else {
             return;
@@ -301,11 +302,11 @@ impl Uprobes {
 
     fn consider_mapped(
         &mut self,
-        pid: i32,
+        pid: Pid,
         mapping: &Mapping,
         key: FileId,
         name: String,
-        user: (i32, u64),
+        user: (Pid, u64),
     ) {
         if self.targets.len() >= self.limit {
             return self.stats.refuse("limit");
@@ -365,7 +366,7 @@ impl Uprobes {
         key: FileId,
         name: String,
         inspected: Result<(File, u64), Refused>,
-        users: Option<BTreeSet<(i32, u64)>>,
+        users: Option<BTreeSet<(Pid, u64)>>,
     ) {
         let refusal = match inspected {
             Ok((file, offset)) => match self.attach(&file, offset) {
@@ -451,7 +452,7 @@ impl Uprobes {
     }
 }
 
-fn alive(procfs: &ProcFs, (pid, start): (i32, u64)) -> bool {
+fn alive(procfs: &ProcFs, (pid, start): (Pid, u64)) -> bool {
     procfs
         .stat(pid, pid)
         .is_ok_and(|s| s.start_ticks == start && s.state != 'Z')
@@ -460,7 +461,7 @@ fn alive(procfs: &ProcFs, (pid, start): (i32, u64)) -> bool {
 /// Drops users that exited, in order, up to the first live one, which keeps the target
 /// anyway: checking every user every second would cost a `stat` per idle interpreter.
 /// Whether none is left.
-fn drop_exited(users: &mut BTreeSet<(i32, u64)>, alive: impl Fn(&(i32, u64)) -> bool) -> bool {
+fn drop_exited(users: &mut BTreeSet<(Pid, u64)>, alive: impl Fn(&(Pid, u64)) -> bool) -> bool {
     while let Some(user) = users.first() {
         if alive(user) {
             return false;
@@ -520,7 +521,7 @@ fn inspect(file: File) -> Result<(File, u64), Refused> {
 
 /// The identity of `pid`'s executable, as `maps` would give it. `AT_STATX_DONT_SYNC`
 /// keeps a network or FUSE file system out of it: device and inode are in memory.
-fn exe_id(pid: i32) -> Option<FileId> {
+fn exe_id(pid: Pid) -> Option<FileId> {
     let path = std::ffi::CString::new(format!("/proc/{pid}/exe")).ok()?;
     // SAFETY: a NUL-terminated path and a zeroed struct that statx fills.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
@@ -552,15 +553,16 @@ mod tests {
 
     #[test]
     fn the_sweep_stops_at_the_first_live_user() {
-        let mut users = BTreeSet::from([(1, 10), (2, 20), (3, 30)]);
+        let user = |pid, start| (Pid::from_raw(pid), start);
+        let mut users = BTreeSet::from([user(1, 10), user(2, 20), user(3, 30)]);
         let checked = std::cell::Cell::new(0);
-        let alive = |&(pid, _): &(i32, u64)| {
+        let alive = |&(pid, _): &(Pid, u64)| {
             checked.set(checked.get() + 1);
             pid == 2
         };
         assert!(!drop_exited(&mut users, alive));
         assert_eq!(checked.get(), 2);
-        assert_eq!(users, BTreeSet::from([(2, 20), (3, 30)]));
+        assert_eq!(users, BTreeSet::from([user(2, 20), user(3, 30)]));
         assert!(drop_exited(&mut users, |_| false));
         assert!(users.is_empty());
     }

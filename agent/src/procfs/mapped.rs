@@ -15,6 +15,7 @@ use std::{
 };
 
 use super::{gone_or_io, Error, Mapping};
+use crate::pid::Pid;
 
 /// Larger files are not opened: real libraries and interpreters are a few MiB, and
 /// nothing here reads a file whole anyway.
@@ -35,7 +36,7 @@ pub enum Refusal {
 /// The file mapped at `mapping` in process `pid`, checked to be that mapping's regular
 /// file (see [`same_file`]) of at most [`MAX_FILE_BYTES`]. `root` is the `/proc` mount.
 /// Needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE (the kernel's rule for `map_files`).
-pub fn open_mapping(root: &Path, pid: i32, mapping: &Mapping) -> Result<(File, Metadata), Error> {
+pub fn open_mapping(root: &Path, pid: Pid, mapping: &Mapping) -> Result<(File, Metadata), Error> {
     let link = root
         .join(pid.to_string())
         .join("map_files")
@@ -111,7 +112,7 @@ mod tests {
     #[test]
     fn opens_own_libraries_by_mapping_and_checks_identity() {
         let proc = ProcFs::default();
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = Pid::try_from(std::process::id()).unwrap();
         let maps = proc.mappings(pid).unwrap();
         let library = maps
             .iter()
@@ -182,7 +183,7 @@ mod tests {
             (addr, watch)
         };
         assert_ne!(addr, libc::MAP_FAILED);
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = Pid::try_from(std::process::id()).unwrap();
         let mapping = ProcFs::default()
             .mappings(pid)
             .unwrap()

@@ -17,13 +17,15 @@ use std::sync::Arc;
 use deadline::Deadline;
 pub use mapped::{fs_type, open_mapping, Refusal, MAX_FILE_BYTES};
 
+use crate::pid::Pid;
+
 /// std has no `ErrorKind` for ESRCH; its value is 3 on every Linux architecture.
 const ESRCH: i32 = 3;
 
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     #[error("process {pid} is gone")]
-    Gone { pid: i32 },
+    Gone { pid: Pid },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cannot parse {path}: {what}")]
@@ -32,7 +34,7 @@ pub enum Error {
         "reading the memory or files of process {pid} took longer than {:?}",
         deadline::DEADLINE
     )]
-    Timeout { pid: i32 },
+    Timeout { pid: Pid },
     #[error("refusing {path}: {why}")]
     Refused { path: PathBuf, why: Refusal },
 }
@@ -94,8 +96,8 @@ pub struct Cmdline {
 pub struct TaskStat {
     pub comm: String,
     pub state: char,
-    pub ppid: i32,
-    pub pgrp: i32,
+    pub ppid: Pid,
+    pub pgrp: Pid,
     pub start_ticks: u64,
     pub num_threads: i64,
 }
@@ -191,35 +193,35 @@ impl ProcFs {
         }
     }
 
-    pub fn pids(&self) -> Result<Vec<i32>, Error> {
+    pub fn pids(&self) -> Result<Vec<Pid>, Error> {
         numeric_entries(&self.root).map_err(|source| Error::Io {
             path: self.root.clone(),
             source,
         })
     }
 
-    pub fn tids(&self, pid: i32) -> Result<Vec<i32>, Error> {
+    pub fn tids(&self, pid: Pid) -> Result<Vec<Pid>, Error> {
         let dir = self.pid_dir(pid).join("task");
         numeric_entries(&dir).map_err(|e| gone_or_io(pid, &dir, e))
     }
 
-    pub fn stat(&self, pid: i32, tid: i32) -> Result<TaskStat, Error> {
+    pub fn stat(&self, pid: Pid, tid: Pid) -> Result<TaskStat, Error> {
         self.parse_file(pid, self.task_file(pid, tid, "stat"), parse::stat)
     }
 
-    pub fn syscall(&self, pid: i32, tid: i32) -> Result<Syscall, Error> {
+    pub fn syscall(&self, pid: Pid, tid: Pid) -> Result<Syscall, Error> {
         self.parse_file(pid, self.task_file(pid, tid, "syscall"), parse::syscall)
     }
 
     /// The kernel function the task sleeps in, or "" when it is not sleeping.
-    pub fn wchan(&self, pid: i32, tid: i32) -> Result<String, Error> {
+    pub fn wchan(&self, pid: Pid, tid: Pid) -> Result<String, Error> {
         let text = self.read_text(pid, &self.task_file(pid, tid, "wchan"))?;
         let text = text.trim();
         Ok(if text == "0" { "" } else { text }.to_owned())
     }
 
     /// When the task last started running, on the scheduler clock in nanoseconds.
-    pub fn sched_exec_start_ns(&self, pid: i32, tid: i32) -> Result<Option<u64>, Error> {
+    pub fn sched_exec_start_ns(&self, pid: Pid, tid: Pid) -> Result<Option<u64>, Error> {
         let path = self.task_file(pid, tid, "sched");
         match fs::read(&path) {
             Ok(bytes) => parse::exec_start_ns(&String::from_utf8_lossy(&bytes))
@@ -256,7 +258,7 @@ impl ProcFs {
 
     /// At most [`CMDLINE_MAX_BYTES`] of the arguments. Empty for kernel threads and
     /// zombies, which have no user memory to read it from.
-    pub fn cmdline(&self, pid: i32) -> Result<Cmdline, Error> {
+    pub fn cmdline(&self, pid: Pid) -> Result<Cmdline, Error> {
         let path = self.pid_dir(pid).join("cmdline");
         let mut bytes = self.bounded(pid, move |_| {
             read_at_most(pid, &path, CMDLINE_MAX_BYTES + 1)
@@ -279,7 +281,7 @@ impl ProcFs {
     /// `/proc/PID/cgroup`, at most [`CGROUP_MAX_BYTES`], whole lines only. A process
     /// with delegated cgroups chooses their names and depth, but not how long the kernel
     /// takes to print them: no deadline is needed.
-    pub fn cgroup(&self, pid: i32) -> Result<String, Error> {
+    pub fn cgroup(&self, pid: Pid) -> Result<String, Error> {
         let path = self.pid_dir(pid).join("cgroup");
         let mut bytes = read_at_most(pid, &path, CGROUP_MAX_BYTES + 1)?;
         if bytes.len() > CGROUP_MAX_BYTES {
@@ -295,10 +297,10 @@ impl ProcFs {
     /// The process's pipe fds, sorted; fds closed while we look are left out. This walks
     /// every fd of every process that may hold a pipe, so it costs one `readlink` per fd
     /// and one `lstat` per pipe (see [`link_access`]).
-    pub fn pipe_fds(&self, pid: i32) -> Result<Vec<PipeFd>, Error> {
+    pub fn pipe_fds(&self, pid: Pid) -> Result<Vec<PipeFd>, Error> {
         let dir = self.pid_dir(pid).join("fd");
         let mut pipes = Vec::new();
-        for fd in numeric_entries(&dir).map_err(|e| gone_or_io(pid, &dir, e))? {
+        for fd in numeric_entries::<i32>(&dir).map_err(|e| gone_or_io(pid, &dir, e))? {
             let link = dir.join(fd.to_string());
             let closed = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
             let target = match fs::read_link(&link) {
@@ -322,7 +324,7 @@ impl ProcFs {
     /// One fd; a closed fd of a live process is `Error::Io` with `NotFound`. Its `fdinfo`
     /// is not read: for some files that takes locks a process can hold for ever (an epoll
     /// instance's, held by an `epoll_ctl` on a FUSE file that never answers).
-    pub fn fd(&self, pid: i32, fd: i32) -> Result<Fd, Error> {
+    pub fn fd(&self, pid: Pid, fd: i32) -> Result<Fd, Error> {
         let link = self.pid_dir(pid).join("fd").join(fd.to_string());
         let target = fs::read_link(&link).map_err(|e| self.fd_error(pid, &link, e))?;
         let access = link_access(&link).map_err(|e| self.fd_error(pid, &link, e))?;
@@ -337,7 +339,7 @@ impl ProcFs {
     /// mapping (of `maps`) that holds `sp`; `None` when no mapping does.
     pub fn stack_above(
         &self,
-        pid: i32,
+        pid: Pid,
         maps: &[Mapping],
         sp: u64,
         max: u64,
@@ -351,7 +353,7 @@ impl ProcFs {
 
     /// `len` bytes of the process's memory at `addr` (needs ptrace access: root or
     /// CAP_SYS_PTRACE).
-    pub fn memory(&self, pid: i32, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
+    pub fn memory(&self, pid: Pid, addr: u64, len: usize) -> Result<Vec<u8>, Error> {
         use std::os::unix::fs::FileExt;
         let path = self.pid_dir(pid).join("mem");
         self.bounded(pid, move |_| {
@@ -368,7 +370,7 @@ impl ProcFs {
     /// process can keep held) and in size (an instance can watch millions of fds).
     pub fn epoll_targets(
         &self,
-        pid: i32,
+        pid: Pid,
         epfd: i32,
         max: usize,
     ) -> Result<Option<Vec<(i32, u32)>>, Error> {
@@ -389,7 +391,7 @@ impl ProcFs {
 
     /// The process's mappings in address order, at most [`MAPS_MAX_BYTES`] of them;
     /// lines that do not parse are left out.
-    pub fn mappings(&self, pid: i32) -> Result<Vec<Mapping>, Error> {
+    pub fn mappings(&self, pid: Pid) -> Result<Vec<Mapping>, Error> {
         let path = self.pid_dir(pid).join("maps");
         let mut maps = self.bounded(pid, move |_| read_at_most(pid, &path, MAPS_MAX_BYTES))?;
         if maps.len() == MAPS_MAX_BYTES {
@@ -405,13 +407,13 @@ impl ProcFs {
     /// chose. A process that was slow once has such reads refused for a while.
     pub fn bounded<T: Send + 'static>(
         &self,
-        pid: i32,
+        pid: Pid,
         read: impl FnOnce(&Path) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let root = self.root.clone();
         let start = || self.stat(pid, pid).ok().map(|stat| stat.start_ticks);
         self.deadline
-            .run(pid, start, move || read(&root))
+            .run(pid.as_raw(), start, move || read(&root))
             .map_err(|_| Error::Timeout { pid })?
     }
 
@@ -420,26 +422,26 @@ impl ProcFs {
         self.deadline.timeouts()
     }
 
-    fn pid_dir(&self, pid: i32) -> PathBuf {
+    fn pid_dir(&self, pid: Pid) -> PathBuf {
         self.root.join(pid.to_string())
     }
 
-    fn task_file(&self, pid: i32, tid: i32, name: &str) -> PathBuf {
+    fn task_file(&self, pid: Pid, tid: Pid, name: &str) -> PathBuf {
         let task = self.pid_dir(pid).join("task").join(tid.to_string());
         task.join(name)
     }
 
-    fn read(&self, pid: i32, path: &Path) -> Result<Vec<u8>, Error> {
+    fn read(&self, pid: Pid, path: &Path) -> Result<Vec<u8>, Error> {
         fs::read(path).map_err(|e| gone_or_io(pid, path, e))
     }
 
-    fn read_text(&self, pid: i32, path: &Path) -> Result<String, Error> {
+    fn read_text(&self, pid: Pid, path: &Path) -> Result<String, Error> {
         Ok(String::from_utf8_lossy(&self.read(pid, path)?).into_owned())
     }
 
     fn parse_file<T>(
         &self,
-        pid: i32,
+        pid: Pid,
         path: PathBuf,
         parse: fn(&str) -> Result<T, String>,
     ) -> Result<T, Error> {
@@ -448,7 +450,7 @@ impl ProcFs {
     }
 
     /// An fd can be closed while its process lives on; only a missing process is "gone".
-    fn fd_error(&self, pid: i32, path: &Path, source: io::Error) -> Error {
+    fn fd_error(&self, pid: Pid, path: &Path, source: io::Error) -> Error {
         if source.kind() == io::ErrorKind::NotFound && self.pid_dir(pid).exists() {
             Error::Io {
                 path: path.to_owned(),
@@ -473,7 +475,7 @@ fn link_access(link: &Path) -> io::Result<Access> {
     })
 }
 
-fn gone_or_io(pid: i32, path: &Path, source: io::Error) -> Error {
+fn gone_or_io(pid: Pid, path: &Path, source: io::Error) -> Error {
     if source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(ESRCH) {
         Error::Gone { pid }
     } else {
@@ -484,7 +486,7 @@ fn gone_or_io(pid: i32, path: &Path, source: io::Error) -> Error {
     }
 }
 
-fn read_at_most(pid: i32, path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
+fn read_at_most(pid: Pid, path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let file = fs::File::open(path).map_err(|e| gone_or_io(pid, path, e))?;
     let mut bytes = Vec::new();
@@ -494,7 +496,7 @@ fn read_at_most(pid: i32, path: &Path, limit: usize) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-fn numeric_entries(dir: &Path) -> io::Result<Vec<i32>> {
+fn numeric_entries<T: std::str::FromStr + Ord>(dir: &Path) -> io::Result<Vec<T>> {
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir)? {
         if let Some(id) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
@@ -512,6 +514,11 @@ mod tests {
     use std::thread::sleep;
     use std::time::{Duration, Instant};
 
+    /// A pid of the fixture: 100 (threads 100 to 102) and the zombie 200.
+    fn id(raw: i32) -> Pid {
+        Pid::from_raw(raw)
+    }
+
     fn fixture() -> ProcFs {
         ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"))
     }
@@ -520,30 +527,30 @@ mod tests {
     fn lists_only_numeric_entries_sorted() {
         let proc = fixture();
         assert_eq!(proc.pids().unwrap(), [100, 200]);
-        assert_eq!(proc.tids(100).unwrap(), [100, 101, 102]);
+        assert_eq!(proc.tids(id(100)).unwrap(), [100, 101, 102]);
         assert!(ProcFs::new("/nonexistent").pids().is_err());
     }
 
     #[test]
     fn stat_takes_comm_up_to_the_last_paren() {
         let proc = fixture();
-        let stat = proc.stat(100, 100).unwrap();
+        let stat = proc.stat(id(100), id(100)).unwrap();
         assert_eq!((stat.comm.as_str(), stat.state), ("x) y (z", 'R'));
-        assert_eq!((stat.ppid, stat.pgrp), (1, 100));
+        assert_eq!((stat.ppid.as_raw(), stat.pgrp.as_raw()), (1, 100));
         assert_eq!((stat.start_ticks, stat.num_threads), (17236, 3));
-        assert_eq!(proc.stat(100, 101).unwrap().comm, "worker (1)");
-        assert_eq!(proc.stat(200, 200).unwrap().state, 'Z');
+        assert_eq!(proc.stat(id(100), id(101)).unwrap().comm, "worker (1)");
+        assert_eq!(proc.stat(id(200), id(200)).unwrap().state, 'Z');
     }
 
     #[test]
     fn syscall_distinguishes_running_user_and_blocked() {
         let proc = fixture();
-        assert_eq!(proc.syscall(100, 100).unwrap(), Syscall::Running);
-        assert_eq!(proc.syscall(100, 101).unwrap(), Syscall::User);
-        assert_eq!(proc.syscall(200, 200).unwrap(), Syscall::User);
+        assert_eq!(proc.syscall(id(100), id(100)).unwrap(), Syscall::Running);
+        assert_eq!(proc.syscall(id(100), id(101)).unwrap(), Syscall::User);
+        assert_eq!(proc.syscall(id(200), id(200)).unwrap(), Syscall::User);
         let args = [0, 0, 0x7fff1a0497e0, 0x7fff1a049820, 0, u64::MAX];
         assert_eq!(
-            proc.syscall(100, 102).unwrap(),
+            proc.syscall(id(100), id(102)).unwrap(),
             Syscall::In {
                 nr: 230,
                 args,
@@ -556,24 +563,30 @@ mod tests {
     #[test]
     fn per_task_scheduler_details() {
         let proc = fixture();
-        assert_eq!(proc.wchan(100, 100).unwrap(), "");
-        assert_eq!(proc.wchan(100, 102).unwrap(), "hrtimer_nanosleep");
+        assert_eq!(proc.wchan(id(100), id(100)).unwrap(), "");
+        assert_eq!(proc.wchan(id(100), id(102)).unwrap(), "hrtimer_nanosleep");
         assert_eq!(
-            proc.sched_exec_start_ns(100, 100).unwrap(),
+            proc.sched_exec_start_ns(id(100), id(100)).unwrap(),
             Some(121_289_597_187)
         );
-        assert_eq!(proc.sched_exec_start_ns(100, 102).unwrap(), Some(7_000_042));
-        assert_eq!(proc.sched_exec_start_ns(100, 101).unwrap(), None);
-        assert!(proc.sched_exec_start_ns(100, 103).unwrap_err().is_gone());
+        assert_eq!(
+            proc.sched_exec_start_ns(id(100), id(102)).unwrap(),
+            Some(7_000_042)
+        );
+        assert_eq!(proc.sched_exec_start_ns(id(100), id(101)).unwrap(), None);
+        assert!(proc
+            .sched_exec_start_ns(id(100), id(103))
+            .unwrap_err()
+            .is_gone());
     }
 
     #[test]
     fn cmdline_keeps_empty_args() {
         let proc = fixture();
-        let cmdline = proc.cmdline(100).unwrap();
+        let cmdline = proc.cmdline(id(100)).unwrap();
         assert_eq!(cmdline.args, ["app", "", "--flag=", "value with space"]);
         assert!(!cmdline.truncated);
-        assert!(proc.cmdline(200).unwrap().args.is_empty());
+        assert!(proc.cmdline(id(200)).unwrap().args.is_empty());
     }
 
     #[test]
@@ -589,21 +602,21 @@ mod tests {
             (10, other("/var/log/app.log")),
         ];
         for (fd, target) in expected {
-            assert_eq!(proc.fd(100, fd).unwrap().target, target, "fd {fd}");
+            assert_eq!(proc.fd(id(100), fd).unwrap().target, target, "fd {fd}");
         }
         // No fd 6, as if closed between readdir and reading it.
-        let closed = proc.fd(100, 6).unwrap_err();
+        let closed = proc.fd(id(100), 6).unwrap_err();
         assert!(
             matches!(&closed, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
         );
-        assert!(proc.fd(300, 0).unwrap_err().is_gone());
+        assert!(proc.fd(id(300), 0).unwrap_err().is_gone());
     }
 
     #[test]
     fn fd_access_is_the_open_mode_of_real_fds() {
         use std::os::fd::AsRawFd;
         let proc = ProcFs::default();
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = Pid::try_from(std::process::id()).unwrap();
         let read_only = fs::File::open("/dev/null").unwrap();
         let write_only = fs::OpenOptions::new()
             .write(true)
@@ -631,7 +644,7 @@ mod tests {
     #[test]
     fn epoll_targets_are_read_up_to_a_limit() {
         let proc = ProcFs::default();
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = Pid::try_from(std::process::id()).unwrap();
         let (read, write) = nix_pipe();
         // SAFETY: plain syscalls on fds this test owns; each is closed below.
         let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -675,11 +688,11 @@ mod tests {
         let lines = 2 * CGROUP_MAX_BYTES / line.len();
         fs::write(root.path().join("7/cgroup"), line.repeat(lines))?;
         let text = ProcFs::new(root.path())
-            .cgroup(7)
+            .cgroup(id(7))
             .map_err(io::Error::other)?;
         assert!(text.len() <= CGROUP_MAX_BYTES && !text.is_empty());
         assert!(text.lines().all(|l| format!("{l}\n") == line));
-        let own = ProcFs::default().cgroup(std::process::id() as i32);
+        let own = ProcFs::default().cgroup(Pid::try_from(std::process::id()).unwrap());
         assert!(own.map_err(io::Error::other)?.contains("::"));
         Ok(())
     }
@@ -693,7 +706,7 @@ mod tests {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
+        let pid = Pid::try_from(child.id()).unwrap();
         let proc = ProcFs::default();
         let deadline = Instant::now() + Duration::from_secs(10);
         let cmdline = loop {
@@ -717,7 +730,7 @@ mod tests {
 
     #[test]
     fn mappings_name_files_by_device_and_inode() {
-        let maps = fixture().mappings(100).unwrap();
+        let maps = fixture().mappings(id(100)).unwrap();
         assert_eq!(maps.len(), 11);
         let files: Vec<(u64, &str)> = maps
             .iter()
@@ -739,14 +752,15 @@ mod tests {
     #[test]
     fn missing_process_is_gone_everywhere() {
         let proc = fixture();
-        assert!(proc.tids(300).unwrap_err().is_gone());
-        assert!(proc.stat(300, 300).unwrap_err().is_gone());
-        assert!(proc.stat(100, 103).unwrap_err().is_gone());
-        assert!(proc.syscall(300, 300).unwrap_err().is_gone());
-        assert!(proc.wchan(300, 300).unwrap_err().is_gone());
-        assert!(proc.cmdline(300).unwrap_err().is_gone());
-        assert!(proc.pipe_fds(300).unwrap_err().is_gone());
-        assert!(proc.mappings(300).unwrap_err().is_gone());
+        let (gone, live) = (id(300), id(100));
+        assert!(proc.tids(gone).unwrap_err().is_gone());
+        assert!(proc.stat(gone, gone).unwrap_err().is_gone());
+        assert!(proc.stat(live, id(103)).unwrap_err().is_gone());
+        assert!(proc.syscall(gone, gone).unwrap_err().is_gone());
+        assert!(proc.wchan(gone, gone).unwrap_err().is_gone());
+        assert!(proc.cmdline(gone).unwrap_err().is_gone());
+        assert!(proc.pipe_fds(gone).unwrap_err().is_gone());
+        assert!(proc.mappings(gone).unwrap_err().is_gone());
     }
 
     fn nix_pipe() -> (i32, i32) {
@@ -759,12 +773,12 @@ mod tests {
     #[test]
     fn reads_own_process() {
         let proc = ProcFs::default();
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = Pid::try_from(std::process::id()).unwrap();
         assert!(proc.pids().unwrap().contains(&pid));
         assert!(proc.tids(pid).unwrap().contains(&pid));
         let stat = proc.stat(pid, pid).unwrap();
         assert!(!stat.comm.is_empty());
-        assert!(stat.num_threads >= 1 && stat.ppid > 0);
+        assert!(stat.num_threads >= 1 && stat.ppid.as_raw() > 0);
         assert!(!proc.cmdline(pid).unwrap().args.is_empty());
         let (read, write) = nix_pipe();
         let pipes = proc.pipe_fds(pid).unwrap();
@@ -801,7 +815,7 @@ mod tests {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
+        let pid = Pid::try_from(child.id()).unwrap();
         // Right after spawn the child may still be in execve or the dynamic
         // loader. Nothing below may panic before the kill, or `sleep` outlives us.
         let in_sleep =

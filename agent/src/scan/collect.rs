@@ -21,6 +21,7 @@ use super::{
 };
 use crate::{
     graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
+    pid::Pid,
     procfs::ProcFs,
     procfs::Syscall,
 };
@@ -67,8 +68,8 @@ impl ScanState {
     pub fn note_live(
         &mut self,
         scan: &Scan,
-        live_by: &BTreeMap<i32, i32>,
-        involved: &BTreeSet<i32>,
+        live_by: &BTreeMap<Pid, Pid>,
+        involved: &BTreeSet<Pid>,
         now_ns: u64,
     ) {
         for (pid, waits) in &scan.seed_waits {
@@ -89,14 +90,14 @@ pub enum Fresh<'a> {
     All,
     /// The waits of these (open incidents: that is how they end). Their pipe holders
     /// cannot have changed while they all stay blocked.
-    Only(&'a BTreeSet<i32>),
+    Only(&'a BTreeSet<Pid>),
     /// As `Only`, and every process's pipe holders: a new finding must not rest on an
     /// index entry that misses a live holder.
-    Confirm(&'a BTreeSet<i32>),
+    Confirm(&'a BTreeSet<Pid>),
 }
 
 impl Fresh<'_> {
-    fn contains(&self, pid: i32) -> bool {
+    fn contains(&self, pid: Pid) -> bool {
         match self {
             Fresh::All => true,
             Fresh::Only(pids) | Fresh::Confirm(pids) => pids.contains(&pid),
@@ -120,14 +121,14 @@ pub struct Scan {
     pub gone_tids: Vec<u32>,
     pub gone_pids: Vec<u32>,
     /// Processes newly found inside libc's `exit` by their stacks.
-    pub exits_found: Vec<i32>,
+    pub exits_found: Vec<Pid>,
     /// Failed `/proc` reads, by [`crate::procfs::Error::reason`].
     pub errors: BTreeMap<&'static str, u64>,
     /// Processes that were wanted but could not be read, with why.
-    pub unreadable: BTreeMap<i32, crate::procfs::Error>,
+    pub unreadable: BTreeMap<Pid, crate::procfs::Error>,
     /// The blocked processes this scan looked at because of their own waits, with those
     /// waits: the ones [`ScanState::note_live`] may let later scans skip.
-    pub seed_waits: BTreeMap<i32, Waits>,
+    pub seed_waits: BTreeMap<Pid, Waits>,
 }
 
 /// A thread verified to be in the wait its map entry describes.
@@ -157,7 +158,7 @@ pub fn collect(
     kernel: &KernelView,
     now_ns: u64,
     options: Options,
-    describe: &[i32],
+    describe: &[Pid],
     fresh: Fresh,
     state: &mut ScanState,
 ) -> Scan {
@@ -166,10 +167,10 @@ pub fn collect(
         cmdlines,
     } = options;
     let old_enough = |since: u64| now_ns.saturating_sub(since) >= hang_after_ns;
-    let mut exiting: BTreeMap<i32, ExitState> = kernel
+    let mut exiting: BTreeMap<Pid, ExitState> = kernel
         .exiting
         .iter()
-        .map(|(pid, state)| (*pid as i32, *state))
+        .filter_map(|(pid, state)| Some((Pid::try_from(*pid).ok()?, *state)))
         .collect();
     let mut errors = BTreeMap::new();
     let checked = verify_all(
@@ -192,7 +193,7 @@ pub fn collect(
         &mut state.quiet,
         now_ns,
     );
-    let seeds: BTreeSet<i32> = seed_waits
+    let seeds: BTreeSet<Pid> = seed_waits
         .keys()
         .copied()
         .chain(
@@ -245,22 +246,24 @@ pub fn collect(
 /// child leads to their process.
 fn seed_waits(
     verdicts: &Verdicts,
-    active: &HashSet<i32>,
-    exiting: &BTreeMap<i32, ExitState>,
-    describe: &[i32],
+    active: &HashSet<Pid>,
+    exiting: &BTreeMap<Pid, ExitState>,
+    describe: &[Pid],
     fresh: Fresh,
     quiet: &mut QuietSeeds,
     now_ns: u64,
-) -> BTreeMap<i32, Waits> {
-    let mut seeds: BTreeMap<i32, Waits> = BTreeMap::new();
+) -> BTreeMap<Pid, Waits> {
+    let mut seeds: BTreeMap<Pid, Waits> = BTreeMap::new();
     for (pid, tid, record, thread) in verdicts.current() {
         let futex_only = matches!(thread.wait, Wait::Futex { timed: false });
         if thread.stuck && (!futex_only || exiting.contains_key(&pid)) {
-            seeds.entry(pid).or_default().push((tid as u32, *record));
+            if let Ok(tid) = u32::try_from(tid) {
+                seeds.entry(pid).or_default().push((tid, *record));
+            }
         }
     }
     quiet.retain(|pid| seeds.contains_key(&pid));
-    let active: HashSet<i32> = active.iter().chain(exiting.keys()).copied().collect();
+    let active: HashSet<Pid> = active.iter().chain(exiting.keys()).copied().collect();
     seeds.retain(|&pid, waits| {
         waits.sort_unstable_by_key(|(tid, _)| *tid);
         fresh.contains(pid)
@@ -274,7 +277,7 @@ fn seed_waits(
 /// What verifying this scan's records found besides the verdicts themselves.
 struct Checked {
     /// Processes with a wait found stuck for the first time in this scan.
-    active: HashSet<i32>,
+    active: HashSet<Pid>,
     gone_tids: Vec<u32>,
 }
 
@@ -283,7 +286,7 @@ struct Checked {
 fn verify_all(
     procfs: &ProcFs,
     kernel: &KernelView,
-    exiting: &BTreeMap<i32, ExitState>,
+    exiting: &BTreeMap<Pid, ExitState>,
     fresh: Fresh,
     verdicts: &mut Verdicts,
     old_enough: impl Fn(u64) -> bool,
@@ -295,8 +298,12 @@ fn verify_all(
     };
     verdicts.begin_scan();
     let mut new = Vec::new();
-    for (tid, entry) in &kernel.blocked {
-        let pid = entry.tgid as i32;
+    for (key, entry) in &kernel.blocked {
+        // Ids above `i32::MAX` name no thread: nothing to verify, and the entry goes.
+        let (Ok(pid), Ok(tid)) = (Pid::try_from(entry.tgid), Pid::try_from(*key)) else {
+            checked.gone_tids.push(*key);
+            continue;
+        };
         let exit_is_old = exiting.get(&pid).is_some_and(|e| old_enough(e.since_ns));
         if !old_enough(entry.last_ns) && !exit_is_old {
             continue;
@@ -305,36 +312,37 @@ fn verify_all(
         // are few, and always read. Fresh processes are read whatever was kept.
         let old = old_enough(entry.last_ns);
         let trusted = old && !fresh.contains(pid);
-        if !(trusted && verdicts.confirm(*tid, entry)) {
-            new.push((*tid, *entry, trusted, old));
+        if !(trusted && verdicts.confirm(tid, entry)) {
+            new.push((*key, (pid, tid), *entry, trusted, old));
         }
     }
     // Those that must be read go first whatever the budget, then the newest waits.
-    new.sort_unstable_by_key(|(_, entry, trusted, _)| (*trusted, std::cmp::Reverse(entry.last_ns)));
+    new.sort_unstable_by_key(|(_, _, entry, trusted, _)| {
+        (*trusted, std::cmp::Reverse(entry.last_ns))
+    });
     let mut budget = MAX_NEW_VERDICTS;
-    for (tid, entry, trusted, old) in new {
+    for (key, (pid, tid), entry, trusted, old) in new {
         if trusted {
             if budget == 0 {
                 break;
             }
             budget -= 1;
         }
-        let pid = entry.tgid as i32;
         // Already known stuck (a fresh process read again): nothing new about it.
         let known = verdicts.known_stuck(tid, &entry);
-        match verify(procfs, pid, tid as i32, &entry, old) {
+        match verify(procfs, pid, tid, &entry, old) {
             Ok(verdict) => {
                 if verdict.as_ref().is_some_and(|v| v.stuck) && !known {
                     checked.active.insert(pid);
                 }
                 // What /proc says now is what later scans start from.
-                verdicts.insert(tid, entry, verdict, old);
+                verdicts.insert((pid, tid), entry, verdict, old);
             }
             Err(error) => {
                 count(errors, &error);
                 verdicts.forget(tid);
                 if error.is_gone() {
-                    checked.gone_tids.push(tid);
+                    checked.gone_tids.push(key);
                 }
             }
         }
@@ -350,9 +358,9 @@ fn verify_all(
 fn find_exits(
     procfs: &ProcFs,
     verdicts: &Verdicts,
-    exiting: &mut BTreeMap<i32, ExitState>,
+    exiting: &mut BTreeMap<Pid, ExitState>,
     exit_stacks: &mut ExitStacks,
-) -> Vec<i32> {
+) -> Vec<Pid> {
     let mut unknown = Vec::new();
     let mut inside = Vec::new();
     for (pid, tid, _, thread) in verdicts.current().filter(|(.., v)| v.stuck) {
@@ -374,10 +382,13 @@ fn find_exits(
         }
     }
     for (pid, tid, since_ns) in inside {
+        let Ok(exit_tid) = u32::try_from(tid) else {
+            continue;
+        };
         exiting.entry(pid).or_insert(ExitState {
             since_ns,
             reasons: exit_reason::LIBC_EXIT,
-            exit_tid: tid as u32,
+            exit_tid,
             ..ExitState::default()
         });
     }
@@ -395,8 +406,8 @@ fn count(errors: &mut BTreeMap<&'static str, u64>, error: &crate::procfs::Error)
 /// arguments, and decodes what it waits for (and where its stack is).
 fn verify(
     procfs: &ProcFs,
-    pid: i32,
-    tid: i32,
+    pid: Pid,
+    tid: Pid,
     entry: &BlockedWait,
     stuck: bool,
 ) -> Result<Option<Verified>, crate::procfs::Error> {
@@ -433,17 +444,17 @@ struct Builder<'a> {
     /// Only these get the details that incidents show and analysis does not need
     /// (command line, wait channels).
     fresh: Fresh<'a>,
-    exiting: &'a BTreeMap<i32, ExitState>,
+    exiting: &'a BTreeMap<Pid, ExitState>,
     verdicts: &'a Verdicts,
-    describe: &'a [i32],
-    processes: BTreeMap<i32, Process>,
+    describe: &'a [Pid],
+    processes: BTreeMap<Pid, Process>,
     gone_pids: Vec<u32>,
     errors: BTreeMap<&'static str, u64>,
-    unreadable: BTreeMap<i32, crate::procfs::Error>,
+    unreadable: BTreeMap<Pid, crate::procfs::Error>,
 }
 
 impl Builder<'_> {
-    fn add(&mut self, pid: i32) {
+    fn add(&mut self, pid: Pid) {
         if self.processes.contains_key(&pid) {
             return;
         }
@@ -454,7 +465,7 @@ impl Builder<'_> {
             Err(error) => {
                 count(&mut self.errors, &error);
                 if error.is_gone() {
-                    self.gone_pids.push(pid as u32);
+                    self.gone_pids.extend(u32::try_from(pid).ok());
                 } else {
                     log::debug!("skipping pid {pid}: {error}");
                 }
@@ -463,14 +474,15 @@ impl Builder<'_> {
         }
     }
 
-    fn read_process(&self, pid: i32) -> Result<Process, crate::procfs::Error> {
+    fn read_process(&self, pid: Pid) -> Result<Process, crate::procfs::Error> {
         let stat = self.procfs.stat(pid, pid)?;
         let exit = self.exiting.get(&pid).map(|state| ExitPhase {
             since_ns: state.since_ns,
             reasons: state.reasons,
             thread_spawns: state.thread_spawns,
             signal: state.signal,
-            exit_tid: state.exit_tid as i32,
+            // An impossible id finds no thread, as the main thread's absence would.
+            exit_tid: Pid::try_from(state.exit_tid).unwrap_or(pid),
         });
         let describe = exit.is_some() || self.describe.contains(&pid);
         let mut threads = Vec::new();
@@ -504,9 +516,9 @@ impl Builder<'_> {
     /// when not stuck, because the incident reports what every remaining thread does.
     fn read_thread(
         &self,
-        pid: i32,
-        tid: i32,
-        pgrp: i32,
+        pid: Pid,
+        tid: Pid,
+        pgrp: Pid,
         describe: bool,
     ) -> Result<Thread, crate::procfs::Error> {
         // A verified thread's state was read moments ago; the others need theirs now.
@@ -553,7 +565,7 @@ impl Builder<'_> {
         Ok(thread)
     }
 
-    fn wchan(&self, pid: i32, tid: i32) -> String {
+    fn wchan(&self, pid: Pid, tid: Pid) -> String {
         if !self.fresh.contains(pid) {
             return String::new();
         }
@@ -568,14 +580,14 @@ impl Builder<'_> {
     fn add_releasers(
         &mut self,
         index: &mut HolderIndex,
-        reread: &HashSet<i32>,
+        reread: &HashSet<Pid>,
     ) -> BTreeMap<u64, PipeEnds> {
         let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
-        let mut waiters_done: BTreeSet<i32> = BTreeSet::new();
+        let mut waiters_done: BTreeSet<Pid> = BTreeSet::new();
         let mut refreshed = false;
         let mut rebuilt = false;
         for _ in 0..MAX_RELEASER_ROUNDS {
-            let stuck: Vec<(i32, Wait)> = self
+            let stuck: Vec<(Pid, Wait)> = self
                 .processes
                 .values()
                 .flat_map(|p| p.threads.iter().filter(|t| t.stuck).map(|t| (p.pid, t)))
@@ -588,7 +600,7 @@ impl Builder<'_> {
                 .collect();
             // A pipe reader's children too: one that exited unreaped tells a parent reading
             // its child's output to EOF (see `graph::orphan`).
-            let waiters: BTreeSet<i32> = stuck
+            let waiters: BTreeSet<Pid> = stuck
                 .iter()
                 .filter(|(_, w)| {
                     matches!(
@@ -614,7 +626,7 @@ impl Builder<'_> {
                 rebuilt = true;
             }
             waiters_done.extend(&waiters);
-            let mut releasers: BTreeSet<i32> = stuck
+            let mut releasers: BTreeSet<Pid> = stuck
                 .iter()
                 .filter_map(|(_, wait)| match wait {
                     Wait::Child {
@@ -642,7 +654,7 @@ impl Builder<'_> {
 /// and the blocked thread's own process holds its end. Only the `wanted` pipes count:
 /// `ends` holds no others.
 fn contradicts(
-    stuck: &[(i32, Wait)],
+    stuck: &[(Pid, Wait)],
     wanted: &BTreeSet<u64>,
     ends: &BTreeMap<u64, PipeEnds>,
 ) -> bool {

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, ops::Range, path::Path};
 
 use crate::{
     elf::Elf,
+    pid::Pid,
     procfs::{open_mapping, FileId, Mapping, ProcFs},
 };
 
@@ -21,13 +22,13 @@ pub struct ExitStacks {
     /// `None` where the file has no such symbol or cannot be read.
     exit_ranges: BTreeMap<FileId, Option<Range<u64>>>,
     /// Verdicts per waiting thread, valid while the same wait (same start) lasts.
-    verdicts: BTreeMap<(i32, i32), (u64, bool)>,
+    verdicts: BTreeMap<(Pid, Pid), (u64, bool)>,
 }
 
 impl ExitStacks {
     /// The verdict on thread `tid` of `pid` in its wait that began at `since_ns`, if its
     /// stack was searched already.
-    pub fn remembered(&self, pid: i32, tid: i32, since_ns: u64) -> Option<bool> {
+    pub fn remembered(&self, pid: Pid, tid: Pid, since_ns: u64) -> Option<bool> {
         self.verdicts
             .get(&(pid, tid))
             .filter(|(since, _)| *since == since_ns)
@@ -37,7 +38,7 @@ impl ExitStacks {
     /// Whether thread `tid` of `pid`, in a wait that began at `since_ns` with stack
     /// pointer `sp`, is running inside libc's `exit`. When a read fails or times out
     /// there is no verdict: "no" for now, and a later scan looks again.
-    pub fn search(&mut self, procfs: &ProcFs, pid: i32, tid: i32, since_ns: u64, sp: u64) -> bool {
+    pub fn search(&mut self, procfs: &ProcFs, pid: Pid, tid: Pid, since_ns: u64, sp: u64) -> bool {
         let Some(verdict) = self.search_stack(procfs, pid, sp) else {
             return false;
         };
@@ -46,12 +47,12 @@ impl ExitStacks {
     }
 
     /// Forgets verdicts of threads no longer waiting.
-    pub fn retain(&mut self, waiting: impl Fn(i32, i32) -> bool) {
+    pub fn retain(&mut self, waiting: impl Fn(Pid, Pid) -> bool) {
         self.verdicts.retain(|&(pid, tid), _| waiting(pid, tid));
     }
 
     /// The verdict, or `None` if a read failed (a timeout, a mapping that changed).
-    fn search_stack(&mut self, procfs: &ProcFs, pid: i32, sp: u64) -> Option<bool> {
+    fn search_stack(&mut self, procfs: &ProcFs, pid: Pid, sp: u64) -> Option<bool> {
         let maps = procfs.mappings(pid).ok()?;
         let Some(libc) = maps.iter().find(|m| m.offset == 0 && is_libc(m)) else {
             return Some(false);
@@ -86,7 +87,7 @@ impl ExitStacks {
     fn exit_range(
         &mut self,
         procfs: &ProcFs,
-        pid: i32,
+        pid: Pid,
         libc: &Mapping,
     ) -> Option<Option<Range<u64>>> {
         let key = libc.file_id();
@@ -140,15 +141,15 @@ mod tests {
         // The fixture maps libc and a stack but has no map_files: the ELF lookup fails.
         let fixture = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
         let sp = 0x7ffd_a5bf_0000;
-        assert!(!stacks.search(&fixture, 100, 100, 7, sp));
+        assert!(!stacks.search(&fixture, Pid::from_raw(100), Pid::from_raw(100), 7, sp));
         assert_eq!(
-            stacks.remembered(100, 100, 7),
+            stacks.remembered(Pid::from_raw(100), Pid::from_raw(100), 7),
             None,
             "a failed search was remembered"
         );
         // This thread, which is not in `exit`: a real "no", remembered for its wait.
         let proc = ProcFs::default();
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = Pid::try_from(std::process::id()).unwrap();
         let local = 0u64;
         let sp = std::ptr::addr_of!(local) as u64;
         assert!(!stacks.search(&proc, pid, pid, 7, sp));
@@ -159,7 +160,7 @@ mod tests {
     #[test]
     fn an_exit_range_past_the_address_space_is_no_exit() {
         let proc = ProcFs::default();
-        let pid = i32::try_from(std::process::id()).unwrap();
+        let pid = Pid::try_from(std::process::id()).unwrap();
         let maps = proc.mappings(pid).unwrap();
         let libc = maps
             .iter()

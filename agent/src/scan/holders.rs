@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use super::age_limit;
 use crate::{
     graph::PipeEnds,
+    pid::Pid,
     procfs::{Access, ProcFs},
 };
 
@@ -24,7 +25,7 @@ const MAX_AGE_NS: u64 = 30_000_000_000;
 const MAX_KEPT_PIPES: usize = 1 << 20;
 
 struct Entry {
-    ppid: i32,
+    ppid: Pid,
     /// `None` when there was no room to keep them.
     pipes: Option<Vec<(u64, Access)>>,
     read_ns: u64,
@@ -32,7 +33,7 @@ struct Entry {
 
 #[derive(Default)]
 pub struct HolderIndex {
-    entries: HashMap<i32, Entry>,
+    entries: HashMap<Pid, Entry>,
     /// Pipe fds in `entries`.
     kept: usize,
 }
@@ -45,7 +46,7 @@ impl HolderIndex {
         &mut self,
         procfs: &ProcFs,
         now_ns: u64,
-        reread: &HashSet<i32>,
+        reread: &HashSet<Pid>,
         all: bool,
         errors: &mut BTreeMap<&'static str, u64>,
     ) {
@@ -53,7 +54,7 @@ impl HolderIndex {
             *errors.entry("io").or_default() += 1;
             return;
         };
-        let present: HashSet<i32> = pids.iter().copied().collect();
+        let present: HashSet<Pid> = pids.iter().copied().collect();
         self.retain(|pid| present.contains(&pid));
         for pid in pids {
             // Read in this very scan (`now_ns` is the scan's): as fresh as it gets.
@@ -92,11 +93,11 @@ impl HolderIndex {
     }
 
     /// Processes that exec'd (their close-on-exec fds are gone) or exited.
-    pub fn forget(&mut self, pids: &HashSet<i32>) {
+    pub fn forget(&mut self, pids: &HashSet<Pid>) {
         self.retain(|pid| !pids.contains(&pid));
     }
 
-    fn retain(&mut self, keep: impl Fn(i32) -> bool) {
+    fn retain(&mut self, keep: impl Fn(Pid) -> bool) {
         let kept = &mut self.kept;
         self.entries.retain(|&pid, entry| {
             let keeping = keep(pid);
@@ -107,7 +108,7 @@ impl HolderIndex {
         });
     }
 
-    fn remove(&mut self, pid: i32) {
+    fn remove(&mut self, pid: Pid) {
         if let Some(entry) = self.entries.remove(&pid) {
             self.kept -= entry.pipes.as_ref().map_or(0, Vec::len);
         }
@@ -150,7 +151,7 @@ impl HolderIndex {
     }
 
     /// The children of each of `parents`.
-    pub fn children(&self, parents: &BTreeSet<i32>) -> Vec<i32> {
+    pub fn children(&self, parents: &BTreeSet<Pid>) -> Vec<Pid> {
         self.entries
             .iter()
             .filter(|(_, entry)| parents.contains(&entry.ppid))
@@ -183,7 +184,7 @@ mod tests {
     #[test]
     fn entries_are_reread_when_asked_not_every_time() {
         let procfs = ProcFs::default();
-        let me = i32::try_from(std::process::id()).expect("a pid");
+        let me = Pid::try_from(std::process::id()).expect("a pid");
         let (read, write, inode) = own_pipe();
         let (mut index, mut errors) = (HolderIndex::default(), BTreeMap::new());
         let none = HashSet::new();

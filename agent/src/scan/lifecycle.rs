@@ -2,12 +2,14 @@
 //! scans learnt about them (pipe holders, verdicts, who keeps whom live) no longer holds.
 use std::collections::HashSet;
 
+use crate::pid::Pid;
+
 /// Beyond this many between two scans, the journal gives up on names and says "all".
 const CAPACITY: usize = 65_536;
 
 #[derive(Default)]
 pub struct Lifecycle {
-    pids: HashSet<i32>,
+    pids: HashSet<Pid>,
     overflowed: bool,
     /// The kernel's count of events the ring buffer had no room for, as last seen.
     dropped: u64,
@@ -15,13 +17,13 @@ pub struct Lifecycle {
 
 /// What changed since the last scan.
 pub enum Changed {
-    Some(HashSet<i32>),
+    Some(HashSet<Pid>),
     /// More than the journal holds, or events were lost: forget everything.
     All,
 }
 
 impl Lifecycle {
-    pub fn changed(&mut self, pid: i32) {
+    pub fn changed(&mut self, pid: Pid) {
         if self.pids.len() < CAPACITY {
             self.pids.insert(pid);
         } else {
@@ -52,10 +54,10 @@ impl Lifecycle {
 mod tests {
     use super::*;
 
-    fn names(changed: Changed) -> Option<Vec<i32>> {
+    fn names(changed: Changed) -> Option<Vec<Pid>> {
         match changed {
             Changed::Some(pids) => {
-                let mut pids: Vec<i32> = pids.into_iter().collect();
+                let mut pids: Vec<Pid> = pids.into_iter().collect();
                 pids.sort_unstable();
                 Some(pids)
             }
@@ -66,17 +68,20 @@ mod tests {
     #[test]
     fn names_changes_until_it_cannot() {
         let mut journal = Lifecycle::default();
-        journal.changed(5);
-        journal.changed(3);
+        journal.changed(Pid::from_raw(5));
+        journal.changed(Pid::from_raw(3));
         journal.dropped(0);
-        assert_eq!(names(journal.take()), Some(vec![3, 5]));
+        assert_eq!(
+            names(journal.take()),
+            Some(vec![Pid::from_raw(3), Pid::from_raw(5)])
+        );
         assert_eq!(names(journal.take()), Some(vec![]));
         journal.dropped(2);
         assert_eq!(names(journal.take()), None, "events were lost");
         journal.dropped(2);
         assert_eq!(names(journal.take()), Some(vec![]), "no new losses");
         for pid in 0..=CAPACITY as i32 {
-            journal.changed(pid);
+            journal.changed(Pid::from_raw(pid));
         }
         assert_eq!(names(journal.take()), None, "more than the journal holds");
     }

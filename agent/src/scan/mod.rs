@@ -14,12 +14,14 @@ pub use collect::{collect, Fresh, KernelView, Options, ScanState};
 pub use lifecycle::Lifecycle;
 pub use seed::blocked_from_proc;
 
+use crate::pid::Pid;
+
 /// The age at which something learnt about `pid` is looked at again: between `base_ns`
 /// and twice that, spread by pid so that what one scan learnt does not all age out in
 /// one later scan.
-fn age_limit(pid: i32, base_ns: u64) -> u64 {
+fn age_limit(pid: Pid, base_ns: u64) -> u64 {
     const SPREAD: u64 = 64;
-    base_ns + base_ns / SPREAD * (u64::from(pid.unsigned_abs()) % SPREAD)
+    base_ns + base_ns / SPREAD * (u64::from(pid.as_raw().unsigned_abs()) % SPREAD)
 }
 
 #[cfg(test)]
@@ -30,7 +32,9 @@ mod tests {
 
     #[test]
     fn age_limits_spread_between_one_and_two_bases() {
-        let limits: BTreeSet<u64> = (0..1000).map(|pid| age_limit(pid, 6400)).collect();
+        let limits: BTreeSet<u64> = (0..1000)
+            .map(|pid| age_limit(crate::pid::Pid::from_raw(pid), 6400))
+            .collect();
         assert_eq!(limits.len(), 64);
         assert!(limits.iter().all(|&limit| (6400..12800).contains(&limit)));
     }

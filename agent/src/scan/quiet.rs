@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use exitwatch_common::BlockedWait;
 
 use super::age_limit;
+use crate::pid::Pid;
 
 /// The oldest a finding gets before the process is looked at again (see [`age_limit`]).
 const MAX_AGE_NS: u64 = 60_000_000_000;
@@ -24,20 +25,20 @@ pub type Waits = Vec<(u32, BlockedWait)>;
 
 struct Quiet {
     waits: Waits,
-    witness: i32,
+    witness: Pid,
     seen_ns: u64,
 }
 
 #[derive(Default)]
 pub struct QuietSeeds {
-    by_pid: HashMap<i32, Quiet>,
+    by_pid: HashMap<Pid, Quiet>,
 }
 
 impl QuietSeeds {
     /// Whether `pid`, blocked in `waits`, is still known live. `active` are the processes
     /// with a wait that got stuck since the last scan (a process kept live by a thread of
     /// its own is looked at again when another of its threads gets stuck).
-    pub fn is_quiet(&self, pid: i32, waits: &Waits, now_ns: u64, active: &HashSet<i32>) -> bool {
+    pub fn is_quiet(&self, pid: Pid, waits: &Waits, now_ns: u64, active: &HashSet<Pid>) -> bool {
         self.by_pid.get(&pid).is_some_and(|quiet| {
             quiet.waits == *waits
                 && !active.contains(&quiet.witness)
@@ -45,7 +46,7 @@ impl QuietSeeds {
         })
     }
 
-    pub fn note(&mut self, pid: i32, waits: Waits, witness: i32, now_ns: u64) {
+    pub fn note(&mut self, pid: Pid, waits: Waits, witness: Pid, now_ns: u64) {
         self.by_pid.insert(
             pid,
             Quiet {
@@ -57,13 +58,13 @@ impl QuietSeeds {
     }
 
     /// Forgets what depended on processes that exec'd or exited.
-    pub fn forget_processes(&mut self, pids: &HashSet<i32>) {
+    pub fn forget_processes(&mut self, pids: &HashSet<Pid>) {
         self.by_pid
             .retain(|pid, quiet| !pids.contains(pid) && !pids.contains(&quiet.witness));
     }
 
     /// Forgets processes not blocked any more (or involved in a finding).
-    pub fn retain(&mut self, keep: impl Fn(i32) -> bool) {
+    pub fn retain(&mut self, keep: impl Fn(Pid) -> bool) {
         self.by_pid.retain(|&pid, _| keep(pid));
     }
 }
@@ -89,38 +90,39 @@ mod tests {
     fn quiet_while_nothing_it_rests_on_changes() {
         let mut quiet = QuietSeeds::default();
         let none = HashSet::new();
+        let (pid, witness) = (Pid::from_raw(7), Pid::from_raw(9));
         assert!(
-            !quiet.is_quiet(7, &waits(1), SECOND, &none),
+            !quiet.is_quiet(pid, &waits(1), SECOND, &none),
             "never looked at"
         );
-        quiet.note(7, waits(1), 9, SECOND);
-        assert!(quiet.is_quiet(7, &waits(1), 2 * SECOND, &none));
+        quiet.note(pid, waits(1), witness, SECOND);
+        assert!(quiet.is_quiet(pid, &waits(1), 2 * SECOND, &none));
         assert!(
-            !quiet.is_quiet(7, &waits(2), 2 * SECOND, &none),
+            !quiet.is_quiet(pid, &waits(2), 2 * SECOND, &none),
             "a new record"
         );
         assert!(
-            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &HashSet::from([9])),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &HashSet::from([witness])),
             "witness stuck"
         );
         assert!(
-            !quiet.is_quiet(7, &waits(1), SECOND + 2 * MAX_AGE_NS, &none),
+            !quiet.is_quiet(pid, &waits(1), SECOND + 2 * MAX_AGE_NS, &none),
             "aged out"
         );
 
-        quiet.forget_processes(&HashSet::from([9]));
+        quiet.forget_processes(&HashSet::from([witness]));
         assert!(
-            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &none),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &none),
             "witness exited"
         );
-        quiet.note(7, waits(1), 7, SECOND);
+        quiet.note(pid, waits(1), pid, SECOND);
         assert!(
-            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &HashSet::from([7])),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &HashSet::from([pid])),
             "own new wait"
         );
-        quiet.retain(|pid| pid != 7);
+        quiet.retain(|other| other != pid);
         assert!(
-            !quiet.is_quiet(7, &waits(1), 2 * SECOND, &none),
+            !quiet.is_quiet(pid, &waits(1), 2 * SECOND, &none),
             "no longer blocked"
         );
     }

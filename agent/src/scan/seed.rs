@@ -22,6 +22,9 @@ pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)
             else {
                 continue;
             };
+            let (Ok(key), Ok(tgid)) = (u32::try_from(tid), u32::try_from(pid)) else {
+                continue;
+            };
             if !is_tracked_sleep(syscall, &args) {
                 continue;
             }
@@ -31,9 +34,9 @@ pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)
                 .flatten()
                 .map_or(now_ns, |ns| ns.saturating_add(lag_ns).min(now_ns));
             found.push((
-                tid as u32,
+                key,
                 BlockedWait {
-                    tgid: pid as u32,
+                    tgid,
                     syscall,
                     args,
                     first_ns: since,

@@ -12,8 +12,10 @@ use std::collections::{HashMap, HashSet};
 use exitwatch_common::BlockedWait;
 
 use super::collect::Verified;
+use crate::pid::Pid;
 
 struct Kept {
+    pid: Pid,
     record: BlockedWait,
     /// `None`: the thread was not in that wait.
     verdict: Option<Verified>,
@@ -26,7 +28,7 @@ struct Kept {
 
 #[derive(Default)]
 pub struct Verdicts {
-    by_tid: HashMap<u32, Kept>,
+    by_tid: HashMap<Pid, Kept>,
     scan: u64,
 }
 
@@ -36,7 +38,7 @@ impl Verdicts {
     }
 
     /// Whether a trusted verdict on `record` is kept; if so it counts for this scan.
-    pub fn confirm(&mut self, tid: u32, record: &BlockedWait) -> bool {
+    pub fn confirm(&mut self, tid: Pid, record: &BlockedWait) -> bool {
         match self.by_tid.get_mut(&tid) {
             Some(kept) if kept.trusted && kept.record == *record => {
                 kept.scan = self.scan;
@@ -47,7 +49,7 @@ impl Verdicts {
     }
 
     /// Whether `record` was verified stuck before (and so is nothing new).
-    pub fn known_stuck(&self, tid: u32, record: &BlockedWait) -> bool {
+    pub fn known_stuck(&self, tid: Pid, record: &BlockedWait) -> bool {
         self.by_tid.get(&tid).is_some_and(|kept| {
             kept.record == *record && kept.verdict.as_ref().is_some_and(|v| v.stuck)
         })
@@ -55,7 +57,7 @@ impl Verdicts {
 
     pub fn insert(
         &mut self,
-        tid: u32,
+        (pid, tid): (Pid, Pid),
         record: BlockedWait,
         verdict: Option<Verified>,
         trusted: bool,
@@ -64,6 +66,7 @@ impl Verdicts {
         self.by_tid.insert(
             tid,
             Kept {
+                pid,
                 record,
                 verdict,
                 trusted,
@@ -72,7 +75,7 @@ impl Verdicts {
         );
     }
 
-    pub fn forget(&mut self, tid: u32) {
+    pub fn forget(&mut self, tid: Pid) {
         self.by_tid.remove(&tid);
     }
 
@@ -83,23 +86,22 @@ impl Verdicts {
     }
 
     /// Drops every verdict on threads of these processes (they exec'd or exited).
-    pub fn forget_processes(&mut self, pids: &HashSet<i32>) {
-        self.by_tid
-            .retain(|_, kept| !pids.contains(&(kept.record.tgid as i32)));
+    pub fn forget_processes(&mut self, pids: &HashSet<Pid>) {
+        self.by_tid.retain(|_, kept| !pids.contains(&kept.pid));
     }
 
     /// This scan's threads in their recorded waits: (pid, tid, record, verdict).
-    pub fn current(&self) -> impl Iterator<Item = (i32, i32, &BlockedWait, &Verified)> {
+    pub fn current(&self) -> impl Iterator<Item = (Pid, Pid, &BlockedWait, &Verified)> {
         self.by_tid.iter().filter_map(|(&tid, kept)| {
             let verified = kept.verdict.as_ref().filter(|_| kept.scan == self.scan)?;
-            Some((kept.record.tgid as i32, tid as i32, &kept.record, verified))
+            Some((kept.pid, tid, &kept.record, verified))
         })
     }
 
     /// Thread `tid` of `pid`, if this scan found it in its recorded wait.
-    pub fn get(&self, pid: i32, tid: i32) -> Option<&Verified> {
-        let kept = self.by_tid.get(&u32::try_from(tid).ok()?)?;
-        (kept.scan == self.scan && kept.record.tgid as i32 == pid)
+    pub fn get(&self, pid: Pid, tid: Pid) -> Option<&Verified> {
+        let kept = self.by_tid.get(&tid)?;
+        (kept.scan == self.scan && kept.pid == pid)
             .then_some(kept.verdict.as_ref())
             .flatten()
     }

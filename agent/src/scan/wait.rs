@@ -3,6 +3,7 @@ use exitwatch_common::{futex_op, nr};
 
 use crate::{
     graph::{ChildTarget, Wait},
+    pid::Pid,
     procfs::{FdTarget, ProcFs},
 };
 
@@ -31,7 +32,7 @@ const P_PGID: u64 = 2;
 
 /// `args` are the syscall's arguments as `/proc/PID/task/TID/syscall` shows them; `pgrp`
 /// is the caller's process group.
-pub fn decode(procfs: &ProcFs, pid: i32, pgrp: i32, syscall: u32, args: [u64; 6]) -> Option<Wait> {
+pub fn decode(procfs: &ProcFs, pid: Pid, pgrp: Pid, syscall: u32, args: [u64; 6]) -> Option<Wait> {
     let wait = match syscall {
         nr::READ | nr::READV | nr::WRITE | nr::WRITEV => {
             let fd = args[0] as i32;
@@ -45,18 +46,19 @@ pub fn decode(procfs: &ProcFs, pid: i32, pgrp: i32, syscall: u32, args: [u64; 6]
             }
         }
         nr::WAIT4 => Wait::Child {
+            // The argument is a `pid_t`: the register's low 32 bits.
             target: match args[0] as i32 {
                 -1 => ChildTarget::AnyChild,
                 0 => ChildTarget::Group(pgrp),
-                id if id < 0 => ChildTarget::Group(-id),
-                id => ChildTarget::Pid(id),
+                id if id < 0 => ChildTarget::Group(Pid::from_raw(-id)),
+                id => ChildTarget::Pid(Pid::from_raw(id)),
             },
         },
         nr::WAITID => Wait::Child {
             target: match args[0] {
-                P_PID => ChildTarget::Pid(args[1] as i32),
+                P_PID => ChildTarget::Pid(Pid::from_raw(args[1] as i32)),
                 P_PGID if args[1] == 0 => ChildTarget::Group(pgrp),
-                P_PGID => ChildTarget::Group(args[1] as i32),
+                P_PGID => ChildTarget::Group(Pid::from_raw(args[1] as i32)),
                 // P_ALL, and P_PIDFD, whose target would need the pidfd's fdinfo.
                 _ => ChildTarget::AnyChild,
             },
@@ -79,7 +81,7 @@ pub fn decode(procfs: &ProcFs, pid: i32, pgrp: i32, syscall: u32, args: [u64; 6]
 /// A `poll`/`epoll_wait` with no timeout whose every watched fd is the read end of a
 /// pipe, waiting for input: the other way a parent waits on a child's output. `None` for
 /// anything else, including timeouts (they wake by themselves).
-pub fn decode_poll(procfs: &ProcFs, pid: i32, syscall: u32, args: [u64; 6]) -> Option<Wait> {
+pub fn decode_poll(procfs: &ProcFs, pid: Pid, syscall: u32, args: [u64; 6]) -> Option<Wait> {
     let watched: Vec<(i32, u32)> = match syscall {
         untracked::POLL | untracked::PPOLL => {
             let forever = if syscall == untracked::POLL {
@@ -152,7 +154,7 @@ pub fn decode_poll(procfs: &ProcFs, pid: i32, syscall: u32, args: [u64; 6]) -> O
 
 /// The fds in a `select` set of `nfds` bits at `addr` (none for a NULL set); `None` when
 /// it cannot be read or is bigger than a pipe reader's.
-fn fd_set(procfs: &ProcFs, pid: i32, nfds: u64, addr: u64) -> Option<Vec<i32>> {
+fn fd_set(procfs: &ProcFs, pid: Pid, nfds: u64, addr: u64) -> Option<Vec<i32>> {
     if addr == 0 {
         return Some(Vec::new());
     }
@@ -191,7 +193,7 @@ mod tests {
 
     use super::*;
 
-    const PID: i32 = 300;
+    const PID: Pid = Pid::from_raw(300);
     const READ_PIPE: u64 = 0x100;
     const EMPTY: u64 = 0x200;
     const PIPE_AND_FILE: u64 = 0x300;

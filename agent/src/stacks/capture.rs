@@ -13,7 +13,10 @@ use super::{
     symbolize,
     unwind::{walk, Registers, StackCopy},
 };
-use crate::procfs::{Error, Mapping, ProcFs};
+use crate::{
+    pid::Pid,
+    procfs::{Error, Mapping, ProcFs},
+};
 
 /// Stack copied above the stack pointer at most: hangs sit in short call chains.
 pub const STACK_BYTES: u64 = 64 * 1024;
@@ -49,8 +52,8 @@ impl CaptureError {
 /// native stack is kept as it is (and the reason logged).
 pub fn capture(
     procfs: &ProcFs,
-    pid: i32,
-    tid: i32,
+    pid: Pid,
+    tid: Pid,
     regs: Registers,
 ) -> Result<Stack, CaptureError> {
     let until = Instant::now() + BUDGET;
@@ -94,10 +97,10 @@ pub fn capture(
 /// logged) when they cannot be read.
 fn read_python(
     procfs: &ProcFs,
-    pid: i32,
+    pid: Pid,
     maps: Vec<Mapping>,
-    tids: &[i32],
-) -> BTreeMap<i32, PythonStack> {
+    tids: &[Pid],
+) -> BTreeMap<Pid, PythonStack> {
     let wanted = tids.to_vec();
     let read = procfs.bounded(pid, move |root| {
         let until = Instant::now() + PYTHON;

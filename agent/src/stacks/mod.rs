@@ -23,6 +23,7 @@ pub use unwind::Registers;
 
 use crate::{
     graph::{summary, Finding, Process, Snapshot, Thread},
+    pid::Pid,
     procfs::{Mapping, ProcFs},
 };
 
@@ -50,21 +51,21 @@ struct Captured {
 /// Captured stacks by (pid, tid).
 #[derive(Default)]
 pub struct Stacks {
-    captured: BTreeMap<(i32, i32), Captured>,
+    captured: BTreeMap<(Pid, Pid), Captured>,
 }
 
 impl Stacks {
     /// Gives the stuck threads of `findings`, and the threads their summaries name, their
     /// stacks (capturing those not captured for their current wait yet) and rewrites the summaries that can now name code.
     /// `blocked` is what the probes recorded (registers included); `counted` is told the
-    /// result of every capture made.
+    /// result and duration of every capture made.
     pub fn attach(
         &mut self,
         procfs: &ProcFs,
         blocked: &[(u32, BlockedWait)],
         snapshot: &mut Snapshot,
         findings: &mut [Finding],
-        mut counted: impl FnMut(&'static str),
+        mut counted: impl FnMut(&'static str, Duration),
     ) {
         // Without findings there is nothing to keep: no need to index every recorded
         // wait of the host.
@@ -84,7 +85,7 @@ impl Stacks {
             let mut left = MAX_STACKS_PER_FINDING;
             // The threads its sentence is about too: the exit a re-arming Timer blocks has
             // no thread that stays in one wait long enough to be stuck.
-            let linked: Vec<i32> = finding.chain.iter().map(|link| link.tid).collect();
+            let linked: Vec<Pid> = finding.chain.iter().map(|link| link.tid).collect();
             let mut wanted = |thread: &Thread| {
                 let take = (thread.stuck || linked.contains(&thread.tid)) && left > 0;
                 left -= usize::from(take);
@@ -115,13 +116,20 @@ impl Stacks {
         procfs: &ProcFs,
         blocked: &[(u32, BlockedWait)],
         snapshot: &mut Snapshot,
-        pid: i32,
+        pid: Pid,
     ) {
         let waits = by_tid(blocked);
         let mut budget = Budget::new(MAX_THREADS, capture::BUDGET * MAX_THREADS as u32);
         if let Some(process) = snapshot.processes.get_mut(&pid) {
             let in_wait = |t: &Thread| t.wait.is_some();
-            self.give(procfs, &waits, process, in_wait, &mut budget, &mut |_| {});
+            self.give(
+                procfs,
+                &waits,
+                process,
+                in_wait,
+                &mut budget,
+                &mut |_, _| {},
+            );
         }
     }
 
@@ -130,11 +138,11 @@ impl Stacks {
     fn give(
         &mut self,
         procfs: &ProcFs,
-        waits: &BTreeMap<i32, &BlockedWait>,
+        waits: &BTreeMap<Pid, &BlockedWait>,
         process: &mut Process,
         mut wanted: impl FnMut(&Thread) -> bool,
         budget: &mut Budget,
-        counted: &mut impl FnMut(&'static str),
+        counted: &mut impl FnMut(&'static str, Duration),
     ) -> bool {
         let pid = process.pid;
         let mut attached = false;
@@ -182,19 +190,19 @@ impl Budget {
     }
 }
 
-fn by_tid(blocked: &[(u32, BlockedWait)]) -> BTreeMap<i32, &BlockedWait> {
+fn by_tid(blocked: &[(u32, BlockedWait)]) -> BTreeMap<Pid, &BlockedWait> {
     blocked
         .iter()
-        .map(|(tid, wait)| (*tid as i32, wait))
+        .filter_map(|(tid, wait)| Some((Pid::try_from(*tid).ok()?, wait)))
         .collect()
 }
 
 fn capture_counted(
     procfs: &ProcFs,
-    pid: i32,
-    tid: i32,
+    pid: Pid,
+    tid: Pid,
     wait: &BlockedWait,
-    counted: &mut impl FnMut(&'static str),
+    counted: &mut impl FnMut(&'static str, Duration),
 ) -> Option<Arc<Stack>> {
     let regs = Registers {
         ip: wait.ip,
@@ -204,7 +212,10 @@ fn capture_counted(
     let started = Instant::now();
     match capture(procfs, pid, tid, regs) {
         Ok(stack) => {
-            counted(if stack.complete { "ok" } else { "partial" });
+            counted(
+                if stack.complete { "ok" } else { "partial" },
+                started.elapsed(),
+            );
             log::debug!(
                 "stack of thread {tid} of pid {pid}: {} frames in {:?}",
                 stack.frames.len(),
@@ -213,7 +224,7 @@ fn capture_counted(
             Some(Arc::new(stack))
         }
         Err(error) => {
-            counted(error.result());
+            counted(error.result(), started.elapsed());
             log::debug!("no stack for thread {tid} of pid {pid}: {error}");
             None
         }
@@ -240,7 +251,7 @@ mod tests {
 
     /// `threads` stuck threads of `pid` (tids from `pid` up) in a finding, as the scanner
     /// would hand them over.
-    fn finding_of(pid: i32, threads: i32) -> (Snapshot, Vec<Finding>) {
+    fn finding_of(pid: Pid, threads: i32) -> (Snapshot, Vec<Finding>) {
         let thread = |tid| Thread {
             tid,
             wait: Some(Wait::Futex { timed: false }),
@@ -251,7 +262,9 @@ mod tests {
         let process = Process {
             pid,
             comm: "true".into(),
-            threads: (pid..pid + threads).map(thread).collect(),
+            threads: (pid.as_raw()..pid.as_raw() + threads)
+                .map(|tid| thread(Pid::from_raw(tid)))
+                .collect(),
             ..Process::default()
         };
         let mut snapshot = Snapshot::default();
@@ -268,9 +281,9 @@ mod tests {
     }
 
     /// A wait the probe published, with registers.
-    fn waiting(pid: i32) -> BlockedWait {
+    fn waiting(pid: Pid) -> BlockedWait {
         BlockedWait {
-            tgid: pid as u32,
+            tgid: u32::try_from(pid).expect("a pid"),
             first_ns: 1,
             ip: 0x40_1000,
             sp: 0x7ffd_0000_0000,
@@ -281,11 +294,11 @@ mod tests {
     #[test]
     fn a_finding_gets_a_bounded_number_of_stacks_over_scans() {
         // No process has this pid (above pid_max): every capture is a quick "gone".
-        let pid = 1 << 22;
+        let raw: u32 = 1 << 22;
+        let pid = Pid::try_from(raw).expect("a pid");
         let (mut snapshot, mut findings) = finding_of(pid, 40);
-        let blocked: Vec<(u32, BlockedWait)> = (pid..pid + 40)
-            .map(|tid| (tid as u32, waiting(pid)))
-            .collect();
+        let blocked: Vec<(u32, BlockedWait)> =
+            (raw..raw + 40).map(|tid| (tid, waiting(pid))).collect();
         let mut stacks = Stacks::default();
         let mut results = Vec::new();
         for _ in 0..3 {
@@ -294,7 +307,7 @@ mod tests {
                 &blocked,
                 &mut snapshot,
                 &mut findings,
-                |r| results.push(r),
+                |r, _| results.push(r),
             );
         }
         assert_eq!(results.len(), MAX_STACKS_PER_FINDING);
@@ -305,7 +318,7 @@ mod tests {
     fn a_thread_that_exited_before_its_capture_is_counted_gone_once() {
         for reaped in [true, false] {
             let mut child = Command::new("true").spawn().expect("running true");
-            let pid = i32::try_from(child.id()).expect("a pid");
+            let pid = Pid::try_from(child.id()).expect("a pid");
             let procfs = ProcFs::default();
             if reaped {
                 child.wait().expect("reaping true");
@@ -316,11 +329,11 @@ mod tests {
                 }
             }
             let (mut snapshot, mut findings) = finding_of(pid, 1);
-            let blocked = [(pid as u32, waiting(pid))];
+            let blocked = [(child.id(), waiting(pid))];
             let mut stacks = Stacks::default();
             let mut results = Vec::new();
             for _ in 0..2 {
-                stacks.attach(&procfs, &blocked, &mut snapshot, &mut findings, |r| {
+                stacks.attach(&procfs, &blocked, &mut snapshot, &mut findings, |r, _| {
                     results.push(r)
                 });
             }

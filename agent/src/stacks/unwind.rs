@@ -12,6 +12,7 @@ use framehop::{
 use super::debug_file;
 use crate::{
     elf::Elf,
+    pid::Pid,
     procfs::{open_mapping, Mapping},
 };
 
@@ -79,7 +80,7 @@ pub struct Walk {
 /// the walk then starts over (a walk costs microseconds; a module's tables, a file read).
 pub fn walk(
     root: &Path,
-    pid: i32,
+    pid: Pid,
     maps: &[Mapping],
     regs: Registers,
     stack: &StackCopy,
@@ -155,7 +156,7 @@ fn frames<'m>(
 /// walk through it). Tables that do not fit are left out, as if the file had none.
 fn load(
     root: &Path,
-    pid: i32,
+    pid: Pid,
     mapping: &Mapping,
     room: &mut u64,
 ) -> Option<(Module<Vec<u8>>, Loaded)> {
@@ -225,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_library_with_a_debug_link_gets_names_but_no_dwarf() {
-        let pid = i32::try_from(std::process::id()).expect("a pid");
+        let pid = Pid::try_from(std::process::id()).expect("a pid");
         let maps = ProcFs::default().mappings(pid).expect("own maps");
         let libc = maps
             .iter()

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use runtime::Roots;
 
+use crate::pid::Pid;
 use crate::{procfs::ProcFs, text::printable};
 
 /// A process's workload; every field is `null` when unknown.
@@ -107,7 +108,7 @@ impl Workloads {
     }
 
     /// `pid`'s workload; unknown when its cgroups cannot be read (it exited).
-    pub fn of(&mut self, pid: i32) -> Workload {
+    pub fn of(&mut self, pid: Pid) -> Workload {
         let Ok(file) = self.procfs.cgroup(pid) else {
             return Workload::default();
         };

@@ -182,7 +182,7 @@ impl Agent {
     pub fn incidents_involving(&self, pids: &[i32]) -> Vec<Incident> {
         self.incidents()
             .into_iter()
-            .filter(|i| pids.iter().any(|pid| i.pids.contains(pid)))
+            .filter(|i| i.pids.iter().any(|pid| pids.contains(&pid.as_raw())))
             .collect()
     }
 

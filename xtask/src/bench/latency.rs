@@ -6,10 +6,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use exitwatch_testkit::Subject;
-use serde_json::Value;
+use exitwatch_testkit::{incidents::IncidentList, Subject};
 
-use super::{agent::Agent, Layout};
+use super::{
+    agent::{Agent, Sample},
+    Layout,
+};
 
 pub const PROGRAM: &str = "agent/tests/programs/seed_pipe_deadlock.py";
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -28,6 +30,48 @@ pub struct Trial {
     pub agent_reported: f64,
 }
 
+/// The agent's `exitwatch_stack_capture_duration_seconds` histogram at the end of a set
+/// of trials: every capture of the deadlocked threads' stacks (native and Python frames).
+#[derive(Clone, Debug, Default)]
+pub struct Captures {
+    pub count: f64,
+    pub seconds: f64,
+    /// (upper bound in seconds, captures at most that long), ascending.
+    pub buckets: Vec<(f64, f64)>,
+}
+
+const CAPTURE_HISTOGRAM: &str = "exitwatch_stack_capture_duration_seconds";
+
+impl Captures {
+    pub fn of(sample: &Sample) -> Self {
+        let mut buckets: Vec<(f64, f64)> = sample
+            .metrics
+            .iter()
+            .filter_map(|(series, count)| {
+                let bound = series
+                    .strip_prefix(CAPTURE_HISTOGRAM)?
+                    .strip_prefix("_bucket{le=\"")?
+                    .strip_suffix("\"}")?;
+                Some((bound.parse().ok()?, *count))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Self {
+            count: sample.metric(&format!("{CAPTURE_HISTOGRAM}_count")),
+            seconds: sample.metric(&format!("{CAPTURE_HISTOGRAM}_sum")),
+            buckets,
+        }
+    }
+
+    /// The smallest bucket bound that `share` of the captures stayed under.
+    pub fn bound_of(&self, share: f64) -> Option<f64> {
+        self.buckets
+            .iter()
+            .find(|(_, count)| self.count > 0.0 && *count >= share * self.count)
+            .map(|(bound, _)| *bound)
+    }
+}
+
 /// Runs the seed deadlock, polls the incidents API every 20 ms until an incident with
 /// both its pids appears, and kills it.
 pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> {
@@ -39,13 +83,11 @@ pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> 
     let pids: Vec<i32> = subject.pids().values().copied().collect();
     let found = loop {
         let body = agent.get("/api/v1/incidents")?;
-        let parsed: Value = serde_json::from_str(&body).context("incidents JSON")?;
-        let hit = parsed["incidents"].as_array().and_then(|incidents| {
-            incidents
-                .iter()
-                .find(|incident| pids.iter().all(|pid| involves(incident, *pid)))
-                .cloned()
-        });
+        let list: IncidentList = serde_json::from_str(&body).context("incidents JSON")?;
+        let hit = list
+            .incidents
+            .into_iter()
+            .find(|incident| pids.iter().all(|&pid| incident.involves(pid)));
         if let Some(incident) = hit {
             break incident;
         }
@@ -59,21 +101,13 @@ pub fn trial(layout: &Layout, agent: &Agent, within: Duration) -> Result<Trial> 
     };
     let seen = SystemTime::now();
     subject.kill();
-    let started_at = rfc3339_seconds(found["started_at"].as_str().unwrap_or_default())
-        .context("incident started_at")?;
-    let detected_at = rfc3339_seconds(found["detected_at"].as_str().unwrap_or_default())
-        .context("incident detected_at")?;
+    let started_at = rfc3339_seconds(&found.started_at).context("incident started_at")?;
+    let detected_at = rfc3339_seconds(&found.detected_at).context("incident detected_at")?;
     Ok(Trial {
         from_start: seconds(seen) - seconds(started),
         from_hang: seconds(seen) - started_at,
         agent_reported: detected_at - started_at,
     })
-}
-
-fn involves(incident: &Value, pid: i32) -> bool {
-    incident["pids"]
-        .as_array()
-        .is_some_and(|pids| pids.iter().any(|p| p.as_i64() == Some(i64::from(pid))))
 }
 
 fn seconds(t: SystemTime) -> f64 {
@@ -112,6 +146,23 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_capture_histogram() {
+        let text = "exitwatch_stack_capture_duration_seconds_bucket{le=\"0.001\"} 3\n\
+                    exitwatch_stack_capture_duration_seconds_bucket{le=\"0.005\"} 9\n\
+                    exitwatch_stack_capture_duration_seconds_bucket{le=\"+Inf\"} 10\n\
+                    exitwatch_stack_capture_duration_seconds_sum 0.02\n\
+                    exitwatch_stack_capture_duration_seconds_count 10\n";
+        let sample = super::Sample {
+            cpu_ticks: 0,
+            metrics: super::super::http::parse_metrics(text),
+        };
+        let captures = super::Captures::of(&sample);
+        assert_eq!(captures.count, 10.0);
+        assert_eq!(captures.bound_of(0.5), Some(0.005));
+        assert_eq!(captures.bound_of(0.99), Some(f64::INFINITY));
+    }
+
     #[test]
     fn parses_the_agents_timestamps() {
         assert_eq!(

@@ -149,6 +149,8 @@ pub struct LatencySet {
     pub hang_after: f64,
     pub scan_interval: f64,
     pub trials: Vec<latency::Trial>,
+    /// The stack captures the agent made of the trials' stuck threads.
+    pub captures: latency::Captures,
 }
 
 /// Everything one bench run found.
@@ -522,6 +524,7 @@ fn detection(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> 
             hang_after,
             scan_interval,
             trials: Vec::new(),
+            captures: latency::Captures::default(),
         };
         for i in 0..trials {
             results.environment.check(&[agent.pid()]);
@@ -536,6 +539,7 @@ fn detection(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> 
             // Let the agent see the processes go before the next trial.
             thread::sleep(Duration::from_secs_f64(scan_interval * 1.5));
         }
+        set.captures = latency::Captures::of(&agent.sample()?);
         let (_, hwm) = agent.memory_kib()?;
         results.peak_hwm_kib = results.peak_hwm_kib.max(hwm);
         agent.stop()?;

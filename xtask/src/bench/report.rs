@@ -711,6 +711,32 @@ fn latency(out: &mut String, results: &Results) {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "\nStack captures of the deadlocked threads during these trials (the agent's \
+         `exitwatch_stack_capture_duration_seconds`; bounds are its bucket bounds):\n\n\
+         | agent flags | captures | mean (ms) | ≤ for half (ms) | ≤ for 90 % (ms) | ≤ for all (ms) |\n\
+         |---|---|---|---|---|---|"
+    );
+    let ms = |bound: Option<f64>| bound.map_or("–".into(), |b| format!("{}", b * 1000.0));
+    for set in &results.latency {
+        let c = &set.captures;
+        let _ = writeln!(
+            out,
+            "| `--hang-after {}s --scan-interval {}s` | {} | {} | {} | {} | {} |",
+            set.hang_after,
+            set.scan_interval,
+            c.count,
+            if c.count > 0.0 {
+                format!("{:.2}", c.seconds / c.count * 1000.0)
+            } else {
+                "–".into()
+            },
+            ms(c.bound_of(0.5)),
+            ms(c.bound_of(0.9)),
+            ms(c.bound_of(1.0)),
+        );
+    }
     out.push('\n');
 }
 

@@ -7,8 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use exitwatch_testkit::{Population, PopulationSize};
-use serde_json::Value;
+use exitwatch_testkit::{incidents::IncidentList, Population, PopulationSize};
 
 use super::{
     agent::{Agent, Sample},
@@ -128,18 +127,12 @@ fn one_size(
 /// Incidents, active or resolved, naming any of `pids`.
 fn involving(agent: &Agent, pids: &[i32]) -> Result<usize> {
     let body = agent.get("/api/v1/incidents")?;
-    let parsed: Value = serde_json::from_str(&body).context("incidents JSON")?;
-    let named = |incident: &Value| {
-        incident["pids"].as_array().is_some_and(|named| {
-            named
-                .iter()
-                .filter_map(Value::as_i64)
-                .any(|pid| pids.iter().any(|p| i64::from(*p) == pid))
-        })
-    };
-    Ok(parsed["incidents"]
-        .as_array()
-        .map_or(0, |all| all.iter().filter(|i| named(i)).count()))
+    let list: IncidentList = serde_json::from_str(&body).context("incidents JSON")?;
+    Ok(list
+        .incidents
+        .iter()
+        .filter(|incident| pids.iter().any(|&pid| incident.involves(pid)))
+        .count())
 }
 
 /// (upper bound in seconds, scans in the window at or below it), cumulative, ascending;

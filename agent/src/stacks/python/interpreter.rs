@@ -11,6 +11,7 @@ use super::{
 };
 use crate::{
     elf::Elf,
+    pid::Pid,
     procfs::{open_mapping, Mapping},
 };
 
@@ -49,7 +50,7 @@ pub struct Interpreter {
 /// 3.7 or later (3.6 and older have no `_PyRuntime`).
 pub fn find(
     root: &Path,
-    pid: i32,
+    pid: Pid,
     maps: &[Mapping],
     memory: &mut Memory,
 ) -> Result<Option<Interpreter>, FindError> {

@@ -2,6 +2,7 @@
 //! in size, all of them together in bytes and time. The threads read are blocked, but
 //! others run and free what they point at: any read may fail or return garbage, and
 //! callers treat both as the end of what can be read.
+use crate::pid::Pid;
 use std::{fs::File, io, os::unix::fs::FileExt, path::Path, time::Instant};
 
 /// Bytes read for one process at most: 64 frames of a few threads, with their code
@@ -23,7 +24,7 @@ pub struct Memory {
 }
 
 impl Memory {
-    pub fn open(root: &Path, pid: i32, until: Instant) -> io::Result<Self> {
+    pub fn open(root: &Path, pid: Pid, until: Instant) -> io::Result<Self> {
         let file = File::open(root.join(pid.to_string()).join("mem"))?;
         Ok(Self {
             file,

@@ -18,7 +18,7 @@ pub use frames::PythonStack;
 pub use interpreter::FindError;
 use memory::{int_at, Memory, ReadError};
 
-use crate::procfs::Mapping;
+use crate::{pid::Pid, procfs::Mapping};
 
 /// Thread states walked at most: a process has one per thread.
 const MAX_THREAD_STATES: usize = 1024;
@@ -47,11 +47,11 @@ pub enum PythonError {
 /// modules' files and the process's memory are read).
 pub fn stacks(
     root: &Path,
-    pid: i32,
+    pid: Pid,
     maps: &[Mapping],
-    tids: &[i32],
+    tids: &[Pid],
     until: Instant,
-) -> Result<BTreeMap<i32, PythonStack>, PythonError> {
+) -> Result<BTreeMap<Pid, PythonStack>, PythonError> {
     let mut memory = Memory::open(root, pid, until).map_err(PythonError::Open)?;
     let Some(interpreter) = interpreter::find(root, pid, maps, &mut memory)? else {
         return Ok(BTreeMap::new());
@@ -66,7 +66,9 @@ pub fn stacks(
     let mut stacks = BTreeMap::new();
     for state in states {
         let tid = match state.native_id {
-            Some(native) => i32::try_from(native).ok(),
+            Some(native) => u32::try_from(native)
+                .ok()
+                .and_then(|n| Pid::try_from(n).ok()),
             None if state.pthread == main_thread => Some(pid),
             None => {
                 let offset = *tid_offset
@@ -123,11 +125,11 @@ fn thread_states(
 
 /// Where the C library's thread descriptor (what `pthread_t` points at) holds the
 /// thread's kernel id: the one place in the main thread's descriptor that holds `pid`.
-fn pthread_tid_offset(memory: &mut Memory, main_thread: u64, pid: i32) -> Option<u64> {
+fn pthread_tid_offset(memory: &mut Memory, main_thread: u64, pid: Pid) -> Option<u64> {
     let bytes = memory.bytes(main_thread, PTHREAD_BYTES).ok()?;
     let found: Vec<u64> = (0..PTHREAD_BYTES as u64)
         .step_by(4)
-        .filter(|at| int_at::<4>(&bytes, *at) == Some(pid as u32 as u64))
+        .filter(|at| int_at::<4>(&bytes, *at) == Some(u64::from(pid.as_raw() as u32)))
         .collect();
     match found[..] {
         [offset] => Some(offset),
@@ -136,9 +138,9 @@ fn pthread_tid_offset(memory: &mut Memory, main_thread: u64, pid: i32) -> Option
     }
 }
 
-fn pthread_tid(memory: &mut Memory, pthread: u64, offset: u64) -> Option<i32> {
+fn pthread_tid(memory: &mut Memory, pthread: u64, offset: u64) -> Option<Pid> {
     let bytes = memory.bytes(pthread.wrapping_add(offset), 4).ok()?;
-    Some(int_at::<4>(&bytes, 0)? as u32 as i32)
+    Pid::try_from(int_at::<4>(&bytes, 0)? as u32).ok()
 }
 
 /// Whether `mapping` may be a CPython interpreter's module (by its name, which only
