@@ -173,8 +173,8 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         format!("thread {} of {}", link.tid, who(snapshot, link.pid))
     };
     let code = stack_of(snapshot, link.pid, link.tid)
-        .and_then(Stack::user_frame)
-        .map(|frame| format!(" in `{}`{}", frame.name(), frame.source()))
+        .and_then(Stack::user_call)
+        .map(|(call, source)| format!(" in `{call}`{source}"))
         .unwrap_or_default();
     // Only a stuck thread's sleep is timed: others re-block as they go.
     let blocked = snapshot

@@ -1,15 +1,22 @@
 //! One thread's stack: its maps and stack memory through the bounded `/proc` readers,
 //! then unwinding and symbolizing on the bounded worker (module files may sit on a file
-//! system their owner can stall), all within a time budget.
-use std::time::{Duration, Instant};
+//! system their owner can stall), all within a time budget; then, in a process that runs
+//! CPython, its Python frames in place of the interpreter's own (see [`merge`]).
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use super::{
-    model::Stack,
+    model::{Frame, Stack},
+    python::{self, PythonStack},
     symbolize,
     unwind::{walk, Registers, StackCopy},
 };
-use crate::pid::Pid;
-use crate::procfs::{Error, ProcFs};
+use crate::{
+    pid::Pid,
+    procfs::{Error, Mapping, ProcFs},
+};
 
 /// Stack copied above the stack pointer at most: hangs sit in short call chains.
 pub const STACK_BYTES: u64 = 64 * 1024;
@@ -18,6 +25,8 @@ pub const BUDGET: Duration = Duration::from_millis(50);
 /// Time after that for looking up names: with the walk, well inside the bounded
 /// worker's deadline, past which the process would count as stalling its readers.
 const NAMING: Duration = Duration::from_millis(80);
+/// Time for reading Python frames, on a bounded worker call of their own.
+const PYTHON: Duration = Duration::from_millis(30);
 
 #[derive(thiserror::Error, Debug)]
 pub enum CaptureError {
@@ -38,7 +47,15 @@ impl CaptureError {
     }
 }
 
-pub fn capture(procfs: &ProcFs, pid: Pid, regs: Registers) -> Result<Stack, CaptureError> {
+/// The stack of thread `tid` of `pid`, which entered its wait with `regs`. A process
+/// that runs CPython gets the thread's Python frames too; when they cannot be read, the
+/// native stack is kept as it is (and the reason logged).
+pub fn capture(
+    procfs: &ProcFs,
+    pid: Pid,
+    tid: Pid,
+    regs: Registers,
+) -> Result<Stack, CaptureError> {
     let until = Instant::now() + BUDGET;
     let maps = procfs.mappings(pid)?;
     if maps.is_empty() {
@@ -51,12 +68,75 @@ pub fn capture(procfs: &ProcFs, pid: Pid, regs: Registers) -> Result<Stack, Capt
             .stack_above(pid, &maps, regs.sp, STACK_BYTES)?
             .ok_or(CaptureError::NoStack(regs.sp))?,
     };
-    let stack = procfs.bounded(pid, move |root| {
-        let walk = walk(root, pid, &maps, regs, &stack, until);
+    let runs_python = maps.iter().any(python::may_be_interpreter);
+    let native_maps = maps.clone();
+    let native = procfs.bounded(pid, move |root| {
+        let walk = walk(root, pid, &native_maps, regs, &stack, until);
+        let frames = symbolize::frames(
+            root,
+            &native_maps,
+            &walk.addresses,
+            &walk.modules,
+            until + NAMING,
+        );
         Ok(Stack {
-            frames: symbolize::frames(root, &maps, &walk.addresses, &walk.modules, until + NAMING),
+            frames,
             complete: walk.complete,
         })
     })?;
-    Ok(stack)
+    if !runs_python {
+        return Ok(native);
+    }
+    Ok(match read_python(procfs, pid, maps, &[tid]).remove(&tid) {
+        Some(python) => merge(native, python),
+        None => native,
+    })
+}
+
+/// The Python stacks of `tids`, read on the bounded worker; none (and the reason
+/// logged) when they cannot be read.
+fn read_python(
+    procfs: &ProcFs,
+    pid: Pid,
+    maps: Vec<Mapping>,
+    tids: &[Pid],
+) -> BTreeMap<Pid, PythonStack> {
+    let wanted = tids.to_vec();
+    let read = procfs.bounded(pid, move |root| {
+        let until = Instant::now() + PYTHON;
+        Ok(python::stacks(root, pid, &maps, &wanted, until))
+    });
+    match read
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        Ok(stacks) => stacks,
+        Err(error) => {
+            log::debug!("no Python frames for threads {tids:?} of pid {pid}: {error}");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// The native frames up to the innermost interpreter loop (the C code the Python code
+/// called into, down to the kernel), then the Python frames. Complete when the Python
+/// walk reached the outermost frame, and the native walk either reached the loop or was
+/// complete itself.
+fn merge(native: Stack, python: PythonStack) -> Stack {
+    if python.frames.is_empty() {
+        return native;
+    }
+    let eval = native.frames.iter().position(is_eval_loop);
+    let complete = python.complete && (eval.is_some() || native.complete);
+    let mut frames = native.frames;
+    frames.truncate(eval.unwrap_or(frames.len()));
+    frames.extend(python.frames);
+    Stack { frames, complete }
+}
+
+/// The interpreter's loop over a Python frame's bytecode.
+fn is_eval_loop(frame: &Frame) -> bool {
+    frame.function.as_deref().is_some_and(|name| {
+        name.starts_with("_PyEval_EvalFrame") || name.starts_with("PyEval_EvalFrame")
+    })
 }
