@@ -106,8 +106,9 @@ pub fn print(pid: Pid, hang_after: Duration, json: bool) -> Result<()> {
     if findings.is_empty() {
         println!(
             "\nNo deadlock or exit hang found. `explain` reads /proc only: it sees C programs \
-             stuck inside exit() but not interpreters in Py_FinalizeEx or delivered signals, \
-             which need the running agent (`exitwatch run`)."
+             stuck inside exit() and asyncio.run() stuck shutting down its executor, but not \
+             interpreters in Py_FinalizeEx or delivered signals, which need the running agent \
+             (`exitwatch run`)."
         );
     }
     for finding in findings {

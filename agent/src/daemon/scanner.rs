@@ -1,6 +1,8 @@
 //! The scan loop: kernel maps → verified snapshot → findings → incidents and metrics.
 use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
+use exitwatch_common::exit_reason;
+
 use super::{zombies, Shared};
 use crate::{
     clock::Clock,
@@ -62,6 +64,8 @@ fn scan_once(shared: &Shared) {
         .copied()
         .collect();
     let mut passes = 0;
+    // A later pass remembers what an earlier one found on the stacks.
+    let mut exits_found = Vec::new();
     let (mut scan, mut analysis) = loop {
         passes += 1;
         let scan = collect(
@@ -78,6 +82,7 @@ fn scan_once(shared: &Shared) {
             &mut state,
         );
         shared.metrics.scan_errors(&scan.errors);
+        exits_found.extend_from_slice(&scan.exits_found);
         let analysis = analysis(&scan.snapshot);
         let unconfirmed: BTreeSet<Pid> = involved(&analysis.findings)
             .filter(|pid| !fresh.contains(pid))
@@ -102,9 +107,11 @@ fn scan_once(shared: &Shared) {
     if timed_out > 0 {
         shared.metrics.scan_errors(&[("timeout", timed_out)].into());
     }
-    for pid in &scan.exits_found {
-        shared.metrics.exit_phase_entered("libc_exit");
-        log::debug!("pid {pid} is blocked inside exit() (found on its stack)");
+    for (pid, reason) in exits_found {
+        for name in exit_reason::names(reason) {
+            shared.metrics.exit_phase_entered(name);
+            log::debug!("pid {pid} is in its exit phase ({name}, found on its stack)");
+        }
     }
     let mut findings = analysis.findings;
     shared.stacks().attach(
@@ -157,7 +164,7 @@ fn scan_once(shared: &Shared) {
     shared.health.scan_completed();
     shared.metrics.observe_scan(
         &scan.snapshot,
-        view.exiting.len() + scan.exits_found.len(),
+        view.exiting.len() + scan.stack_exits,
         shared.store().active(),
         started.elapsed().as_secs_f64(),
         uprobe_targets,

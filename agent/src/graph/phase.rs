@@ -1,6 +1,7 @@
 //! Which part of a program's exit a hang is in, read from its threads' stacks: the
 //! interpreter joining non-daemon threads, an `atexit` handler, concurrent.futures',
 //! multiprocessing's or asyncio's shutdown, a C++ static destructor. Each has its own fix.
+use exitwatch_common::exit_reason;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -118,18 +119,26 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
         return Some(found);
     }
     // Before the interpreter finalizes (3.12+ gives up after 300 s and finalizes, and
-    // its exit then joins the same worker: the phase above).
-    if let Some((shutdown, _)) = python
+    // its exit then joins the same worker: the phase above). The scan that marked the
+    // process found it on the stack of the thread it names, which may not have a stack
+    // in the incident yet.
+    let marked = process
+        .exit
+        .filter(|exit| exit.reasons & exit_reason::ASYNCIO_SHUTDOWN != 0)
+        .map(|exit| exit.exit_tid);
+    let shutdown = python
         .iter()
         .find(|(_, frames)| frames.iter().any(|f| is_asyncio_executor_shutdown(f)))
-    {
+        .map(|(tid, _)| *tid)
+        .or(marked);
+    if let Some(shutdown) = shutdown {
         return Some(Found::AsyncioShutdown {
-            shutdown: *shutdown,
-            task: executor_task(&python, *shutdown),
+            shutdown,
+            task: executor_task(&python, shutdown),
         });
     }
     let exit = process.exit?;
-    let finalizing = exit.reasons & exitwatch_common::exit_reason::PY_FINALIZE != 0;
+    let finalizing = exit.reasons & exit_reason::PY_FINALIZE != 0;
     // Inside `Py_FinalizeEx`, after `threading._shutdown`, Python code on the exiting
     // thread runs from an atexit callback: its outermost frame is the handler (nothing
     // of `__main__` is left below it).
@@ -210,7 +219,7 @@ fn executor_task<'a>(python: &PythonStacks<'a>, besides: Pid) -> Option<Doing<'a
 fn doing<'a>(frames: &[&'a Frame]) -> Option<&'a Frame> {
     frames
         .iter()
-        .find(|f| !in_standard_library(f))
+        .find(|f| !f.is_runtime())
         .or_else(|| {
             let bootstrap = frames
                 .iter()
@@ -240,21 +249,6 @@ fn is(frame: &Frame, module: &str, function: &str) -> bool {
         .strip_suffix(module)
         .is_some_and(|dir| dir.is_empty() || dir.ends_with('/'));
     named && from_module
-}
-
-/// A frame of Python's own library (`/usr/lib/python3.11/threading.py`, frozen
-/// modules), not of installed packages or the program.
-fn in_standard_library(frame: &Frame) -> bool {
-    let Some(file) = frame.file.as_deref() else {
-        return true;
-    };
-    if file.starts_with("<frozen ") {
-        return true;
-    }
-    let Some((_, rest)) = file.split_once("/lib/python") else {
-        return false;
-    };
-    rest.starts_with(|c: char| c.is_ascii_digit()) && !rest.contains("-packages/")
 }
 
 impl Found<'_> {

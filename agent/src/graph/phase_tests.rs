@@ -28,7 +28,7 @@ fn py(function: &str, file: &str, line: u32) -> Frame {
         function: Some(function.to_string()),
         file: Some(file.to_string()),
         line: Some(line),
-        module: None,
+        module: file.rsplit('/').next().map(str::to_string),
         offset: 0,
     }
 }
@@ -164,7 +164,7 @@ fn a_joined_thread_is_named_by_its_own_code_before_its_entry_point() {
         0,
         Some(Phase::ThreadingShutdown),
         &[
-            "thread 21 is still in `consume` at /srv/app/consumer.py:12",
+            "thread 21 is still in `consume` at consumer.py:12",
             "daemon=True",
         ],
     );
@@ -190,7 +190,7 @@ fn an_executor_worker_joined_at_exit_is_named_by_its_task() {
         Some(Phase::ExecutorShutdown),
         &[
             "_python_exit",
-            "worker thread 21 still runs its task `fetch` at /srv/app/jobs.py:40",
+            "worker thread 21 still runs its task `fetch` at jobs.py:40",
             "executor.shutdown(cancel_futures=True)",
         ],
     );
@@ -214,7 +214,7 @@ fn a_python_atexit_handler_is_named_with_its_place() {
         0,
         Some(Phase::AtexitHandler),
         &[
-            "It is in the atexit handler `stop_worker` at /srv/app/atexit_join.py:17",
+            "It is in the atexit handler `stop_worker` at atexit_join.py:17",
             "Fix: the atexit handler `stop_worker`",
         ],
     );
@@ -256,7 +256,7 @@ fn asyncio_run_waiting_for_its_default_executor_names_the_job() {
             "(asyncio_shutdown)",
             "asyncio.run() is waiting in loop.shutdown_default_executor()",
             "thread 21 (BaseEventLoop._do_shutdown)",
-            "worker thread 22 still runs the job `blocking_forever` at /srv/app/main.py:21",
+            "worker thread 22 still runs the job `blocking_forever` at main.py:21",
             "make the run_in_executor() job return",
         ],
     );
@@ -393,5 +393,32 @@ fn asyncio_past_its_shutdown_timeout_is_the_interpreters_exit() {
         0,
         Some(Phase::ExecutorShutdown),
         &["worker thread 22 still runs its task `blocking_forever`"],
+    );
+}
+
+#[test]
+fn asyncio_marked_by_the_scan_is_its_phase_before_any_stack() {
+    let mut asyncio = exiting(
+        process(20, 1, vec![running(20), stuck(21, FUTEX), stuck(22, FUTEX)]),
+        exit_reason::ASYNCIO_SHUTDOWN,
+        15 * SECOND,
+        0,
+    );
+    if let Some(exit) = asyncio.exit.as_mut() {
+        exit.exit_tid = Pid::from_raw(21);
+    }
+    let (finding, phase) = only_finding(vec![asyncio], vec![]);
+    assert_eq!(phase, Some(Phase::AsyncioShutdown));
+    assert_mentions(
+        &finding.summary,
+        &[
+            "thread 21 (BaseEventLoop._do_shutdown)",
+            "make the run_in_executor() job return",
+        ],
+    );
+    assert!(
+        !finding.summary.contains("daemon=True"),
+        "{}",
+        finding.summary
     );
 }

@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use exitwatch_common::{BlockedWait, ExitState};
 
 use super::{
+    asyncio_stack::AsyncioShutdown,
     cmdline::shown,
-    exit_search::Search,
+    exit_search::{Search, Sign},
     exit_stack::LibcExit,
     holders::HolderIndex,
     lifecycle::Changed,
@@ -40,6 +41,7 @@ pub struct ScanState {
     holders: HolderIndex,
     quiet: QuietSeeds,
     libc_exits: Search<LibcExit>,
+    asyncio_exits: Search<AsyncioShutdown>,
 }
 
 impl ScanState {
@@ -50,6 +52,7 @@ impl ScanState {
                 self.verdicts.forget_processes(&pids);
                 self.holders.forget(&pids);
                 self.quiet.forget_processes(&pids);
+                self.asyncio_exits.sign.forget(&pids);
             }
             Changed::All => {
                 // What was read of libc files stays true.
@@ -120,8 +123,11 @@ pub struct Scan {
     /// Map entries of threads and processes that no longer exist.
     pub gone_tids: Vec<u32>,
     pub gone_pids: Vec<u32>,
-    /// Processes newly found inside libc's `exit` by their stacks.
-    pub exits_found: Vec<Pid>,
+    /// Processes newly found in an exit phase by their stacks, with the
+    /// `exitwatch_common::exit_reason` bit that says which.
+    pub exits_found: Vec<(Pid, u32)>,
+    /// Processes in an exit phase found on their stacks, in this scan or earlier ones.
+    pub stack_exits: usize,
     /// Failed `/proc` reads, by [`crate::procfs::Error::reason`].
     pub errors: BTreeMap<&'static str, u64>,
     /// Processes that were wanted but could not be read, with why.
@@ -197,7 +203,13 @@ pub fn collect(
         &mut errors,
     );
     let verdicts = &state.verdicts;
-    let exits_found = state.libc_exits.find(procfs, verdicts, &mut exiting);
+    let marked = exiting.len();
+    let libc = state.libc_exits.find(procfs, verdicts, &mut exiting);
+    let asyncio = state.asyncio_exits.find(procfs, verdicts, &mut exiting);
+    let exits_found = found(LibcExit::REASON, libc)
+        .chain(found(AsyncioShutdown::REASON, asyncio))
+        .collect();
+    let stack_exits = exiting.len() - marked;
     let seed_waits = seed_waits(
         verdicts,
         &checked.active,
@@ -247,6 +259,7 @@ pub fn collect(
         gone_tids: checked.gone_tids,
         gone_pids: builder.gone_pids,
         exits_found,
+        stack_exits,
         errors: builder.errors,
         unreadable: builder.unreadable,
         seed_waits,
@@ -363,6 +376,10 @@ fn verify_all(
     }
     verdicts.end_scan();
     checked
+}
+
+fn found(reason: u32, pids: Vec<Pid>) -> impl Iterator<Item = (Pid, u32)> {
+    pids.into_iter().map(move |pid| (pid, reason))
 }
 
 fn count(errors: &mut BTreeMap<&'static str, u64>, error: &crate::procfs::Error) {

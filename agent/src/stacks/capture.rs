@@ -95,7 +95,7 @@ pub fn capture(
 
 /// The Python stacks of `tids`, read on the bounded worker; none (and the reason
 /// logged) when they cannot be read.
-fn read_python(
+pub(crate) fn read_python(
     procfs: &ProcFs,
     pid: Pid,
     maps: Vec<Mapping>,

@@ -18,7 +18,9 @@ use std::{
 use exitwatch_common::BlockedWait;
 
 pub use capture::capture;
+pub(crate) use capture::read_python;
 pub use model::Stack;
+pub(crate) use python::may_be_interpreter;
 pub use unwind::Registers;
 
 use crate::{
