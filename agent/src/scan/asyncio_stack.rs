@@ -5,7 +5,10 @@
 //! probes do not record). A job that never ends hangs the program before the interpreter
 //! finalizes, so no exit probe fires; the joining thread sleeps in an untimed futex wait
 //! like any idle pool thread, so such waits of Python processes are read once each.
-use std::collections::{BTreeSet, HashSet};
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Instant,
+};
 
 use exitwatch_common::exit_reason;
 
@@ -51,12 +54,16 @@ impl Sign for AsyncioShutdown {
             }
             return Some(false);
         }
+        let started = Instant::now();
         let stacks = read_python(procfs, pid, maps, &[tid]);
-        Some(
-            stacks
-                .get(&tid)
-                .is_some_and(|stack| stack.frames.iter().any(is_asyncio_executor_shutdown)),
-        )
+        let shutdown = stacks
+            .get(&tid)
+            .is_some_and(|stack| stack.frames.iter().any(is_asyncio_executor_shutdown));
+        log::debug!(
+            "thread {tid} of pid {pid} read for asyncio's executor shutdown ({shutdown}) in {:?}",
+            started.elapsed()
+        );
+        Some(shutdown)
     }
 }
 
