@@ -141,8 +141,11 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
     let finalizing = exit.reasons & exit_reason::PY_FINALIZE != 0;
     // Inside `Py_FinalizeEx`, after `threading._shutdown`, Python code on the exiting
     // thread runs from an atexit callback: its outermost frame is the handler (nothing
-    // of `__main__` is left below it).
-    if let Some(handler) = frames.last().filter(|_| finalizing) {
+    // of `__main__` is left below it), if the walk reached the outermost frame.
+    let whole = driver
+        .and_then(|d| d.stack.as_deref())
+        .is_some_and(|s| s.complete);
+    if let Some(handler) = frames.last().filter(|_| finalizing && whole) {
         return (handler.function.as_deref() != Some("<module>")).then_some(Found::AtexitHandler {
             handler: Some(handler),
             python: true,

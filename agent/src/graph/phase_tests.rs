@@ -341,7 +341,8 @@ fn c_exits_keep_their_advice_and_get_a_phase() {
 
 #[test]
 fn without_a_telling_stack_there_is_no_phase() {
-    // Still running the main module when the stacks were taken, or no stacks at all.
+    // Still running the main module when the stacks were taken, a walk cut before the
+    // outermost frame (which would name the handler), or no stacks at all.
     let main = with_stack(
         stuck(20, FUTEX),
         vec![
@@ -349,8 +350,19 @@ fn without_a_telling_stack_there_is_no_phase() {
             py("<module>", "/srv/app/main.py", 3),
         ],
     );
+    let mut cut = with_stack(
+        stuck(20, FUTEX),
+        vec![
+            lib("Event.wait", "threading.py"),
+            py("step", "/srv/app/main.py", 9),
+        ],
+    );
+    if let Some(stack) = cut.stack.as_mut() {
+        Arc::make_mut(stack).complete = false;
+    }
     for threads in [
         vec![main, stuck(21, FUTEX)],
+        vec![cut, stuck(21, FUTEX)],
         vec![stuck(20, FUTEX), stuck(21, FUTEX)],
     ] {
         finalizing(
