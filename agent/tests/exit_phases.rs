@@ -18,32 +18,35 @@ use exitwatch::{
 /// measurement).
 const WITHIN: Duration = Duration::from_secs(60);
 
-/// The active incident of `kind` naming `pid` once it names `phase`.
-fn incident_in(agent: &Agent, pid: i32, kind: Kind, phase: Phase) -> Incident {
-    agent.wait_for(WITHIN, &format!("{} in {phase:?}", kind.as_str()), |i| {
+/// The active incident of `kind` naming `pid` once it names `phase`, its summary says
+/// every one of `says`, and it passes `also` (stacks arrive over scans: the phase may
+/// be known first).
+fn incident_in(
+    agent: &Agent,
+    pid: i32,
+    (kind, phase): (Kind, Phase),
+    says: &[&str],
+    also: impl Fn(&Incident) -> bool,
+) -> Incident {
+    let what = format!("{} in {phase:?} saying {says:?}", kind.as_str());
+    agent.wait_for(WITHIN, &what, |i| {
         i.kind == kind
             && i.state == State::Active
             && i.pids.contains(&Pid::from_raw(pid))
             && i.exit_phase == Some(phase)
+            && says.iter().all(|part| i.summary.contains(part))
+            && also(i)
     })
-}
-
-fn assert_mentions(incident: &Incident, parts: &[&str]) {
-    for part in parts {
-        assert!(
-            incident.summary.contains(part),
-            "{part:?} in {}",
-            incident.summary
-        );
-    }
 }
 
 /// Whether a thread of `pid` has the Python frame `function` (or `Class.function`) of
 /// the file `file` ends with.
 fn has_python_frame(incident: &Incident, pid: i32, file: &str, function: &str) -> bool {
-    process_of(incident, pid)
-        .threads
+    incident
+        .processes
         .iter()
+        .filter(|p| p.pid == pid)
+        .flat_map(|p| &p.threads)
         .filter_map(|t| t.stack.as_ref())
         .flat_map(|stack| &stack.frames)
         .filter(|frame| frame.file.as_deref().is_some_and(|f| f.ends_with(file)))
@@ -52,7 +55,8 @@ fn has_python_frame(incident: &Incident, pid: i32, file: &str, function: &str) -
 }
 
 /// `asyncio.run()` whose default executor runs a job that never ends: no exit marker
-/// fires (the interpreter has not begun to finalize), and still an exit hang.
+/// fires (the interpreter has not begun to finalize), and still an exit hang, with the
+/// thread that joins the executor (`_do_shutdown`) in its stacks.
 fn asyncio_default_executor_never_finishes(python: &Path) {
     let agent = Agent::start();
     let subject = Subject::python_with(python, "asyncio_executor_stuck.py", &[]);
@@ -60,23 +64,16 @@ fn asyncio_default_executor_never_finishes(python: &Path) {
     let incident = incident_in(
         &agent,
         pid,
-        Kind::ExitBlockedOnThreads,
-        Phase::AsyncioShutdown,
+        (Kind::ExitBlockedOnThreads, Phase::AsyncioShutdown),
+        &[
+            "loop.shutdown_default_executor()",
+            "`blocking_forever` at asyncio_executor_stuck.py:",
+            "make the run_in_executor() job return",
+        ],
+        |i| has_python_frame(i, pid, "asyncio/base_events.py", "_do_shutdown"),
     );
     let process = process_of(&incident, pid);
     assert_eq!(process.exiting, ["asyncio_shutdown"], "{incident:#?}");
-    assert!(
-        has_python_frame(&incident, pid, "asyncio/base_events.py", "_do_shutdown"),
-        "{incident:#?}"
-    );
-    assert_mentions(
-        &incident,
-        &[
-            "loop.shutdown_default_executor()",
-            "`blocking_forever` at ",
-            "make the run_in_executor() job return",
-        ],
-    );
     assert!(
         !incident.summary.contains("daemon=True"),
         "{}",
@@ -100,41 +97,35 @@ fn asyncio_run_with_a_default_executor_job_that_never_ends_on_3_13() {
 }
 
 /// The incident of `kind` in `phase` about the process `key` of `script` (run by
-/// Debian's interpreter).
-fn phase_of(script: &str, key: &str, kind: Kind, phase: Phase) -> (Incident, Subject) {
+/// Debian's interpreter), once its summary says `says`.
+fn phase_of(
+    script: &str,
+    key: &str,
+    kind_phase: (Kind, Phase),
+    says: &[&str],
+) -> (Incident, Subject) {
     let agent = Agent::start();
     let subject = Subject::python(script, &[]);
-    let incident = incident_in(&agent, subject.pid(key), kind, phase);
+    let incident = incident_in(&agent, subject.pid(key), kind_phase, says, |_| true);
     (incident, subject)
 }
 
 #[test]
 fn python_atexit_handler_joining_a_thread_is_named() {
-    let (incident, _subject) = phase_of(
+    phase_of(
         "atexit_join.py",
         "pid",
-        Kind::ExitBlockedOnThreads,
-        Phase::AtexitHandler,
-    );
-    assert_mentions(
-        &incident,
-        &[
-            "It is in the atexit handler `stop_worker` at ",
-            "atexit_join.py:",
-        ],
+        (Kind::ExitBlockedOnThreads, Phase::AtexitHandler),
+        &["It is in the atexit handler `stop_worker` at atexit_join.py:"],
     );
 }
 
 #[test]
 fn executor_worker_joined_at_exit_is_concurrent_futures_shutdown() {
-    let (incident, _subject) = phase_of(
+    phase_of(
         "executor_stuck.py",
         "pid",
-        Kind::ExitBlockedOnThreads,
-        Phase::ExecutorShutdown,
-    );
-    assert_mentions(
-        &incident,
+        (Kind::ExitBlockedOnThreads, Phase::ExecutorShutdown),
         &["_python_exit", "executor.shutdown(cancel_futures=True)"],
     );
 }
@@ -144,25 +135,19 @@ fn multiprocessing_child_joining_its_feeder_is_multiprocessing_exit() {
     let (incident, subject) = phase_of(
         "mp_queue_join.py",
         "child",
-        Kind::PipeDeadlock,
-        Phase::MultiprocessingExit,
+        (Kind::PipeDeadlock, Phase::MultiprocessingExit),
+        &["feeder thread", "q.cancel_join_thread()"],
     );
-    assert!(
-        incident
-            .pids
-            .contains(&Pid::from_raw(subject.pid("parent"))),
-        "{incident:#?}"
-    );
-    assert_mentions(&incident, &["feeder thread", "q.cancel_join_thread()"]);
+    let parent = Pid::from_raw(subject.pid("parent"));
+    assert!(incident.pids.contains(&parent), "{incident:#?}");
 }
 
 #[test]
 fn seed_timer_is_threading_shutdown() {
-    let (incident, _subject) = phase_of(
+    phase_of(
         "seed_timer_exit.py",
         "pid",
-        Kind::ExitBlockedOnThreads,
-        Phase::ThreadingShutdown,
+        (Kind::ExitBlockedOnThreads, Phase::ThreadingShutdown),
+        &["threading._shutdown()", "`Timer.run`"],
     );
-    assert_mentions(&incident, &["threading._shutdown()", "`Timer.run`"]);
 }
