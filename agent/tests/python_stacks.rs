@@ -119,8 +119,9 @@ fn pipe_deadlock_on_3_13() {
     pipe_deadlock_names_the_wait("3.13", true);
 }
 
-/// Whether a thread of `pid` other than its main thread runs `Timer.run`.
-fn has_timer_thread(incident: &Incident, pid: i32) -> bool {
+/// Whether a thread of `pid` other than its main thread runs `run` (`Timer.run`, as 3.11
+/// and later name it) of threading.py.
+fn has_timer_thread(incident: &Incident, pid: i32, run: &str) -> bool {
     let Some(process) = incident.processes.iter().find(|p| p.pid == pid) else {
         return false;
     };
@@ -128,16 +129,16 @@ fn has_timer_thread(incident: &Incident, pid: i32) -> bool {
         python_frames(incident, pid, t.tid.as_raw())
             .iter()
             .any(|f| {
-                f.function.as_deref() == Some("Timer.run")
-                    && f.module.as_deref() == Some("threading.py")
+                f.function.as_deref() == Some(run) && f.module.as_deref() == Some("threading.py")
             })
     })
 }
 
 /// The re-arming Timer keeps the interpreter's exit (`threading._shutdown`) waiting: the
 /// main thread's frames say so, and so do those of the timer thread it waits for (not
-/// stuck itself: each timer lives half a second).
-fn timer_hang_shows_shutdown_and_the_timer(minor: &str) {
+/// stuck itself: each timer lives half a second). Before 3.11 the timer thread is told
+/// apart through its C library thread descriptor (see `stacks::python`).
+fn timer_hang_shows_shutdown_and_the_timer(minor: &str, run: &str) {
     let agent = Agent::start();
     let subject = Subject::python_with(&pyenv_python(minor), "seed_timer_exit.py", &[]);
     let pid = subject.pid("pid");
@@ -145,7 +146,7 @@ fn timer_hang_shows_shutdown_and_the_timer(minor: &str) {
         i.kind == Kind::ExitBlockedOnThreads
             && i.state == State::Active
             && !python_frames(i, pid, pid).is_empty()
-            && has_timer_thread(i, pid)
+            && has_timer_thread(i, pid, run)
     });
     let main = python_frames(&incident, pid, pid);
     position(&main, "_shutdown", "threading.py");
@@ -159,11 +160,16 @@ fn timer_hang_shows_shutdown_and_the_timer(minor: &str) {
 }
 
 #[test]
+fn timer_hang_on_3_8() {
+    timer_hang_shows_shutdown_and_the_timer("3.8", "run");
+}
+
+#[test]
 fn timer_hang_on_3_11() {
-    timer_hang_shows_shutdown_and_the_timer("3.11");
+    timer_hang_shows_shutdown_and_the_timer("3.11", "Timer.run");
 }
 
 #[test]
 fn timer_hang_on_3_13() {
-    timer_hang_shows_shutdown_and_the_timer("3.13");
+    timer_hang_shows_shutdown_and_the_timer("3.13", "Timer.run");
 }
