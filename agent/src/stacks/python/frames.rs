@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE, STRING_LENGTH, STRING_STATE},
+    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE, STRING_LENGTH, STRING_STATE, TP_NAME},
     lines,
     memory::{int_at, Memory, ReadError},
 };
@@ -20,8 +20,7 @@ const MAX_STRING_BYTES: u64 = 1024;
 const MAX_LINE_TABLE_BYTES: u64 = 64 << 10;
 /// Bytes of a code object read: up to its line table pointer in every version.
 const CODE_HEAD_BYTES: usize = 144;
-/// A type object's `tp_name`, and what it points at for code objects.
-const TP_NAME: u64 = 24;
+/// What a code object's type's `tp_name` points at.
 const CODE_TYPE_NAME: &[u8] = b"code\0";
 /// Frames the C stack owns (3.12 and 3.13): the interpreter's entry shims.
 const OWNED_BY_CSTACK: u8 = 3;
