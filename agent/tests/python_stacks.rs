@@ -3,9 +3,9 @@
 //! `common::pyenv_python`).
 mod common;
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use common::{programs_dir, pyenv_python, Agent, Subject};
+use common::{compile_c, programs_dir, pyenv_python, Agent, Subject};
 use exitwatch::{
     graph::Kind,
     incidents::{Frame, FrameKind, Incident, IncidentThread, State},
@@ -172,4 +172,45 @@ fn timer_hang_on_3_11() {
 #[test]
 fn timer_hang_on_3_13() {
     timer_hang_shows_shutdown_and_the_timer("3.13", "Timer.run");
+}
+
+/// A process that is no interpreter but lays out a CPython 3.11 thread state with 100
+/// frames in a ring and code objects that claim 2^40-character names and 2^40-byte line
+/// tables: the agent reads it within its bounds and still describes the hang.
+#[test]
+fn a_hostile_fake_interpreter_gives_bounded_frames() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("creating a directory for the fake interpreter");
+    let binary = dir.path().join("python3.11");
+    std::fs::copy(compile_c("fake_cpython.c"), &binary).expect("copying the fake interpreter");
+    let subject = Subject::spawn("fake_cpython.c", Command::new(&binary));
+    let pid = subject.pid("pid");
+    let incident = agent.wait_for(WITHIN, "exit hang with a stack", |i| {
+        i.kind == Kind::ExitBlockedOnThreads
+            && i.state == State::Active
+            && i.pids == [pid]
+            && thread(i, pid, pid).is_some_and(|t| t.stack.is_some())
+    });
+    let stack = thread(&incident, pid, pid)
+        .and_then(|t| t.stack.as_ref())
+        .expect("the main thread's stack");
+    assert!(stack.frames.len() <= 64, "{} frames", stack.frames.len());
+    assert!(!stack.complete, "a ring of frames was walked to its end");
+    assert!(
+        stack
+            .frames
+            .iter()
+            .any(|f| f.function.as_deref() == Some("join_worker")),
+        "{stack:#?}"
+    );
+    let python = python_frames(&incident, pid, pid);
+    assert!(!python.is_empty(), "{stack:#?}");
+    for frame in python {
+        assert_eq!(frame.function.as_deref(), Some("hostile"), "{frame:?}");
+        let file = frame.file.as_deref().unwrap_or_default();
+        assert!(file.len() <= 1024 && file.starts_with("AAAA"), "{file}");
+        // No line table was read: the code's first line.
+        assert_eq!(frame.line, Some(7), "{frame:?}");
+    }
+    assert!(agent.metric(r#"exitwatch_stack_captures_total{result="partial"}"#) >= 1.0);
 }

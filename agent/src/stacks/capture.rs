@@ -11,7 +11,7 @@ use super::{
     model::{Frame, Stack},
     python::{self, PythonStack},
     symbolize,
-    unwind::{walk, Registers, StackCopy},
+    unwind::{walk, Registers, StackCopy, MAX_FRAMES},
 };
 use crate::{
     pid::Pid,
@@ -119,18 +119,20 @@ fn read_python(
 }
 
 /// The native frames up to the innermost interpreter loop (the C code the Python code
-/// called into, down to the kernel), then the Python frames. Complete when the Python
-/// walk reached the outermost frame, and the native walk either reached the loop or was
-/// complete itself.
+/// called into, down to the kernel), then the Python frames, [`MAX_FRAMES`] at most.
+/// Complete when the Python walk reached the outermost frame, the native walk either
+/// reached the loop or was complete itself, and nothing was cut.
 fn merge(native: Stack, python: PythonStack) -> Stack {
     if python.frames.is_empty() {
         return native;
     }
     let eval = native.frames.iter().position(is_eval_loop);
-    let complete = python.complete && (eval.is_some() || native.complete);
     let mut frames = native.frames;
     frames.truncate(eval.unwrap_or(frames.len()));
     frames.extend(python.frames);
+    let complete =
+        python.complete && (eval.is_some() || native.complete) && frames.len() <= MAX_FRAMES;
+    frames.truncate(MAX_FRAMES);
     Stack { frames, complete }
 }
 
