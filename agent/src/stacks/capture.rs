@@ -102,15 +102,22 @@ fn read_python(
     tids: &[Pid],
 ) -> BTreeMap<Pid, PythonStack> {
     let wanted = tids.to_vec();
+    let started = Instant::now();
     let read = procfs.bounded(pid, move |root| {
-        let until = Instant::now() + PYTHON;
-        Ok(python::stacks(root, pid, &maps, &wanted, until))
+        Ok(python::stacks(root, pid, &maps, &wanted, started + PYTHON))
     });
     match read
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
     {
-        Ok(stacks) => stacks,
+        Ok(stacks) => {
+            log::debug!(
+                "Python frames of threads {tids:?} of pid {pid}: {} in {:?}",
+                stacks.values().map(|s| s.frames.len()).sum::<usize>(),
+                started.elapsed()
+            );
+            stacks
+        }
         Err(error) => {
             log::debug!("no Python frames for threads {tids:?} of pid {pid}: {error}");
             BTreeMap::new()
