@@ -112,14 +112,15 @@ fn read_python(
     {
         Ok(stacks) => {
             log::debug!(
-                "Python frames of threads {tids:?} of pid {pid}: {} in {:?}",
+                "Python frames of {} thread(s) of pid {pid}: {} frames in {:?}",
+                tids.len(),
                 stacks.values().map(|s| s.frames.len()).sum::<usize>(),
                 started.elapsed()
             );
             stacks
         }
         Err(error) => {
-            log::debug!("no Python frames for threads {tids:?} of pid {pid}: {error}");
+            log::debug!("no Python frames for pid {pid}: {error}");
             BTreeMap::new()
         }
     }
