@@ -150,3 +150,75 @@ fn is_eval_loop(frame: &Frame) -> bool {
         name.starts_with("_PyEval_EvalFrame") || name.starts_with("PyEval_EvalFrame")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::model::FrameKind;
+
+    fn frame(kind: FrameKind, function: &str) -> Frame {
+        Frame {
+            kind,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: None,
+            offset: 0,
+        }
+    }
+
+    fn names(stack: &Stack) -> Vec<&str> {
+        stack
+            .frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn python_frames_replace_the_interpreter_from_its_innermost_loop() {
+        let native = |complete| Stack {
+            frames: [
+                "wait4",
+                "os_waitpid",
+                "_PyEval_EvalFrameDefault",
+                "Py_RunMain",
+            ]
+            .map(|name| frame(FrameKind::Native, name))
+            .to_vec(),
+            complete,
+        };
+        let python = |complete| PythonStack {
+            frames: vec![
+                frame(FrameKind::Python, "Popen.wait"),
+                frame(FrameKind::Python, "<module>"),
+            ],
+            complete,
+        };
+        let merged = merge(native(false), python(true));
+        assert_eq!(
+            names(&merged),
+            ["wait4", "os_waitpid", "Popen.wait", "<module>"]
+        );
+        // The native walk's end past the loop does not matter; the Python walk's does.
+        assert!(merged.complete);
+        assert!(!merge(native(true), python(false)).complete);
+        let nothing = PythonStack::default();
+        assert_eq!(merge(native(false), nothing), native(false));
+    }
+
+    #[test]
+    fn a_merged_stack_keeps_at_most_64_frames() {
+        let native = Stack {
+            frames: vec![frame(FrameKind::Native, "exit"); 10],
+            complete: true,
+        };
+        let python = PythonStack {
+            frames: vec![frame(FrameKind::Python, "f"); MAX_FRAMES],
+            complete: true,
+        };
+        let merged = merge(native, python);
+        assert_eq!(merged.frames.len(), MAX_FRAMES);
+        assert!(!merged.complete);
+    }
+}
