@@ -3,9 +3,9 @@
 //! `common::pyenv_python`).
 mod common;
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use common::{programs_dir, pyenv_python, Agent, Subject};
+use common::{compile_c, programs_dir, pyenv_python, Agent, Subject};
 use exitwatch::{
     graph::Kind,
     incidents::{Frame, FrameKind, Incident, IncidentThread, State},
@@ -119,8 +119,9 @@ fn pipe_deadlock_on_3_13() {
     pipe_deadlock_names_the_wait("3.13", true);
 }
 
-/// Whether a thread of `pid` other than its main thread runs `Timer.run`.
-fn has_timer_thread(incident: &Incident, pid: i32) -> bool {
+/// Whether a thread of `pid` other than its main thread runs `run` (`Timer.run`, as 3.11
+/// and later name it) of threading.py.
+fn has_timer_thread(incident: &Incident, pid: i32, run: &str) -> bool {
     let Some(process) = incident.processes.iter().find(|p| p.pid == pid) else {
         return false;
     };
@@ -128,16 +129,16 @@ fn has_timer_thread(incident: &Incident, pid: i32) -> bool {
         python_frames(incident, pid, t.tid.as_raw())
             .iter()
             .any(|f| {
-                f.function.as_deref() == Some("Timer.run")
-                    && f.module.as_deref() == Some("threading.py")
+                f.function.as_deref() == Some(run) && f.module.as_deref() == Some("threading.py")
             })
     })
 }
 
 /// The re-arming Timer keeps the interpreter's exit (`threading._shutdown`) waiting: the
 /// main thread's frames say so, and so do those of the timer thread it waits for (not
-/// stuck itself: each timer lives half a second).
-fn timer_hang_shows_shutdown_and_the_timer(minor: &str) {
+/// stuck itself: each timer lives half a second). Before 3.11 the timer thread is told
+/// apart through its C library thread descriptor (see `stacks::python`).
+fn timer_hang_shows_shutdown_and_the_timer(minor: &str, run: &str) {
     let agent = Agent::start();
     let subject = Subject::python_with(&pyenv_python(minor), "seed_timer_exit.py", &[]);
     let pid = subject.pid("pid");
@@ -145,7 +146,7 @@ fn timer_hang_shows_shutdown_and_the_timer(minor: &str) {
         i.kind == Kind::ExitBlockedOnThreads
             && i.state == State::Active
             && !python_frames(i, pid, pid).is_empty()
-            && has_timer_thread(i, pid)
+            && has_timer_thread(i, pid, run)
     });
     let main = python_frames(&incident, pid, pid);
     position(&main, "_shutdown", "threading.py");
@@ -159,11 +160,57 @@ fn timer_hang_shows_shutdown_and_the_timer(minor: &str) {
 }
 
 #[test]
+fn timer_hang_on_3_8() {
+    timer_hang_shows_shutdown_and_the_timer("3.8", "run");
+}
+
+#[test]
 fn timer_hang_on_3_11() {
-    timer_hang_shows_shutdown_and_the_timer("3.11");
+    timer_hang_shows_shutdown_and_the_timer("3.11", "Timer.run");
 }
 
 #[test]
 fn timer_hang_on_3_13() {
-    timer_hang_shows_shutdown_and_the_timer("3.13");
+    timer_hang_shows_shutdown_and_the_timer("3.13", "Timer.run");
+}
+
+/// A process that is no interpreter but lays out a CPython 3.11 thread state with 100
+/// frames in a ring and code objects that claim 2^40-character names and 2^40-byte line
+/// tables: the agent reads it within its bounds and still describes the hang.
+#[test]
+fn a_hostile_fake_interpreter_gives_bounded_frames() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().expect("creating a directory for the fake interpreter");
+    let binary = dir.path().join("python3.11");
+    std::fs::copy(compile_c("fake_cpython.c"), &binary).expect("copying the fake interpreter");
+    let subject = Subject::spawn("fake_cpython.c", Command::new(&binary));
+    let pid = subject.pid("pid");
+    let incident = agent.wait_for(WITHIN, "exit hang with a stack", |i| {
+        i.kind == Kind::ExitBlockedOnThreads
+            && i.state == State::Active
+            && i.pids == [pid]
+            && thread(i, pid, pid).is_some_and(|t| t.stack.is_some())
+    });
+    let stack = thread(&incident, pid, pid)
+        .and_then(|t| t.stack.as_ref())
+        .expect("the main thread's stack");
+    assert!(stack.frames.len() <= 64, "{} frames", stack.frames.len());
+    assert!(!stack.complete, "a ring of frames was walked to its end");
+    assert!(
+        stack
+            .frames
+            .iter()
+            .any(|f| f.function.as_deref() == Some("join_worker")),
+        "{stack:#?}"
+    );
+    let python = python_frames(&incident, pid, pid);
+    assert!(!python.is_empty(), "{stack:#?}");
+    for frame in python {
+        assert_eq!(frame.function.as_deref(), Some("hostile"), "{frame:?}");
+        let file = frame.file.as_deref().unwrap_or_default();
+        assert!(file.len() <= 1024 && file.starts_with("AAAA"), "{file}");
+        // No line table was read: the code's first line.
+        assert_eq!(frame.line, Some(7), "{frame:?}");
+    }
+    assert!(agent.metric(r#"exitwatch_stack_captures_total{result="partial"}"#) >= 1.0);
 }

@@ -11,7 +11,7 @@ use super::{
     model::{Frame, Stack},
     python::{self, PythonStack},
     symbolize,
-    unwind::{walk, Registers, StackCopy},
+    unwind::{walk, Registers, StackCopy, MAX_FRAMES},
 };
 use crate::{
     pid::Pid,
@@ -102,35 +102,45 @@ pub(crate) fn read_python(
     tids: &[Pid],
 ) -> BTreeMap<Pid, PythonStack> {
     let wanted = tids.to_vec();
+    let started = Instant::now();
     let read = procfs.bounded(pid, move |root| {
-        let until = Instant::now() + PYTHON;
-        Ok(python::stacks(root, pid, &maps, &wanted, until))
+        Ok(python::stacks(root, pid, &maps, &wanted, started + PYTHON))
     });
     match read
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
     {
-        Ok(stacks) => stacks,
+        Ok(stacks) => {
+            log::debug!(
+                "Python frames of {} thread(s) of pid {pid}: {} frames in {:?}",
+                tids.len(),
+                stacks.values().map(|s| s.frames.len()).sum::<usize>(),
+                started.elapsed()
+            );
+            stacks
+        }
         Err(error) => {
-            log::debug!("no Python frames for threads {tids:?} of pid {pid}: {error}");
+            log::debug!("no Python frames for pid {pid}: {error}");
             BTreeMap::new()
         }
     }
 }
 
 /// The native frames up to the innermost interpreter loop (the C code the Python code
-/// called into, down to the kernel), then the Python frames. Complete when the Python
-/// walk reached the outermost frame, and the native walk either reached the loop or was
-/// complete itself.
+/// called into, down to the kernel), then the Python frames, [`MAX_FRAMES`] at most.
+/// Complete when the Python walk reached the outermost frame, the native walk either
+/// reached the loop or was complete itself, and nothing was cut.
 fn merge(native: Stack, python: PythonStack) -> Stack {
     if python.frames.is_empty() {
         return native;
     }
     let eval = native.frames.iter().position(is_eval_loop);
-    let complete = python.complete && (eval.is_some() || native.complete);
     let mut frames = native.frames;
     frames.truncate(eval.unwrap_or(frames.len()));
     frames.extend(python.frames);
+    let complete =
+        python.complete && (eval.is_some() || native.complete) && frames.len() <= MAX_FRAMES;
+    frames.truncate(MAX_FRAMES);
     Stack { frames, complete }
 }
 
@@ -139,4 +149,76 @@ fn is_eval_loop(frame: &Frame) -> bool {
     frame.function.as_deref().is_some_and(|name| {
         name.starts_with("_PyEval_EvalFrame") || name.starts_with("PyEval_EvalFrame")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::model::FrameKind;
+
+    fn frame(kind: FrameKind, function: &str) -> Frame {
+        Frame {
+            kind,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: None,
+            offset: 0,
+        }
+    }
+
+    fn names(stack: &Stack) -> Vec<&str> {
+        stack
+            .frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn python_frames_replace_the_interpreter_from_its_innermost_loop() {
+        let native = |complete| Stack {
+            frames: [
+                "wait4",
+                "os_waitpid",
+                "_PyEval_EvalFrameDefault",
+                "Py_RunMain",
+            ]
+            .map(|name| frame(FrameKind::Native, name))
+            .to_vec(),
+            complete,
+        };
+        let python = |complete| PythonStack {
+            frames: vec![
+                frame(FrameKind::Python, "Popen.wait"),
+                frame(FrameKind::Python, "<module>"),
+            ],
+            complete,
+        };
+        let merged = merge(native(false), python(true));
+        assert_eq!(
+            names(&merged),
+            ["wait4", "os_waitpid", "Popen.wait", "<module>"]
+        );
+        // The native walk's end past the loop does not matter; the Python walk's does.
+        assert!(merged.complete);
+        assert!(!merge(native(true), python(false)).complete);
+        let nothing = PythonStack::default();
+        assert_eq!(merge(native(false), nothing), native(false));
+    }
+
+    #[test]
+    fn a_merged_stack_keeps_at_most_64_frames() {
+        let native = Stack {
+            frames: vec![frame(FrameKind::Native, "exit"); 10],
+            complete: true,
+        };
+        let python = PythonStack {
+            frames: vec![frame(FrameKind::Python, "f"); MAX_FRAMES],
+            complete: true,
+        };
+        let merged = merge(native, python);
+        assert_eq!(merged.frames.len(), MAX_FRAMES);
+        assert!(!merged.complete);
+    }
 }

@@ -58,7 +58,8 @@ pub struct Stacks {
 
 impl Stacks {
     /// Gives the stuck threads of `findings`, and the threads their summaries name, their
-    /// stacks (capturing those not captured for their current wait yet) and rewrites the summaries that can now name code.
+    /// stacks (capturing those not captured for their current wait yet) and rewrites the
+    /// summaries that can now name code.
     /// `blocked` is what the probes recorded (registers included); `counted` is told the
     /// result and duration of every capture made.
     pub fn attach(

@@ -158,3 +158,110 @@ impl Stack {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn python(function: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            kind: FrameKind::Python,
+            function: Some(function.into()),
+            file: Some(file.into()),
+            line: Some(line),
+            module: file.rsplit('/').next().map(String::from),
+            offset: 0,
+        }
+    }
+
+    fn native(function: &str, module: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            offset: 0x1189,
+        }
+    }
+
+    #[test]
+    fn the_standard_library_is_runtime_installed_packages_are_not() {
+        let runtime = [
+            "/usr/lib/python3.11/subprocess.py",
+            "/opt/py/lib64/python3.9/threading.py",
+            "<frozen importlib._bootstrap>",
+        ];
+        for file in runtime {
+            assert!(python("f", file, 1).is_runtime(), "{file}");
+        }
+        let user = [
+            "/home/me/build.py",
+            "/usr/lib/python3/dist-packages/requests/api.py",
+            "/venv/lib/python3.12/site-packages/pkg/mod.py",
+            "<string>",
+            "/srv/library/python/app.py",
+        ];
+        for file in user {
+            assert!(!python("f", file, 1).is_runtime(), "{file}");
+        }
+    }
+
+    #[test]
+    fn python_code_is_named_by_the_call_its_line_makes() {
+        let stack = Stack {
+            frames: vec![
+                native("__GI___wait4", "libc.so.6"),
+                native("os_waitpid", "libpython3.11.so.1.0"),
+                native("pyext_helper", "_helper.cpython-311-x86_64-linux-gnu.so"),
+                python("Popen._wait", "/usr/lib/python3.11/subprocess.py", 2000),
+                python("Popen.wait", "/usr/lib/python3.11/subprocess.py", 1262),
+                python("<module>", "/home/me/build.py", 41),
+            ],
+            complete: true,
+        };
+        assert_eq!(stack.user_frame(), Some(&stack.frames[5]));
+        assert_eq!(
+            stack.user_call(),
+            Some(("Popen.wait()".into(), " at build.py:41".into()))
+        );
+        // Innermost in the user's own code: its own function, as native frames are.
+        let own = Stack {
+            frames: stack.frames[5..].to_vec(),
+            complete: true,
+        };
+        assert_eq!(
+            own.user_call(),
+            Some(("<module>".into(), " at build.py:41".into()))
+        );
+        let exiting = Stack {
+            frames: vec![python(
+                "_shutdown",
+                "/usr/lib/python3.11/threading.py",
+                1590,
+            )],
+            complete: true,
+        };
+        assert_eq!(exiting.user_call(), None);
+        assert_eq!(
+            stack.frames[4].to_string(),
+            "Popen.wait at subprocess.py:1262"
+        );
+    }
+
+    #[test]
+    fn native_code_is_named_by_its_own_function() {
+        let stack = Stack {
+            frames: vec![
+                native("__pthread_clockjoin_ex", "libc.so.6"),
+                native("join_worker", "atexit_join"),
+                native("exit", "libc.so.6"),
+            ],
+            complete: true,
+        };
+        assert_eq!(
+            stack.user_call(),
+            Some(("join_worker".into(), String::new()))
+        );
+    }
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE, STRING_LENGTH, STRING_STATE},
+    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE, STRING_LENGTH, STRING_STATE, TP_NAME},
     lines,
     memory::{int_at, Memory, ReadError},
 };
@@ -20,8 +20,7 @@ const MAX_STRING_BYTES: u64 = 1024;
 const MAX_LINE_TABLE_BYTES: u64 = 64 << 10;
 /// Bytes of a code object read: up to its line table pointer in every version.
 const CODE_HEAD_BYTES: usize = 144;
-/// A type object's `tp_name`, and what it points at for code objects.
-const TP_NAME: u64 = 24;
+/// What a code object's type's `tp_name` points at.
 const CODE_TYPE_NAME: &[u8] = b"code\0";
 /// Frames the C stack owns (3.12 and 3.13): the interpreter's entry shims.
 const OWNED_BY_CSTACK: u8 = 3;
@@ -93,6 +92,20 @@ impl<'m> Reader<'m> {
     /// The frame at `address` (`None` for a shim or what is not code) and the next one
     /// out.
     fn frame(&mut self, address: u64) -> Result<(Option<Frame>, u64), ReadError> {
+        // Up to the last field read: `f_lasti`, or the owner.
+        let size = match self.layout.frames {
+            Frames::Objects { lasti, .. } => lasti + 4,
+            Frames::Interpreter { owner, .. } => owner + 1,
+        };
+        let bytes = self.memory.bytes(address, size as usize)?;
+        let int = |at, size: usize| {
+            let value = match size {
+                1 => int_at::<1>(&bytes, at),
+                4 => int_at::<4>(&bytes, at),
+                _ => int_at::<8>(&bytes, at),
+            };
+            value.ok_or(ReadError::Fault(address))
+        };
         let (code, previous, offset) = match self.layout.frames {
             Frames::Objects {
                 back,
@@ -100,16 +113,14 @@ impl<'m> Reader<'m> {
                 lasti,
                 lasti_in_units,
             } => {
-                let bytes = self.memory.bytes(address, (lasti + 4) as usize)?;
-                let field = |at| int_at::<8>(&bytes, at).ok_or(ReadError::Fault(address));
-                let lasti = int_at::<4>(&bytes, lasti).ok_or(ReadError::Fault(address))? as i32;
-                let lasti = u64::try_from(lasti).ok();
+                // -1 before the first instruction.
+                let lasti = u64::try_from(int(lasti, 4)? as i32).ok();
                 let offset = if lasti_in_units {
                     lasti.map(|units| units * 2)
                 } else {
                     lasti
                 };
-                (field(code)?, field(back)?, offset)
+                (int(code, 8)?, int(back, 8)?, offset)
             }
             Frames::Interpreter {
                 code,
@@ -118,13 +129,11 @@ impl<'m> Reader<'m> {
                 owner,
                 code_start,
             } => {
-                let bytes = self.memory.bytes(address, (owner + 1) as usize)?;
-                let field = |at| int_at::<8>(&bytes, at).ok_or(ReadError::Fault(address));
-                let (code, previous) = (field(code)?, field(previous)?);
-                if int_at::<1>(&bytes, owner) == Some(u64::from(OWNED_BY_CSTACK)) {
+                let (code, previous) = (int(code, 8)?, int(previous, 8)?);
+                if int(owner, 1)? == u64::from(OWNED_BY_CSTACK) {
                     return Ok((None, previous));
                 }
-                let offset = field(instruction)?.checked_sub(code.wrapping_add(code_start));
+                let offset = int(instruction, 8)?.checked_sub(code.wrapping_add(code_start));
                 (code, previous, offset)
             }
         };

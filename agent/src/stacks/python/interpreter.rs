@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{
     layout::{self, Layout, Version},
-    memory::Memory,
+    memory::{int_at, Memory},
     ReadError,
 };
 use crate::{
@@ -34,7 +34,10 @@ pub enum FindError {
     Unsupported(Version),
     #[error("the interpreter's version could not be read: {0}")]
     Version(#[from] ReadError),
-    #[error("_PyRuntime does not start with the debug offsets of CPython {0}")]
+    #[error(
+        "_PyRuntime does not start with the debug offsets of CPython {0} as exitwatch \
+         knows them (a free-threaded or debug build?)"
+    )]
     NoDebugOffsets(Version),
 }
 
@@ -73,7 +76,7 @@ pub fn find(
         let runtime = bias.wrapping_add(runtime.address);
         let version = version(&elf, bias, memory)?;
         let layout = layout::layout(version).ok_or(FindError::Unsupported(version))?;
-        if version.minor >= 13 {
+        if version.minor == 13 {
             debug_offsets(memory, runtime, version)?;
         }
         return Ok(Some(Interpreter {
@@ -115,12 +118,24 @@ fn version(elf: &Elf, bias: u64, memory: &mut Memory) -> Result<Version, FindErr
     Ok(Version { major: 3, minor })
 }
 
-/// 3.13 and later publish their layout at the start of `_PyRuntime`, after a cookie and
-/// the version: both must be there, or this is not the interpreter the table describes.
+/// 3.13 publishes its layout at the start of `_PyRuntime`, after a cookie and the
+/// version: all must be there and agree with the table, or this is not the interpreter
+/// the table describes.
 fn debug_offsets(memory: &mut Memory, runtime: u64, version: Version) -> Result<(), FindError> {
-    let head = memory.bytes(runtime, 16)?;
-    let stated = super::memory::int_at::<8>(&head, 8).map(Version::from_hex);
-    if head.starts_with(DEBUG_COOKIE) && stated == Some(version) {
+    let published = layout::debug_offsets_3_13();
+    let words = published
+        .iter()
+        .map(|(index, _)| index + 1)
+        .max()
+        .unwrap_or(2);
+    let head = memory.bytes(runtime, words * 8)?;
+    let word = |index: usize| int_at::<8>(&head, index as u64 * 8);
+    let agrees = head.starts_with(DEBUG_COOKIE)
+        && word(1).map(Version::from_hex) == Some(version)
+        && published
+            .iter()
+            .all(|(index, value)| word(*index) == Some(*value));
+    if agrees {
         Ok(())
     } else {
         Err(FindError::NoDebugOffsets(version))

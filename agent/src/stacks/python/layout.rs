@@ -99,6 +99,8 @@ pub const OB_SIZE: u64 = 16;
 pub const BYTES_DATA: u64 = 32;
 pub const STRING_LENGTH: u64 = 16;
 pub const STRING_STATE: u64 = 32;
+/// A type object's `tp_name`.
+pub const TP_NAME: u64 = 24;
 
 /// Frame objects up to 3.9: `f_lasti` counts bytes.
 const OBJECTS_TO_3_9: Frames = Frames::Objects {
@@ -223,3 +225,44 @@ static V3_13: Layout = Layout {
     },
     ..V3_12
 };
+
+/// The words of 3.13's `_Py_DebugOffsets` (the start of `_PyRuntime`: a cookie, the
+/// version, whether the build is free-threaded, then offsets) that must hold what
+/// [`V3_13`] says, by their index: a build laid out otherwise (free-threaded, or with
+/// `Py_DEBUG`) is not read.
+pub fn debug_offsets_3_13() -> Vec<(usize, u64)> {
+    let layout = &V3_13;
+    let Frames::Interpreter {
+        code,
+        previous,
+        instruction,
+        owner,
+        code_start,
+    } = layout.frames
+    else {
+        return Vec::new();
+    };
+    vec![
+        (2, 0),
+        // `interpreters.head`, just before `interpreters.main`.
+        (5, layout.main_interpreter - 8),
+        (9, layout.threads_head),
+        (21, layout.next),
+        (22, layout.interp),
+        (23, layout.current_frame[0]),
+        (24, layout.thread_id),
+        (25, layout.native_thread_id.unwrap_or(0)),
+        (29, previous),
+        (30, code),
+        (31, instruction),
+        (33, owner),
+        (35, layout.filename),
+        (36, layout.name),
+        (37, layout.qualname.unwrap_or(0)),
+        (38, layout.line_table),
+        (39, layout.first_line),
+        (43, code_start),
+        (45, OB_TYPE),
+        (47, TP_NAME),
+    ]
+}

@@ -141,44 +141,28 @@ mod tests {
         }
     }
 
+    /// Where the lines change in both 3.8 and 3.10 (which mean the same by their tables).
+    const CHANGES_3_8_AND_3_10: [(u64, u32); 8] = [
+        (0, 2),
+        (4, 3),
+        (12, 4),
+        (22, 145),
+        (26, 146),
+        (28, 147),
+        (30, 146),
+        (34, 148),
+    ];
+
     #[test]
     fn lnotab_of_3_8() {
-        let changes = [
-            (0, 2),
-            (4, 3),
-            (12, 4),
-            (22, 145),
-            (26, 146),
-            (28, 147),
-            (30, 146),
-            (34, 148),
-        ];
-        check(
-            LineTable::Lnotab,
-            "0001040108010a7f000e0401020102ff0402",
-            38,
-            &changes,
-        );
+        let table = "0001040108010a7f000e0401020102ff0402";
+        check(LineTable::Lnotab, table, 38, &CHANGES_3_8_AND_3_10);
     }
 
     #[test]
     fn linetable_of_3_10() {
-        let changes = [
-            (0, 2),
-            (4, 3),
-            (12, 4),
-            (22, 145),
-            (26, 146),
-            (28, 147),
-            (30, 146),
-            (34, 148),
-        ];
-        check(
-            LineTable::Linetable310,
-            "040108010a01007f040e0201020104ff0402",
-            38,
-            &changes,
-        );
+        let table = "040108010a01007f040e0201020104ff0402";
+        check(LineTable::Linetable310, table, 38, &CHANGES_3_8_AND_3_10);
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub fn stacks(
         return Ok(BTreeMap::new());
     };
     let layout = interpreter.layout;
-    let main_interpreter = memory.word(interpreter.runtime + layout.main_interpreter)?;
-    let main_thread = memory.word(interpreter.runtime + layout.main_thread)?;
+    let main_interpreter =
+        memory.word(interpreter.runtime.wrapping_add(layout.main_interpreter))?;
+    let main_thread = memory.word(interpreter.runtime.wrapping_add(layout.main_thread))?;
     let states = thread_states(&mut memory, layout, main_interpreter)
         .ok_or(PythonError::Layout(interpreter.version))?;
     let mut tid_offset = None;
@@ -96,7 +97,9 @@ fn thread_states(
     layout: &layout::Layout,
     interpreter: u64,
 ) -> Option<Vec<ThreadState>> {
-    let mut address = memory.word(interpreter + layout.threads_head).ok()?;
+    let mut address = memory
+        .word(interpreter.wrapping_add(layout.threads_head))
+        .ok()?;
     let mut states: Vec<ThreadState> = Vec::new();
     while address != 0 && states.len() < MAX_THREAD_STATES {
         if states.iter().any(|s| s.address == address) {
