@@ -100,8 +100,23 @@ fn pipe_deadlock_names_the_wait(minor: &str, qualified: bool) {
 }
 
 #[test]
+fn pipe_deadlock_on_3_7() {
+    pipe_deadlock_names_the_wait("3.7", false);
+}
+
+#[test]
 fn pipe_deadlock_on_3_8() {
     pipe_deadlock_names_the_wait("3.8", false);
+}
+
+#[test]
+fn pipe_deadlock_on_3_9() {
+    pipe_deadlock_names_the_wait("3.9", false);
+}
+
+#[test]
+fn pipe_deadlock_on_3_10() {
+    pipe_deadlock_names_the_wait("3.10", false);
 }
 
 #[test]
@@ -117,6 +132,39 @@ fn pipe_deadlock_on_3_12() {
 #[test]
 fn pipe_deadlock_on_3_13() {
     pipe_deadlock_names_the_wait("3.13", true);
+}
+
+/// CPython 3.6 has no `_PyRuntime`: its threads keep their native stacks, and the summary
+/// names no code.
+#[test]
+fn pipe_deadlock_on_3_6_has_native_frames_only() {
+    let agent = Agent::start();
+    let subject = Subject::python_with(&pyenv_python("3.6"), "seed_pipe_deadlock.py", &[]);
+    let parent = subject.pid("parent");
+    let incident = agent.wait_for(WITHIN, "pipe deadlock with a stack", |i| {
+        i.kind == Kind::PipeDeadlock
+            && i.state == State::Active
+            && thread(i, parent, parent).is_some_and(|t| t.stack.is_some())
+    });
+    let stack = thread(&incident, parent, parent)
+        .and_then(|t| t.stack.as_ref())
+        .expect("the parent's stack");
+    assert!(
+        stack.frames.iter().all(|f| f.kind == FrameKind::Native),
+        "{stack:#?}"
+    );
+    assert!(
+        stack
+            .frames
+            .iter()
+            .any(|f| f.function.as_deref() == Some("_PyEval_EvalFrameDefault")),
+        "{stack:#?}"
+    );
+    let summary = &incident.summary;
+    assert!(
+        !summary.contains(&format!("(pid {parent}) in `")),
+        "{summary}"
+    );
 }
 
 /// Whether a thread of `pid` other than its main thread runs `run` (`Timer.run`, as 3.11

@@ -16,7 +16,7 @@ use crate::stacks::{
 
 /// Names and file names read at most (in bytes of the string's own encoding).
 const MAX_STRING_BYTES: u64 = 1024;
-/// Line tables of larger functions are not read: such functions get no line.
+/// Line tables of larger functions are not read: their frames get the first line.
 const MAX_LINE_TABLE_BYTES: u64 = 64 << 10;
 /// Bytes of a code object read: up to its line table pointer in every version.
 const CODE_HEAD_BYTES: usize = 144;
@@ -197,7 +197,7 @@ impl<'m> Reader<'m> {
     /// A compact `str` (what code objects hold), decoded lossily and cut at
     /// [`MAX_STRING_BYTES`].
     fn string(&mut self, address: u64) -> Option<String> {
-        let head = self.memory.bytes(address, 40).ok()?;
+        let head = self.memory.bytes(address, STRING_STATE as usize + 4).ok()?;
         let length = int_at::<8>(&head, STRING_LENGTH)?;
         let state = int_at::<4>(&head, STRING_STATE)?;
         let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
@@ -209,9 +209,7 @@ impl<'m> Reader<'m> {
         } else {
             self.layout.compact_data
         };
-        let bytes = length
-            .checked_mul(kind)?
-            .min(MAX_STRING_BYTES / kind * kind);
+        let bytes = length.min(MAX_STRING_BYTES / kind) * kind;
         let raw = self
             .memory
             .bytes(address.wrapping_add(data), bytes as usize)
