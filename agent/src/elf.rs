@@ -27,6 +27,7 @@ const SHT_STRTAB: u32 = 3;
 const SHT_NOBITS: u32 = 8;
 const SHT_DYNSYM: u32 = 11;
 const PT_LOAD: u32 = 1;
+const STT_OBJECT: u8 = 1;
 const STT_FUNC: u8 = 2;
 const SHN_UNDEF: u16 = 0;
 
@@ -204,11 +205,20 @@ impl<'a> Elf<'a> {
     /// table costs up to the caps, so a file claiming a thousand would cost a thousand
     /// times that.
     pub fn function(&self, name: &str) -> Result<Option<Symbol>, ElfError> {
-        for kind in [SHT_DYNSYM, SHT_SYMTAB] {
-            let Some(table) = self.sections.iter().find(|s| s.kind == kind) else {
+        self.symbol(name, STT_FUNC)
+    }
+
+    /// The defined data object `name` (a variable), looked up as [`Elf::function`] is.
+    pub fn object(&self, name: &str) -> Result<Option<Symbol>, ElfError> {
+        self.symbol(name, STT_OBJECT)
+    }
+
+    fn symbol(&self, name: &str, kind: u8) -> Result<Option<Symbol>, ElfError> {
+        for table_kind in [SHT_DYNSYM, SHT_SYMTAB] {
+            let Some(table) = self.sections.iter().find(|s| s.kind == table_kind) else {
                 continue;
             };
-            if let Some(symbol) = self.search(table, name.as_bytes())? {
+            if let Some(symbol) = self.search(table, name.as_bytes(), kind)? {
                 return Ok(Some(symbol));
             }
         }
@@ -262,7 +272,7 @@ impl<'a> Elf<'a> {
         self.read(offset, usize::from(count) * expected_size)
     }
 
-    fn search(&self, table: &Section, name: &[u8]) -> Result<Option<Symbol>, ElfError> {
+    fn search(&self, table: &Section, name: &[u8], kind: u8) -> Result<Option<Symbol>, ElfError> {
         if table.entry_size != SYMBOL_BYTES as u64 {
             return Err(ElfError::Malformed("unexpected symbol size"));
         }
@@ -285,8 +295,8 @@ impl<'a> Elf<'a> {
             let offset = table.offset + index * SYMBOL_BYTES as u64;
             let symbols = self.read(offset, chunk as usize * SYMBOL_BYTES)?;
             for symbol in symbols.chunks_exact(SYMBOL_BYTES) {
-                let is_function = symbol[4] & 0xf == STT_FUNC && u16_at(symbol, 6) != SHN_UNDEF;
-                if is_function && name_is(&strings, u32_at(symbol, 0), name) {
+                let is_kind = symbol[4] & 0xf == kind && u16_at(symbol, 6) != SHN_UNDEF;
+                if is_kind && name_is(&strings, u32_at(symbol, 0), name) {
                     return Ok(Some(Symbol {
                         address: u64_at(symbol, 8),
                         size: u64_at(symbol, 16),

@@ -176,6 +176,7 @@ fn c_atexit_handler_in_futex_wait_without_timeout() {
     exit_blocked_on_threads(
         || Subject::c("futex_wait_at_exit.c", &["wait"]),
         "libc_exit",
+        "atexit handler",
     );
 }
 
@@ -184,11 +185,14 @@ fn c_atexit_handler_in_futex_waitv_without_timeout() {
     exit_blocked_on_threads(
         || Subject::c("futex_wait_at_exit.c", &["waitv"]),
         "libc_exit",
+        "atexit handler",
     );
 }
 
 /// The agent starts first: an exit marker that fired before it attached is not seen.
-fn exit_blocked_on_threads(start: impl FnOnce() -> Subject, marker: &str) {
+/// `advice` is in the summary whether or not the stacks are captured yet: in the
+/// program's language, and the phase's when the stacks show one.
+fn exit_blocked_on_threads(start: impl FnOnce() -> Subject, marker: &str, advice: &str) {
     let agent = Agent::start();
     let subject = start();
     let pid = subject.pid("pid");
@@ -204,12 +208,6 @@ fn exit_blocked_on_threads(start: impl FnOnce() -> Subject, marker: &str) {
         process.threads.iter().all(|t| t.wait == "futex"),
         "every remaining thread's wait is reported: {incident:#?}"
     );
-    // Advice in the program's language: Python threads, or C code inside exit().
-    let advice = if marker == "libc_exit" {
-        "atexit handler"
-    } else {
-        "daemon=True"
-    };
     assert!(incident.summary.contains(advice), "{}", incident.summary);
     drop(subject);
 }
@@ -219,17 +217,26 @@ fn non_daemon_thread_blocked_on_queue_get() {
     exit_blocked_on_threads(
         || Subject::python("queue_get_thread.py", &[]),
         "py_finalize",
+        "daemon=True",
     );
 }
 
 #[test]
 fn thread_pool_executor_task_that_never_ends() {
-    exit_blocked_on_threads(|| Subject::python("executor_stuck.py", &[]), "py_finalize");
+    exit_blocked_on_threads(
+        || Subject::python("executor_stuck.py", &[]),
+        "py_finalize",
+        "executor.shutdown(cancel_futures=True)",
+    );
 }
 
 #[test]
 fn c_atexit_handler_joining_a_thread_that_never_returns() {
-    exit_blocked_on_threads(|| Subject::c("atexit_join.c", &[]), "libc_exit");
+    exit_blocked_on_threads(
+        || Subject::c("atexit_join.c", &[]),
+        "libc_exit",
+        "atexit handler",
+    );
 }
 
 /// A writer in its exit phase (marked `marker`) stuck on a pipe whose reader is stopped.

@@ -158,12 +158,17 @@ pub mod exit_reason {
     pub const LIBC_EXIT: u32 = 1 << 1;
     pub const MAIN_THREAD_EXIT: u32 = 1 << 2;
     pub const SIGNAL: u32 = 1 << 3;
+    /// Set by the agent, which finds asyncio's default-executor shutdown
+    /// (`BaseEventLoop._do_shutdown`) on the Python stack of a stuck thread: `asyncio.run()`
+    /// tearing down, before the interpreter finalizes.
+    pub const ASYNCIO_SHUTDOWN: u32 = 1 << 4;
 
-    pub const ALL: [(u32, &str); 4] = [
+    pub const ALL: [(u32, &str); 5] = [
         (PY_FINALIZE, "py_finalize"),
         (LIBC_EXIT, "libc_exit"),
         (MAIN_THREAD_EXIT, "main_thread_exit"),
         (SIGNAL, "signal"),
+        (ASYNCIO_SHUTDOWN, "asyncio_shutdown"),
     ];
 
     /// The names of the reasons set in `bits`, in the order of [`ALL`].

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     clock::monotonic_ns,
-    graph::{analyze, Kind, Process, Snapshot},
+    graph::{analyze, exit_phase, Kind, Phase, Process, Snapshot},
     incidents::{describe as describe_process, IncidentProcess},
     pid::Pid,
     procfs::ProcFs,
@@ -29,6 +29,7 @@ struct Explanation {
 struct FindingJson {
     kind: Kind,
     pids: Vec<Pid>,
+    exit_phase: Option<Phase>,
     summary: String,
 }
 
@@ -99,6 +100,7 @@ pub fn print(pid: Pid, hang_after: Duration, json: bool) -> Result<()> {
                 .into_iter()
                 .map(|f| FindingJson {
                     kind: f.kind,
+                    exit_phase: exit_phase(&scan.snapshot, &f),
                     pids: f.pids,
                     summary: f.summary,
                 })
@@ -111,8 +113,9 @@ pub fn print(pid: Pid, hang_after: Duration, json: bool) -> Result<()> {
     if findings.is_empty() {
         println!(
             "\nNo deadlock or exit hang found. `explain` reads /proc only: it sees C programs \
-             stuck inside exit() but not interpreters in Py_FinalizeEx or delivered signals, \
-             which need the running agent (`exitwatch run`)."
+             stuck inside exit() and asyncio.run() stuck shutting down its executor, but not \
+             interpreters in Py_FinalizeEx or delivered signals, which need the running agent \
+             (`exitwatch run`)."
         );
     }
     for finding in findings {

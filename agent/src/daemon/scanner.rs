@@ -5,6 +5,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use exitwatch_common::exit_reason;
+
 use super::{zombies, Shared};
 use crate::{
     clock::{monotonic_ns, Clock},
@@ -114,6 +116,8 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
         .copied()
         .collect();
     let mut passes = 0;
+    // A later pass remembers what an earlier one found on the stacks.
+    let mut exits_found = Vec::new();
     let (mut scan, mut analysis) = loop {
         passes += 1;
         let scan = collect(
@@ -130,6 +134,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
             &mut state,
         );
         shared.metrics.scan_errors(&scan.errors);
+        exits_found.extend_from_slice(&scan.exits_found);
         let analysis = analysis(&scan.snapshot);
         let unconfirmed: BTreeSet<Pid> = involved(&analysis.findings)
             .filter(|pid| !fresh.contains(pid))
@@ -161,9 +166,11 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
     if timed_out > 0 {
         shared.metrics.scan_errors(&[("timeout", timed_out)].into());
     }
-    for pid in &scan.exits_found {
-        shared.metrics.exit_phase_entered("libc_exit");
-        log::debug!("pid {pid} is blocked inside exit() (found on its stack)");
+    for (pid, reason) in exits_found {
+        for name in exit_reason::names(reason) {
+            shared.metrics.exit_phase_entered(name);
+            log::debug!("pid {pid} is in its exit phase ({name}, found on its stack)");
+        }
     }
     let mut findings = analysis.findings;
     shared.stacks().attach(
@@ -216,7 +223,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
     shared.health.scan_completed();
     shared.metrics.observe_scan(
         &scan.snapshot,
-        exiting_count + scan.exits_found.len(),
+        exiting_count + scan.stack_exits,
         shared.store().active(),
         started.elapsed().as_secs_f64(),
         uprobe_targets,

@@ -5,6 +5,7 @@ use super::{
     analyze::{Finding, Kind, Link},
     model::{ChildTarget, Pid, Snapshot, Wait},
     orphan::exited_children,
+    phase::{self, Found},
 };
 use crate::stacks::Stack;
 
@@ -36,16 +37,26 @@ pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
             pick(finding.behind.len(), "waits", "wait")
         ));
     }
+    let found = phase::classify(snapshot, finding);
+    let phase = found
+        .map(|found| found.sentence())
+        .filter(|sentence| !sentence.is_empty())
+        .map_or_else(String::new, |sentence| format!(" {sentence}"));
     match finding.kind {
         Kind::PipeDeadlock => format!(
-            "Pipe deadlock: {clauses}; none of them can proceed. Fix: {}.",
-            pipe_fix(&finding.chain)
+            "Pipe deadlock: {clauses}; none of them can proceed.{phase} Fix: {}",
+            match found {
+                Some(found @ Found::MultiprocessingExit { .. }) => found.fix(),
+                _ => format!("{}.", pipe_fix(&finding.chain)),
+            }
         ),
-        Kind::ExitBlockedOnThreads => exit_blocked_on_threads(snapshot, finding, &clauses),
+        Kind::ExitBlockedOnThreads => {
+            exit_blocked_on_threads(snapshot, finding, &clauses, &phase, found)
+        }
         Kind::ExitBlockedOnPipe => format!(
-            "Exit blocked on a pipe: {} is exiting, but {clauses}, and no reader drains it. \
-             Fix: make sure the reader keeps reading (or is not stopped) until the writer \
-             exits, or close the pipe before exiting.",
+            "Exit blocked on a pipe: {} is exiting, but {clauses}, and no reader drains it.\
+             {phase} Fix: make sure the reader keeps reading (or is not stopped) until the \
+             writer exits, or close the pipe before exiting.",
             who(snapshot, first_pid(finding))
         ),
         Kind::StuckAfterSignal => format!(
@@ -107,7 +118,13 @@ fn pipe_held_by_orphan(snapshot: &Snapshot, finding: &Finding, clauses: &str) ->
     )
 }
 
-fn exit_blocked_on_threads(snapshot: &Snapshot, finding: &Finding, clauses: &str) -> String {
+fn exit_blocked_on_threads(
+    snapshot: &Snapshot,
+    finding: &Finding,
+    clauses: &str,
+    phase: &str,
+    found: Option<Found>,
+) -> String {
     let pid = first_pid(finding);
     let exit = exit_of(snapshot, finding).unwrap_or_default();
     let age = seconds(snapshot.now_ns.saturating_sub(exit.since_ns));
@@ -123,42 +140,28 @@ fn exit_blocked_on_threads(snapshot: &Snapshot, finding: &Finding, clauses: &str
     };
     format!(
         "Exit blocked on threads: {} has been exiting for {age:.0} s ({}) but cannot finish: \
-         {clauses}.{spawns} Fix: {}",
+         {clauses}.{phase}{spawns} Fix: {}",
         who(snapshot, pid),
         reasons(exit.reasons),
-        exit_fix(snapshot, pid, exit.reasons),
+        exit_fix(found, exit.reasons),
     )
 }
 
-/// Advice in the program's own language: an interpreter's exit, or C/C++ code blocked
-/// inside `exit()` (found on a stack: an `atexit` handler or a static destructor).
-fn exit_fix(snapshot: &Snapshot, pid: Pid, reasons: u32) -> String {
+/// Advice for the exit phase the stacks show, else in the program's own language: an
+/// interpreter's exit, or C/C++ code blocked inside `exit()` (found on a stack).
+fn exit_fix(found: Option<Found>, reasons: u32) -> String {
     let native_exit =
         reasons & exit_reason::LIBC_EXIT != 0 && reasons & exit_reason::PY_FINALIZE == 0;
-    if !native_exit {
-        return "make background threads daemon=True, cancel() timers and stop workers \
-                (executor.shutdown(cancel_futures=True)) before exit, or do not join threads \
-                that never return in atexit handlers."
-            .to_string();
-    }
-    let destructor = snapshot
-        .processes
-        .get(&pid)
-        .into_iter()
-        .flat_map(|process| &process.threads)
-        .filter_map(|thread| thread.stack.as_deref()?.under_exit()?)
-        .next();
-    match destructor {
-        Some(frame) => format!(
-            "the static destructor `{}` waits for a thread during exit(): stop and join \
-             that thread before main returns (or exit() is called), make it return when \
-             asked, or do not keep the thread in an object with static storage duration.",
-            frame.name()
-        ),
-        None => "an atexit handler (or static destructor) waits for a thread that never \
-                 returns: tell the thread to stop and join it before calling exit() or \
-                 returning from main, do not join threads that may block in atexit handlers, \
-                 or end with _exit()/quick_exit() when nothing must be flushed."
+    match found {
+        Some(found) => found.fix(),
+        None if native_exit => Found::AtexitHandler {
+            handler: None,
+            python: false,
+        }
+        .fix(),
+        None => "make background threads daemon=True, cancel() timers and stop workers \
+                 (executor.shutdown(cancel_futures=True)) before exit, or do not join threads \
+                 that never return in atexit handlers."
             .to_string(),
     }
 }
@@ -170,8 +173,8 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         format!("thread {} of {}", link.tid, who(snapshot, link.pid))
     };
     let code = stack_of(snapshot, link.pid, link.tid)
-        .and_then(Stack::user_frame)
-        .map(|frame| format!(" in `{}`{}", frame.name(), frame.source()))
+        .and_then(Stack::user_call)
+        .map(|(call, source)| format!(" in `{call}`{source}"))
         .unwrap_or_default();
     // Only a stuck thread's sleep is timed: others re-block as they go.
     let blocked = snapshot

@@ -4,11 +4,11 @@ use exitwatch_common::exit_reason;
 use super::*;
 use crate::pid::Pid;
 
-const SECOND: u64 = 1_000_000_000;
-const NOW: u64 = 1_000 * SECOND;
+pub(super) const SECOND: u64 = 1_000_000_000;
+pub(super) const NOW: u64 = 1_000 * SECOND;
 const HANG_AFTER: u64 = 10 * SECOND;
 
-fn stuck(tid: i32, wait: Wait) -> Thread {
+pub(super) fn stuck(tid: i32, wait: Wait) -> Thread {
     Thread {
         tid: Pid::from_raw(tid),
         wait: Some(wait),
@@ -21,7 +21,7 @@ fn stuck(tid: i32, wait: Wait) -> Thread {
 }
 
 /// In a wait right now, but not past the threshold (or making progress).
-fn waiting(tid: i32, wait: Wait) -> Thread {
+pub(super) fn waiting(tid: i32, wait: Wait) -> Thread {
     Thread {
         stuck: false,
         since_ns: NOW - SECOND,
@@ -29,7 +29,7 @@ fn waiting(tid: i32, wait: Wait) -> Thread {
     }
 }
 
-fn running(tid: i32) -> Thread {
+pub(super) fn running(tid: i32) -> Thread {
     Thread {
         tid: Pid::from_raw(tid),
         state: 'R',
@@ -37,7 +37,7 @@ fn running(tid: i32) -> Thread {
     }
 }
 
-fn process(pid: i32, ppid: i32, threads: Vec<Thread>) -> Process {
+pub(super) fn process(pid: i32, ppid: i32, threads: Vec<Thread>) -> Process {
     Process {
         pid: Pid::from_raw(pid),
         ppid: Pid::from_raw(ppid),
@@ -50,7 +50,7 @@ fn process(pid: i32, ppid: i32, threads: Vec<Thread>) -> Process {
     }
 }
 
-fn exiting(mut process: Process, reasons: u32, for_ns: u64, spawns: u64) -> Process {
+pub(super) fn exiting(mut process: Process, reasons: u32, for_ns: u64, spawns: u64) -> Process {
     process.exit = Some(ExitPhase {
         since_ns: NOW - for_ns,
         reasons,
@@ -65,7 +65,7 @@ fn exiting(mut process: Process, reasons: u32, for_ns: u64, spawns: u64) -> Proc
     process
 }
 
-fn snapshot(processes: Vec<Process>, pipes: Vec<(u64, Vec<i32>, Vec<i32>)>) -> Snapshot {
+pub(super) fn snapshot(processes: Vec<Process>, pipes: Vec<(u64, Vec<i32>, Vec<i32>)>) -> Snapshot {
     Snapshot {
         now_ns: NOW,
         hang_after_ns: HANG_AFTER,
@@ -83,11 +83,11 @@ fn snapshot(processes: Vec<Process>, pipes: Vec<(u64, Vec<i32>, Vec<i32>)>) -> S
     }
 }
 
-const WRITE_PIPE: Wait = Wait::PipeWrite { fd: 1, pipe: 77 };
-const FUTEX: Wait = Wait::Futex { timed: false };
-const TIMED_FUTEX: Wait = Wait::Futex { timed: true };
+pub(super) const WRITE_PIPE: Wait = Wait::PipeWrite { fd: 1, pipe: 77 };
+pub(super) const FUTEX: Wait = Wait::Futex { timed: false };
+pub(super) const TIMED_FUTEX: Wait = Wait::Futex { timed: true };
 
-fn wait_for(pid: i32) -> Wait {
+pub(super) fn wait_for(pid: i32) -> Wait {
     Wait::Child {
         target: ChildTarget::Pid(Pid::from_raw(pid)),
     }

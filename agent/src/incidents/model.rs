@@ -3,8 +3,11 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::rfc3339;
-use crate::pid::Pid;
-use crate::{graph::Kind, workload::Workload};
+use crate::{
+    graph::{Kind, Phase},
+    pid::Pid,
+    workload::Workload,
+};
 
 /// The body of `/api/v1/incidents`: active first, newest first.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -38,6 +41,11 @@ pub struct Incident {
     /// Threads created while the process was exiting (exit kinds only).
     pub thread_spawns: Option<u64>,
     pub thread_spawns_per_second: Option<f64>,
+    /// The part of the exit the hang is in, when the stacks show it (`threading_shutdown`,
+    /// `executor_shutdown`, `multiprocessing_exit`, `atexit_handler`, `static_destructor`,
+    /// `asyncio_shutdown`); `null` otherwise.
+    #[serde(default)]
+    pub exit_phase: Option<Phase>,
     pub summary: String,
     #[serde(with = "rfc3339")]
     pub started_at: SystemTime,
@@ -104,8 +112,8 @@ pub struct IncidentProcess {
     pub cmdline: String,
     #[serde(default)]
     pub workload: Workload,
-    /// Exit markers seen (`py_finalize`, `libc_exit` (found on the stack),
-    /// `main_thread_exit`, `signal`).
+    /// Exit markers seen (`py_finalize`, `libc_exit` and `asyncio_shutdown` (found on
+    /// the stack), `main_thread_exit`, `signal`).
     pub exiting: Vec<String>,
     /// Stuck threads first, then threads in a wait; at most 64.
     pub threads: Vec<IncidentThread>,

@@ -5,7 +5,7 @@ use exitwatch_common::exit_reason;
 use super::model::{Ending, Incident, IncidentProcess, IncidentThread, State};
 use crate::{
     clock::Clock,
-    graph::{ChildTarget, Finding, Kind, Process, Snapshot, Thread, Wait},
+    graph::{exit_phase, ChildTarget, Finding, Kind, Process, Snapshot, Thread, Wait},
     pid::Pid,
     workload::{Workload, Workloads},
 };
@@ -251,6 +251,7 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
         pipes: Vec::new(),
         thread_spawns: None,
         thread_spawns_per_second: None,
+        exit_phase: None,
         summary: String::new(),
         started_at: clock.monotonic_to_wall(finding.started_ns),
         detected_at: clock.wall,
@@ -264,6 +265,7 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
 /// Updates what changes while an incident lasts: durations, threads, the summary.
 fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> Incident {
     incident.summary = finding.summary.clone();
+    incident.exit_phase = exit_phase(snapshot, finding);
     incident.blocked_behind = finding.behind.clone();
     incident.processes = finding
         .pids

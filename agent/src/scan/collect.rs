@@ -10,11 +10,13 @@
 //! new findings, which `/proc` confirms before anything is reported.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use exitwatch_common::{exit_reason, nr, BlockedWait, ExitState};
+use exitwatch_common::{nr, BlockedWait, ExitState};
 
 use super::{
+    asyncio_stack::AsyncioShutdown,
     cmdline::shown,
-    exit_stack::ExitStacks,
+    exit_search::{Search, Sign},
+    exit_stack::LibcExit,
     holders::HolderIndex,
     lifecycle::Changed,
     pending::Pending,
@@ -34,8 +36,6 @@ const MAX_RELEASER_ROUNDS: usize = 3;
 /// Records verified for the first time per scan. At start-up on a big host every idle
 /// thread is new; the newest waits go first, so a fresh hang is never behind the backlog.
 const MAX_NEW_VERDICTS: usize = 2048;
-/// Stacks searched for libc's `exit` per scan, newest waits first, for the same reason.
-const MAX_EXIT_SEARCHES: usize = 256;
 
 /// What scans learn and later scans reuse.
 #[derive(Default)]
@@ -44,10 +44,8 @@ pub struct ScanState {
     pending: Pending,
     holders: HolderIndex,
     quiet: QuietSeeds,
-    exit_stacks: ExitStacks,
-    /// Stuck main threads whose stacks are to be searched for `exit`: (start of the
-    /// wait, pid).
-    exit_searches: BTreeSet<(u64, Pid)>,
+    libc_exits: Search<LibcExit>,
+    asyncio_exits: Search<AsyncioShutdown>,
 }
 
 /// What changed in the kernel's map of recorded waits since the last scan.
@@ -120,11 +118,13 @@ impl ScanState {
                 }
                 self.holders.forget(&pids);
                 self.quiet.forget_processes(&pids);
+                self.asyncio_exits.sign.forget(&pids);
             }
             Changed::All => {
-                let exit_stacks = std::mem::take(&mut self.exit_stacks);
+                // What was read of libc files stays true.
+                let libc_exits = std::mem::take(&mut self.libc_exits);
                 *self = ScanState {
-                    exit_stacks,
+                    libc_exits,
                     ..ScanState::default()
                 };
             }
@@ -201,8 +201,11 @@ pub struct Scan {
     /// Map entries of threads and processes that no longer exist.
     pub gone_tids: Vec<u32>,
     pub gone_pids: Vec<u32>,
-    /// Processes newly found inside libc's `exit` by their stacks.
-    pub exits_found: Vec<Pid>,
+    /// Processes newly found in an exit phase by their stacks, with the
+    /// `exitwatch_common::exit_reason` bit that says which.
+    pub exits_found: Vec<(Pid, u32)>,
+    /// Processes in an exit phase found on their stacks, in this scan or earlier ones.
+    pub stack_exits: usize,
     /// Failed `/proc` reads, by [`crate::procfs::Error::reason`].
     pub errors: BTreeMap<&'static str, u64>,
     /// Processes that were wanted but could not be read, with why.
@@ -216,12 +219,26 @@ pub struct Scan {
 #[derive(Clone, Debug)]
 pub struct Verified {
     pub(super) wait: Wait,
-    since_ns: u64,
+    pub(super) since_ns: u64,
     pub stuck: bool,
     /// Stack pointer in the syscall, for the exit-phase search.
-    sp: u64,
+    pub(super) sp: u64,
     /// `/proc` state letter, `S` or `D`.
     state: char,
+}
+
+#[cfg(test)]
+impl Verified {
+    /// A thread stuck in `wait` since `since_ns`, with its stack pointer at `sp`.
+    pub(super) fn stuck_in(wait: Wait, since_ns: u64, sp: u64) -> Self {
+        Self {
+            wait,
+            since_ns,
+            stuck: true,
+            sp,
+            state: 'S',
+        }
+    }
 }
 
 /// What a scan looks for and keeps.
@@ -258,7 +275,19 @@ pub fn collect(
         .filter_map(|(pid, state)| Some((Pid::try_from(*pid).ok()?, *state)))
         .collect();
     let mut checked = verify_all(procfs, kernel, &exiting, fresh, state, options, now_ns);
-    let exits_found = find_exits(procfs, state, &mut exiting);
+    // Kept search verdicts hold for threads still in the same wait.
+    let dropped = state.verdicts.take_dropped();
+    let marked = exiting.len();
+    let libc = state
+        .libc_exits
+        .find(procfs, &state.verdicts, &mut exiting, dropped);
+    let asyncio = state
+        .asyncio_exits
+        .find(procfs, &state.verdicts, &mut exiting, dropped);
+    let exits_found = found(LibcExit::REASON, libc)
+        .chain(found(AsyncioShutdown::REASON, asyncio))
+        .collect();
+    let stack_exits = exiting.len() - marked;
     let verdicts = &state.verdicts;
     let seed_waits = seed_waits(
         verdicts,
@@ -309,6 +338,7 @@ pub fn collect(
         gone_tids: checked.gone_tids,
         gone_pids: builder.gone_pids,
         exits_found,
+        stack_exits,
         errors: builder.errors,
         unreadable: builder.unreadable,
         seed_waits,
@@ -411,7 +441,8 @@ fn verify_all(
     let ScanState {
         verdicts,
         pending,
-        exit_searches,
+        libc_exits,
+        asyncio_exits,
         ..
     } = state;
     let mut checked = Checked {
@@ -502,9 +533,10 @@ fn verify_all(
             Ok(verdict) => {
                 if verdict.as_ref().is_some_and(|v| v.stuck) && !known {
                     checked.active.insert(pid);
-                    if tid == pid {
-                        exit_searches.insert((record.last_ns, pid));
-                    }
+                    // Each new stuck wait is looked at once for the exit phases that
+                    // no probe marks.
+                    libc_exits.offer(pid, tid, record.last_ns);
+                    asyncio_exits.offer(pid, tid, record.last_ns);
                 }
                 // What /proc says now is what later scans start from.
                 verdicts.insert((pid, tid), record, verdict);
@@ -525,76 +557,8 @@ fn verify_all(
     checked
 }
 
-/// C programs have no exit probe: a stuck main thread inside libc's `exit` marks one.
-/// Only main threads are searched, where `exit` runs when `main` returns: on a host of
-/// idle thread pools, every pool thread's stack would be read once per wait for nothing.
-/// Each wait's stack is searched once, when it is first found stuck (again after a failed
-/// read); returns the processes found in this scan.
-fn find_exits(
-    procfs: &ProcFs,
-    state: &mut ScanState,
-    exiting: &mut BTreeMap<Pid, ExitState>,
-) -> Vec<Pid> {
-    let ScanState {
-        verdicts,
-        exit_stacks,
-        exit_searches,
-        ..
-    } = state;
-    if verdicts.take_dropped() {
-        exit_stacks.retain(|pid, tid| verdicts.get(pid, tid).is_some());
-    }
-    let in_wait = |pid: Pid, since_ns: u64| {
-        verdicts
-            .get(pid, pid)
-            .is_some_and(|v| v.stuck && v.since_ns == since_ns)
-    };
-    let mut found = Vec::new();
-    let mut searches = 0;
-    let mut cursor = None;
-    while searches < MAX_EXIT_SEARCHES {
-        let upper = cursor.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let Some(&(since_ns, pid)) = exit_searches
-            .range((std::ops::Bound::Unbounded, upper))
-            .next_back()
-        else {
-            break;
-        };
-        cursor = Some((since_ns, pid));
-        let sp = match verdicts.get(pid, pid) {
-            Some(thread) if in_wait(pid, since_ns) && !exiting.contains_key(&pid) => thread.sp,
-            _ => {
-                exit_searches.remove(&(since_ns, pid));
-                continue;
-            }
-        };
-        if exit_stacks.remembered(pid, pid, since_ns).is_none() {
-            searches += 1;
-            if exit_stacks.search(procfs, pid, pid, since_ns, sp) {
-                found.push(pid);
-            }
-        }
-        // A failed read leaves no verdict: searched again in a later scan.
-        if exit_stacks.remembered(pid, pid, since_ns).is_some() {
-            exit_searches.remove(&(since_ns, pid));
-        }
-    }
-    let inside: Vec<(Pid, u32, u64)> = exit_stacks
-        .inside()
-        .filter(|&(pid, tid, since_ns)| pid == tid && in_wait(pid, since_ns))
-        .filter_map(|(pid, tid, since_ns)| Some((pid, u32::try_from(tid).ok()?, since_ns)))
-        .collect();
-    for (pid, exit_tid, since_ns) in inside {
-        exiting.entry(pid).or_insert(ExitState {
-            since_ns,
-            reasons: exit_reason::LIBC_EXIT,
-            exit_tid,
-            ..ExitState::default()
-        });
-    }
-    found.sort_unstable();
-    found.dedup();
-    found
+fn found(reason: u32, pids: Vec<Pid>) -> impl Iterator<Item = (Pid, u32)> {
+    pids.into_iter().map(move |pid| (pid, reason))
 }
 
 fn count(errors: &mut BTreeMap<&'static str, u64>, error: &crate::procfs::Error) {

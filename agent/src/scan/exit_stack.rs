@@ -1,9 +1,11 @@
 //! C programs in their exit phase, found without a probe on every process exit: a thread
 //! that blocks inside `exit()` (in an `atexit` handler or a static destructor) has a
-//! return address into libc's `exit` on its stack. Only threads already stuck past the
-//! threshold are looked at, and each wait only once.
+//! return address into libc's `exit` on its stack.
 use std::{collections::BTreeMap, ops::Range, path::Path};
 
+use exitwatch_common::exit_reason;
+
+use super::{collect::Verified, exit_search::Sign};
 use crate::{
     elf::Elf,
     pid::Pid,
@@ -17,50 +19,24 @@ const STACK_WINDOW: u64 = 64 * 1024;
 const MAX_LIBCS: usize = 256;
 
 #[derive(Default)]
-pub struct ExitStacks {
+pub struct LibcExit {
     /// `exit`'s address range relative to the library's load base, per libc file;
     /// `None` where the file has no such symbol or cannot be read.
     exit_ranges: BTreeMap<FileId, Option<Range<u64>>>,
-    /// Verdicts per waiting thread, valid while the same wait (same start) lasts.
-    verdicts: BTreeMap<(Pid, Pid), (u64, bool)>,
 }
 
-impl ExitStacks {
-    /// The verdict on thread `tid` of `pid` in its wait that began at `since_ns`, if its
-    /// stack was searched already.
-    pub fn remembered(&self, pid: Pid, tid: Pid, since_ns: u64) -> Option<bool> {
-        self.verdicts
-            .get(&(pid, tid))
-            .filter(|(since, _)| *since == since_ns)
-            .map(|&(_, verdict)| verdict)
+impl Sign for LibcExit {
+    const REASON: u32 = exit_reason::LIBC_EXIT;
+    const MAX_SEARCHES: usize = 256;
+
+    /// Only main threads, where `exit` runs when `main` returns: on a host of idle thread
+    /// pools, every pool thread's stack would be read once per wait for nothing.
+    fn candidate(&self, pid: Pid, tid: Pid, thread: &Verified) -> bool {
+        tid == pid && thread.stuck
     }
 
-    /// Whether thread `tid` of `pid`, in a wait that began at `since_ns` with stack
-    /// pointer `sp`, is running inside libc's `exit`. When a read fails or times out
-    /// there is no verdict: "no" for now, and a later scan looks again.
-    pub fn search(&mut self, procfs: &ProcFs, pid: Pid, tid: Pid, since_ns: u64, sp: u64) -> bool {
-        let Some(verdict) = self.search_stack(procfs, pid, sp) else {
-            return false;
-        };
-        self.verdicts.insert((pid, tid), (since_ns, verdict));
-        verdict
-    }
-
-    /// The threads found inside `exit`: (pid, tid, start of the wait searched).
-    pub fn inside(&self) -> impl Iterator<Item = (Pid, Pid, u64)> + '_ {
-        self.verdicts
-            .iter()
-            .filter(|(_, (_, inside))| *inside)
-            .map(|(&(pid, tid), &(since_ns, _))| (pid, tid, since_ns))
-    }
-
-    /// Forgets verdicts of threads no longer waiting.
-    pub fn retain(&mut self, waiting: impl Fn(Pid, Pid) -> bool) {
-        self.verdicts.retain(|&(pid, tid), _| waiting(pid, tid));
-    }
-
-    /// The verdict, or `None` if a read failed (a timeout, a mapping that changed).
-    fn search_stack(&mut self, procfs: &ProcFs, pid: Pid, sp: u64) -> Option<bool> {
+    /// Whether the thread is running inside libc's `exit`.
+    fn search(&mut self, procfs: &ProcFs, pid: Pid, _: Pid, thread: &Verified) -> Option<bool> {
         let maps = procfs.mappings(pid).ok()?;
         let Some(libc) = maps.iter().find(|m| m.offset == 0 && is_libc(m)) else {
             return Some(false);
@@ -76,7 +52,10 @@ impl ExitStacks {
         ) else {
             return Some(false);
         };
-        let Some(words) = procfs.stack_above(pid, &maps, sp, STACK_WINDOW).ok()? else {
+        let Some(words) = procfs
+            .stack_above(pid, &maps, thread.sp, STACK_WINDOW)
+            .ok()?
+        else {
             return Some(false);
         };
         Some(words.chunks_exact(8).any(|word| {
@@ -88,7 +67,9 @@ impl ExitStacks {
             (low..=high).contains(&value)
         }))
     }
+}
 
+impl LibcExit {
     /// From the cache, else from the file behind the mapping; `None` if that could not
     /// be read (a timeout or a mapping that changed, not remembered: a later scan tries
     /// again), `Some(None)` if it has no usable `exit`.
@@ -142,45 +123,43 @@ fn exit_range(file: &std::fs::File) -> Option<Range<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::Wait;
 
-    #[test]
-    fn only_real_verdicts_are_remembered() {
-        let mut stacks = ExitStacks::default();
-        // The fixture maps libc and a stack but has no map_files: the ELF lookup fails.
-        let fixture = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
-        let sp = 0x7ffd_a5bf_0000;
-        assert!(!stacks.search(&fixture, Pid::from_raw(100), Pid::from_raw(100), 7, sp));
-        assert_eq!(
-            stacks.remembered(Pid::from_raw(100), Pid::from_raw(100), 7),
-            None,
-            "a failed search was remembered"
-        );
-        // This thread, which is not in `exit`: a real "no", remembered for its wait.
-        let proc = ProcFs::default();
-        let pid = Pid::try_from(std::process::id()).unwrap();
+    /// This thread, as if stuck in a futex wait right here.
+    fn this_thread() -> (ProcFs, Pid, Verified) {
+        let pid = Pid::try_from(std::process::id()).expect("a pid");
         let local = 0u64;
         let sp = std::ptr::addr_of!(local) as u64;
-        assert!(!stacks.search(&proc, pid, pid, 7, sp));
-        assert_eq!(stacks.remembered(pid, pid, 7), Some(false));
-        assert_eq!(stacks.remembered(pid, pid, 8), None, "another wait");
+        let thread = Verified::stuck_in(Wait::Futex { timed: false }, 7, sp);
+        (ProcFs::default(), pid, thread)
+    }
+
+    #[test]
+    fn a_failed_read_is_no_verdict_and_a_thread_outside_exit_is_no() {
+        let mut libc = LibcExit::default();
+        // The fixture maps libc and a stack but has no map_files: the ELF lookup fails.
+        let fixture = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
+        let (proc, pid, thread) = this_thread();
+        let fixture_thread = Verified::stuck_in(Wait::Futex { timed: false }, 7, 0x7ffd_a5bf_0000);
+        let fixture_pid = Pid::from_raw(100);
+        assert_eq!(
+            libc.search(&fixture, fixture_pid, fixture_pid, &fixture_thread),
+            None
+        );
+        assert_eq!(libc.search(&proc, pid, pid, &thread), Some(false));
     }
 
     #[test]
     fn an_exit_range_past_the_address_space_is_no_exit() {
-        let proc = ProcFs::default();
-        let pid = Pid::try_from(std::process::id()).unwrap();
-        let maps = proc.mappings(pid).unwrap();
-        let libc = maps
+        let (proc, pid, thread) = this_thread();
+        let maps = proc.mappings(pid).expect("this process's maps");
+        let mapped = maps
             .iter()
             .find(|m| m.offset == 0 && is_libc(m))
             .expect("this test binary maps libc");
-        let mut stacks = ExitStacks::default();
-        stacks
-            .exit_ranges
-            .insert(libc.file_id(), Some(u64::MAX - 16..u64::MAX));
-        let local = 0u64;
-        let sp = std::ptr::addr_of!(local) as u64;
-        assert!(!stacks.search(&proc, pid, pid, 7, sp));
-        assert_eq!(stacks.remembered(pid, pid, 7), Some(false));
+        let mut libc = LibcExit::default();
+        libc.exit_ranges
+            .insert(mapped.file_id(), Some(u64::MAX - 16..u64::MAX));
+        assert_eq!(libc.search(&proc, pid, pid, &thread), Some(false));
     }
 }

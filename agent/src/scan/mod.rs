@@ -1,7 +1,9 @@
 //! Turning what the probes recorded into a verified [`Snapshot`](crate::graph::Snapshot):
 //! every candidate is checked against `/proc` before the graph sees it.
+mod asyncio_stack;
 mod cmdline;
 mod collect;
+mod exit_search;
 mod exit_stack;
 mod holders;
 mod lifecycle;

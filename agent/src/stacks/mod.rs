@@ -1,8 +1,10 @@
-//! Where stuck code is: native stacks of the stuck threads of every finding, captured
-//! once per wait and remembered while it lasts, then named in the finding's summary.
+//! Where stuck code is: native stacks (with Python frames in CPython processes) of the
+//! stuck threads of every finding (and of the threads its summary names), captured once
+//! per wait and remembered while it lasts, then named in the finding's summary.
 mod capture;
 mod debug_file;
 pub mod model;
+mod python;
 mod symbolize;
 mod unwind;
 
@@ -16,7 +18,9 @@ use std::{
 use exitwatch_common::BlockedWait;
 
 pub use capture::capture;
+pub(crate) use capture::read_python;
 pub use model::Stack;
+pub(crate) use python::may_be_interpreter;
 pub use unwind::Registers;
 
 use crate::{
@@ -35,7 +39,8 @@ const SCAN_CAPTURE_TIME: Duration = Duration::from_millis(200);
 const MAX_PROCESSES: usize = 32;
 const MAX_THREADS: usize = 64;
 /// Stacks one finding carries, so an open incident stays small (each is up to 64
-/// frames) whatever the knot: the first stuck threads of its first processes.
+/// frames) whatever the knot: the first stuck (or named) threads of its first
+/// processes.
 const MAX_STACKS_PER_FINDING: usize = 16;
 
 /// A thread's capture, for the wait (its first sleep) it was made in; `None` when the
@@ -52,8 +57,9 @@ pub struct Stacks {
 }
 
 impl Stacks {
-    /// Gives the stuck threads of `findings` their stacks (capturing those not captured
-    /// for their current wait yet) and rewrites the summaries that can now name code.
+    /// Gives the stuck threads of `findings`, and the threads their summaries name, their
+    /// stacks (capturing those not captured for their current wait yet) and rewrites the
+    /// summaries that can now name code.
     /// `blocked` is what the probes recorded (registers included); `counted` is told the
     /// result and duration of every capture made.
     pub fn attach(
@@ -80,8 +86,11 @@ impl Stacks {
         for finding in findings.iter_mut() {
             let mut attached = false;
             let mut left = MAX_STACKS_PER_FINDING;
+            // The threads its sentence is about too: the exit a re-arming Timer blocks has
+            // no thread that stays in one wait long enough to be stuck.
+            let linked: Vec<Pid> = finding.chain.iter().map(|link| link.tid).collect();
             let mut wanted = |thread: &Thread| {
-                let take = thread.stuck && left > 0;
+                let take = (thread.stuck || linked.contains(&thread.tid)) && left > 0;
                 left -= usize::from(take);
                 take
             };
@@ -204,7 +213,7 @@ fn capture_counted(
         bp: wait.bp,
     };
     let started = Instant::now();
-    match capture(procfs, pid, regs) {
+    match capture(procfs, pid, tid, regs) {
         Ok(stack) => {
             counted(
                 if stack.complete { "ok" } else { "partial" },

@@ -428,7 +428,12 @@ const READY_WITHIN: Duration = Duration::from_secs(15);
 
 impl Subject {
     pub fn python(script: &str, args: &[&str]) -> Subject {
-        let mut command = Command::new(python());
+        Self::python_with(&python(), script, args)
+    }
+
+    /// `script` run by the interpreter `python` (see [`pyenv_python`]).
+    pub fn python_with(python: &Path, script: &str, args: &[&str]) -> Subject {
+        let mut command = Command::new(python);
         command.arg(programs_dir().join(script)).args(args);
         Self::spawn(script, command)
     }
@@ -482,6 +487,33 @@ pub fn python() -> PathBuf {
     } else {
         PathBuf::from("python3")
     }
+}
+
+/// pyenv's CPython `minor` (`3.11`): the newest patch release installed under
+/// `$PYENV_ROOT/versions` (`$HOME/.pyenv` when `PYENV_ROOT` is unset). Panics, saying
+/// what to install, when there is none.
+pub fn pyenv_python(minor: &str) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".pyenv")))
+        .expect("neither PYENV_ROOT nor HOME is set: cannot find pyenv's interpreters");
+    let versions = root.join("versions");
+    let patch =
+        |name: &str| -> Option<u32> { name.strip_prefix(minor)?.strip_prefix('.')?.parse().ok() };
+    let newest = std::fs::read_dir(&versions)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|name| Some((patch(&name)?, name)))
+        .max()
+        .unwrap_or_else(|| {
+            panic!(
+                "CPython {minor} is not installed under {}: install it with \
+                 `pyenv install {minor}` (these tests need it and do not skip)",
+                versions.display()
+            )
+        });
+    versions.join(newest.1).join("bin/python3")
 }
 
 /// `source` (in the programs directory) built once per test binary; the binary's path.
