@@ -18,10 +18,8 @@ pub static BLOCKED: HashMap<u32, BlockedWait> = HashMap::with_max_entries(BLOCKE
 /// a shared mapping, and looks up only those entries instead of reading the whole map
 /// every scan.
 #[map]
-pub static CHANGED: Array<u64> = Array::with_max_entries(
-    changed::words(changed::MAX_IDS),
-    BPF_F_MMAPABLE,
-);
+pub static CHANGED: Array<u64> =
+    Array::with_max_entries(changed::words(changed::MAX_IDS), BPF_F_MMAPABLE);
 
 /// Tells the agent that `tid`'s entry in `BLOCKED` changed: its byte, then its chunk's
 /// summary byte (in that order: the agent clears the summary before it reads the chunk).
