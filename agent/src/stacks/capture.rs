@@ -87,43 +87,42 @@ pub fn capture(
     if !runs_python {
         return Ok(native);
     }
-    Ok(match read_python(procfs, pid, maps, &[tid]).remove(&tid) {
+    let python = read_python(procfs, pid, maps, &[tid]).and_then(|mut stacks| stacks.remove(&tid));
+    Ok(match python {
         Some(python) => merge(native, python),
         None => native,
     })
 }
 
-/// The Python stacks of `tids`, read on the bounded worker; none (and the reason
-/// logged) when they cannot be read.
+/// The Python stacks of `tids`, read on the bounded worker: none (and the reason logged)
+/// when they cannot be read, `None` when the read ran out of time before it could tell
+/// (a later one may succeed).
 pub(crate) fn read_python(
     procfs: &ProcFs,
     pid: Pid,
     maps: Vec<Mapping>,
     tids: &[Pid],
-) -> BTreeMap<Pid, PythonStack> {
+) -> Option<BTreeMap<Pid, PythonStack>> {
     let wanted = tids.to_vec();
     let started = Instant::now();
     let read = procfs.bounded(pid, move |root| {
         Ok(python::stacks(root, pid, &maps, &wanted, started + PYTHON))
     });
-    match read
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        Ok(stacks) => {
+    let (error, out_of_time) = match read {
+        Ok(Ok(stacks)) => {
             log::debug!(
                 "Python frames of {} thread(s) of pid {pid}: {} frames in {:?}",
                 tids.len(),
                 stacks.values().map(|s| s.frames.len()).sum::<usize>(),
                 started.elapsed()
             );
-            stacks
+            return Some(stacks);
         }
-        Err(error) => {
-            log::debug!("no Python frames for pid {pid}: {error}");
-            BTreeMap::new()
-        }
-    }
+        Ok(Err(error)) => (error.to_string(), error.out_of_time()),
+        Err(error) => (error.to_string(), matches!(error, Error::Timeout { .. })),
+    };
+    log::debug!("no Python frames for pid {pid}: {error}");
+    (!out_of_time).then(BTreeMap::new)
 }
 
 /// The native frames up to the innermost interpreter loop (the C code the Python code

@@ -13,8 +13,10 @@ const MAX_TOTAL_BYTES: usize = 4 << 20;
 pub enum ReadError {
     #[error("nothing readable at {0:#x}")]
     Fault(u64),
-    #[error("out of time or of the bytes one capture may read")]
+    #[error("out of the bytes one capture may read")]
     Budget,
+    #[error("out of time")]
+    Late,
 }
 
 pub struct Memory {
@@ -34,8 +36,11 @@ impl Memory {
     }
 
     pub fn bytes(&mut self, address: u64, len: usize) -> Result<Vec<u8>, ReadError> {
-        if len > self.left || Instant::now() >= self.until {
+        if len > self.left {
             return Err(ReadError::Budget);
+        }
+        if Instant::now() >= self.until {
+            return Err(ReadError::Late);
         }
         self.left -= len;
         let mut buffer = vec![0; len];
