@@ -49,7 +49,7 @@ impl CaptureError {
 
 /// The stack of thread `tid` of `pid`, which entered its wait with `regs`. A process
 /// that runs CPython gets the thread's Python frames too; when they cannot be read, the
-/// native stack is kept as it is (and the reason logged).
+/// native stack is kept as it is (and the reason logged), partial if time ran out.
 pub fn capture(
     procfs: &ProcFs,
     pid: Pid,
@@ -87,10 +87,16 @@ pub fn capture(
     if !runs_python {
         return Ok(native);
     }
-    let python = read_python(procfs, pid, maps, &[tid]).and_then(|mut stacks| stacks.remove(&tid));
-    Ok(match python {
-        Some(python) => merge(native, python),
-        None => native,
+    Ok(match read_python(procfs, pid, maps, &[tid]) {
+        Some(mut stacks) => match stacks.remove(&tid) {
+            Some(python) => merge(native, python),
+            None => native,
+        },
+        // Python frames that time kept out: a walk cut short.
+        None => Stack {
+            complete: false,
+            ..native
+        },
     })
 }
 
