@@ -74,3 +74,31 @@ pub fn int_at<const N: usize>(bytes: &[u8], at: u64) -> Option<u64> {
     word[..N].copy_from_slice(&slice);
     Some(u64::from_le_bytes(word))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+
+    fn own_memory(until: Instant) -> Memory {
+        let pid = Pid::try_from(std::process::id()).expect("a pid");
+        Memory::open(Path::new("/proc"), pid, until).expect("own memory")
+    }
+
+    #[test]
+    fn running_out_of_bytes_and_of_time_are_told_apart() {
+        let word = 0x1234_5678_u64;
+        let address = std::ptr::addr_of!(word) as u64;
+        let mut memory = own_memory(Instant::now() + Duration::from_secs(60));
+        assert_eq!(memory.word(address), Ok(word));
+        assert_eq!(
+            memory.bytes(address, MAX_TOTAL_BYTES),
+            Err(ReadError::Budget)
+        );
+        assert_eq!(
+            own_memory(Instant::now()).word(address),
+            Err(ReadError::Late)
+        );
+    }
+}
