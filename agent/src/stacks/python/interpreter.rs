@@ -223,18 +223,11 @@ fn debug_offsets(memory: &mut Memory, runtime: u64, version: Version) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::ProcFs;
 
     #[test]
     fn a_module_without_an_interpreter_is_remembered_as_such() {
-        let pid = Pid::try_from(std::process::id()).expect("a pid");
-        let maps = ProcFs::default().mappings(pid).expect("own maps");
-        let libc = maps
-            .iter()
-            .find(|m| crate::stacks::module_name(m).starts_with("libc.so"))
-            .expect("this test binary maps libc");
-        let root = Path::new("/proc");
-        assert!(module(root, pid, libc).is_none());
+        let (pid, libc) = crate::stacks::own_libc();
+        assert!(module(Path::new("/proc"), pid, &libc).is_none());
         let remembered = modules()
             .iter()
             .any(|(key, module)| key.file == libc.file_id() && module.is_none());
