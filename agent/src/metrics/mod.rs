@@ -324,8 +324,8 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "exitwatch_stack_capture_duration_seconds",
-                        "Time one stack capture takes (maps, stack memory, unwinding and \
-                         naming), whatever its result.",
+                        "Time one stack capture takes (maps, stack memory, unwinding, \
+                         naming and Python frames), whatever its result.",
                     )
                     .buckets(vec![
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,

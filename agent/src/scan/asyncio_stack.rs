@@ -45,7 +45,8 @@ impl Sign for AsyncioShutdown {
     }
 
     /// Whether the thread runs `BaseEventLoop._do_shutdown`. Frames that cannot be read
-    /// (a layout not understood, a timeout) are a "no" for this wait.
+    /// (a layout not understood) are a "no" for this wait; a read that ran out of time
+    /// is no verdict (a later scan reads again: a "no" would miss the hang for good).
     fn search(&mut self, procfs: &ProcFs, pid: Pid, tid: Pid, _: &Verified) -> Option<bool> {
         let maps = procfs.mappings(pid).ok()?;
         if !maps.iter().any(may_be_interpreter) {
@@ -55,7 +56,7 @@ impl Sign for AsyncioShutdown {
             return Some(false);
         }
         let started = Instant::now();
-        let stacks = read_python(procfs, pid, maps, &[tid]);
+        let stacks = read_python(procfs, pid, maps, &[tid])?;
         let shutdown = stacks
             .get(&tid)
             .is_some_and(|stack| stack.frames.iter().any(is_asyncio_executor_shutdown));

@@ -49,7 +49,7 @@ impl CaptureError {
 
 /// The stack of thread `tid` of `pid`, which entered its wait with `regs`. A process
 /// that runs CPython gets the thread's Python frames too; when they cannot be read, the
-/// native stack is kept as it is (and the reason logged).
+/// native stack is kept as it is (and the reason logged), partial if time ran out.
 pub fn capture(
     procfs: &ProcFs,
     pid: Pid,
@@ -87,43 +87,48 @@ pub fn capture(
     if !runs_python {
         return Ok(native);
     }
-    Ok(match read_python(procfs, pid, maps, &[tid]).remove(&tid) {
-        Some(python) => merge(native, python),
-        None => native,
+    Ok(match read_python(procfs, pid, maps, &[tid]) {
+        Some(mut stacks) => match stacks.remove(&tid) {
+            Some(python) => merge(native, python),
+            None => native,
+        },
+        // Python frames that time kept out: a walk cut short.
+        None => Stack {
+            complete: false,
+            ..native
+        },
     })
 }
 
-/// The Python stacks of `tids`, read on the bounded worker; none (and the reason
-/// logged) when they cannot be read.
+/// The Python stacks of `tids`, read on the bounded worker: none (and the reason logged)
+/// when they cannot be read, `None` when the read ran out of time before it could tell
+/// (a later one may succeed).
 pub(crate) fn read_python(
     procfs: &ProcFs,
     pid: Pid,
     maps: Vec<Mapping>,
     tids: &[Pid],
-) -> BTreeMap<Pid, PythonStack> {
+) -> Option<BTreeMap<Pid, PythonStack>> {
     let wanted = tids.to_vec();
     let started = Instant::now();
     let read = procfs.bounded(pid, move |root| {
         Ok(python::stacks(root, pid, &maps, &wanted, started + PYTHON))
     });
-    match read
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        Ok(stacks) => {
+    let (error, out_of_time) = match read {
+        Ok(Ok(stacks)) => {
             log::debug!(
                 "Python frames of {} thread(s) of pid {pid}: {} frames in {:?}",
                 tids.len(),
                 stacks.values().map(|s| s.frames.len()).sum::<usize>(),
                 started.elapsed()
             );
-            stacks
+            return Some(stacks);
         }
-        Err(error) => {
-            log::debug!("no Python frames for pid {pid}: {error}");
-            BTreeMap::new()
-        }
-    }
+        Ok(Err(error)) => (error.to_string(), error.out_of_time()),
+        Err(error) => (error.to_string(), matches!(error, Error::Timeout { .. })),
+    };
+    log::debug!("no Python frames for pid {pid}: {error}");
+    (!out_of_time).then(BTreeMap::new)
 }
 
 /// The native frames up to the innermost interpreter loop (the C code the Python code

@@ -245,6 +245,18 @@ fn module_name(mapping: &Mapping) -> String {
         .unwrap_or_default()
 }
 
+/// This test binary's pid and its mapping of libc's start (file offset 0).
+#[cfg(test)]
+fn own_libc() -> (Pid, Mapping) {
+    let pid = Pid::try_from(std::process::id()).expect("a pid");
+    let maps = ProcFs::default().mappings(pid).expect("own maps");
+    let libc = maps
+        .into_iter()
+        .find(|m| m.offset == 0 && module_name(m).starts_with("libc.so"))
+        .expect("this test binary maps libc");
+    (pid, libc)
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;

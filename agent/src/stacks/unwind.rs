@@ -222,17 +222,11 @@ fn readable(elf: &Elf) -> (bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::ProcFs;
 
     #[test]
     fn a_library_with_a_debug_link_gets_names_but_no_dwarf() {
-        let pid = Pid::try_from(std::process::id()).expect("a pid");
-        let maps = ProcFs::default().mappings(pid).expect("own maps");
-        let libc = maps
-            .iter()
-            .find(|m| m.offset == 0 && super::super::module_name(m).starts_with("libc.so"))
-            .expect("this test binary maps libc");
-        let (file, _) = open_mapping(Path::new("/proc"), pid, libc).expect("opening libc");
+        let (pid, libc) = super::super::own_libc();
+        let (file, _) = open_mapping(Path::new("/proc"), pid, &libc).expect("opening libc");
         let elf = Elf::parse(&file).expect("libc is ELF");
         assert!(
             elf.has_section(".gnu_debuglink"),

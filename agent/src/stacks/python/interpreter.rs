@@ -1,8 +1,13 @@
 //! Finding a process's CPython interpreter: the module (the `python` executable, or the
 //! `libpython` it loads) that defines `_PyRuntime`, where that is in the process, and
 //! the interpreter's version. Modules are opened only through their mappings, their
-//! symbol tables read with the ELF reader's caps.
-use std::path::Path;
+//! symbol tables read with the ELF reader's caps, once per file.
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::SystemTime,
+};
 
 use super::{
     layout::{self, Layout, Version},
@@ -10,13 +15,15 @@ use super::{
     ReadError,
 };
 use crate::{
-    elf::Elf,
+    elf::{Elf, ElfError},
     pid::Pid,
-    procfs::{open_mapping, Mapping},
+    procfs::{open_mapping, FileId, Mapping},
 };
 
 /// Modules looked into at most: a `python` executable and a libpython or two.
 const MAX_CANDIDATES: usize = 3;
+/// Module files remembered at most: a host runs a few interpreters.
+const MAX_MODULES: usize = 256;
 /// What `_Py_DebugOffsets` (3.13 and later) starts `_PyRuntime` with.
 const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
 
@@ -58,23 +65,17 @@ pub fn find(
     memory: &mut Memory,
 ) -> Result<Option<Interpreter>, FindError> {
     for mapping in candidates(maps) {
-        let Ok((file, _)) = open_mapping(root, pid, mapping) else {
+        let Some(module) = module(root, pid, mapping) else {
             continue;
         };
-        let Ok(elf) = Elf::parse(&file) else {
-            continue;
+        let runtime = mapping.start.wrapping_add(module.runtime);
+        let version = match module.version {
+            Dated::Published(at) => {
+                let hex = memory.word(mapping.start.wrapping_add(at))?;
+                Version::from_hex(hex & 0xffff_ffff)
+            }
+            Dated::Guessed(version) => version,
         };
-        let Some(runtime) = elf.object("_PyRuntime").ok().flatten() else {
-            continue;
-        };
-        let Some(bias) = elf
-            .address_of(mapping.offset)
-            .map(|address| mapping.start.wrapping_sub(address))
-        else {
-            continue;
-        };
-        let runtime = bias.wrapping_add(runtime.address);
-        let version = version(&elf, bias, memory)?;
         let layout = layout::layout(version).ok_or(FindError::Unsupported(version))?;
         if version.minor == 13 {
             debug_offsets(memory, runtime, version)?;
@@ -86,6 +87,83 @@ pub fn find(
         }));
     }
     Ok(None)
+}
+
+/// What a module's symbols say about the interpreter in it, as distances from the start
+/// of its mapping (the same in every process that maps the file at that offset).
+#[derive(Clone, Copy, Debug)]
+struct Module {
+    runtime: u64,
+    version: Dated,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Dated {
+    /// `Py_Version` is there (3.11 and later), to be read from the process.
+    Published(u64),
+    /// Guessed from the functions the module defines.
+    Guessed(Version),
+}
+
+/// The interpreter symbols of the module at `mapping`, from [`MODULES`] or its file;
+/// `None` when it has none, or when its file could not be read (not remembered: a later
+/// capture tries again).
+fn module(root: &Path, pid: Pid, mapping: &Mapping) -> Option<Module> {
+    let (file, meta) = open_mapping(root, pid, mapping).ok()?;
+    let key = ModuleKey {
+        file: mapping.file_id(),
+        offset: mapping.offset,
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    };
+    if let Some(known) = modules().get(&key) {
+        return *known;
+    }
+    let read = Elf::parse(&file).and_then(|elf| read_module(&elf, mapping.offset));
+    let module = match read {
+        Err(ElfError::Io(_)) => return None,
+        Err(_) => None,
+        Ok(module) => module,
+    };
+    let mut modules = modules();
+    if modules.len() < MAX_MODULES {
+        modules.insert(key, module);
+    }
+    module
+}
+
+/// A module file as mapped: its modification time and length too, so that a file
+/// rewritten in place (same inode) is read again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ModuleKey {
+    file: FileId,
+    offset: u64,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+/// What each module file's symbols said: a symbol search reads the whole string table
+/// and streams the symbols, so it is made once per file, not once per capture. The lock
+/// is held for lookups only, never over a read: a file on a stalled file system must
+/// not hold up the captures of other processes.
+static MODULES: Mutex<BTreeMap<ModuleKey, Option<Module>>> = Mutex::new(BTreeMap::new());
+
+fn modules() -> MutexGuard<'static, BTreeMap<ModuleKey, Option<Module>>> {
+    MODULES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `_PyRuntime` and the version's source in `elf`, mapped from file offset `offset`.
+fn read_module(elf: &Elf, offset: u64) -> Result<Option<Module>, ElfError> {
+    let Some(runtime) = elf.object("_PyRuntime")? else {
+        return Ok(None);
+    };
+    let Some(load) = elf.address_of(offset) else {
+        return Ok(None);
+    };
+    Ok(Some(Module {
+        runtime: runtime.address.wrapping_sub(load),
+        version: version(elf, load),
+    }))
 }
 
 /// The first mapping of each file that may be the interpreter: files named like
@@ -105,17 +183,17 @@ fn candidates(maps: &[Mapping]) -> impl Iterator<Item = &Mapping> {
 }
 
 /// `Py_Version` where the module defines it (3.11 and later), else the newest function
-/// of [`INTRODUCED`] it defines.
-fn version(elf: &Elf, bias: u64, memory: &mut Memory) -> Result<Version, FindError> {
+/// of [`INTRODUCED`] it defines; `load` is where the mapping starts in the file's
+/// addresses.
+fn version(elf: &Elf, load: u64) -> Dated {
     if let Some(symbol) = elf.object("Py_Version").ok().flatten() {
-        let hex = memory.word(bias.wrapping_add(symbol.address))?;
-        return Ok(Version::from_hex(hex & 0xffff_ffff));
+        return Dated::Published(symbol.address.wrapping_sub(load));
     }
     let minor = INTRODUCED
         .iter()
         .find(|(name, _)| elf.function(name).ok().flatten().is_some())
         .map_or(7, |(_, minor)| *minor);
-    Ok(Version { major: 3, minor })
+    Dated::Guessed(Version { major: 3, minor })
 }
 
 /// 3.13 publishes its layout at the start of `_PyRuntime`, after a cookie and the
@@ -139,5 +217,20 @@ fn debug_offsets(memory: &mut Memory, runtime: u64, version: Version) -> Result<
         Ok(())
     } else {
         Err(FindError::NoDebugOffsets(version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_without_an_interpreter_is_remembered_as_such() {
+        let (pid, libc) = crate::stacks::own_libc();
+        assert!(module(Path::new("/proc"), pid, &libc).is_none());
+        let remembered = modules()
+            .iter()
+            .any(|(key, module)| key.file == libc.file_id() && module.is_none());
+        assert!(remembered, "libc's symbols were not remembered");
     }
 }

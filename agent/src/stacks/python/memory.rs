@@ -13,8 +13,10 @@ const MAX_TOTAL_BYTES: usize = 4 << 20;
 pub enum ReadError {
     #[error("nothing readable at {0:#x}")]
     Fault(u64),
-    #[error("out of time or of the bytes one capture may read")]
+    #[error("out of the bytes one capture may read")]
     Budget,
+    #[error("out of time")]
+    Late,
 }
 
 pub struct Memory {
@@ -34,8 +36,11 @@ impl Memory {
     }
 
     pub fn bytes(&mut self, address: u64, len: usize) -> Result<Vec<u8>, ReadError> {
-        if len > self.left || Instant::now() >= self.until {
+        if len > self.left {
             return Err(ReadError::Budget);
+        }
+        if Instant::now() >= self.until {
+            return Err(ReadError::Late);
         }
         self.left -= len;
         let mut buffer = vec![0; len];
@@ -68,4 +73,32 @@ pub fn int_at<const N: usize>(bytes: &[u8], at: u64) -> Option<u64> {
     let mut word = [0; 8];
     word[..N].copy_from_slice(&slice);
     Some(u64::from_le_bytes(word))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+
+    fn own_memory(until: Instant) -> Memory {
+        let pid = Pid::try_from(std::process::id()).expect("a pid");
+        Memory::open(Path::new("/proc"), pid, until).expect("own memory")
+    }
+
+    #[test]
+    fn running_out_of_bytes_and_of_time_are_told_apart() {
+        let word = 0x1234_5678_u64;
+        let address = std::ptr::addr_of!(word) as u64;
+        let mut memory = own_memory(Instant::now() + Duration::from_secs(60));
+        assert_eq!(memory.word(address), Ok(word));
+        assert_eq!(
+            memory.bytes(address, MAX_TOTAL_BYTES),
+            Err(ReadError::Budget)
+        );
+        assert_eq!(
+            own_memory(Instant::now()).word(address),
+            Err(ReadError::Late)
+        );
+    }
 }

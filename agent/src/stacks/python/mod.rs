@@ -41,6 +41,18 @@ pub enum PythonError {
     Layout(layout::Version),
 }
 
+impl PythonError {
+    /// Whether the read ran out of time before it could tell anything (a read on a less
+    /// loaded machine, or with the module's symbols remembered, may succeed).
+    pub fn out_of_time(&self) -> bool {
+        matches!(
+            self,
+            PythonError::Read(ReadError::Late)
+                | PythonError::Find(FindError::Version(ReadError::Late))
+        )
+    }
+}
+
 /// The Python stacks of those of `tids` that run Python code, in process `pid` whose
 /// mappings are `maps`; empty when the process runs no CPython. Reads stop at `until`.
 /// `root` is the `/proc` mount; call inside [`crate::procfs::ProcFs::bounded`] (the
