@@ -644,7 +644,7 @@ impl Builder<'_> {
             reasons: state.reasons,
             thread_spawns: state.thread_spawns,
             signal: state.signal,
-            // An impossible id finds no thread, as the main thread's absence would.
+            // An impossible id (not a pid) stands for the main thread, where exits start.
             exit_tid: Pid::try_from(state.exit_tid).unwrap_or(pid),
         });
         let describe = exit.is_some() || self.describe.contains(&pid);

@@ -713,8 +713,9 @@ fn latency(out: &mut String, results: &Results) {
     }
     let _ = writeln!(
         out,
-        "\nStack captures of the deadlocked threads during these trials (the agent's \
-         `exitwatch_stack_capture_duration_seconds`; bounds are its bucket bounds):\n\n\
+        "\nStack captures the agent made during these trials (its \
+         `exitwatch_stack_capture_duration_seconds`: the deadlocked threads', and any other \
+         process stuck on the host then; bounds are the histogram's bucket bounds):\n\n\
          | agent flags | captures | mean (ms) | ≤ for half (ms) | ≤ for 90 % (ms) | ≤ for all (ms) |\n\
          |---|---|---|---|---|---|"
     );
