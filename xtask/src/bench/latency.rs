@@ -117,31 +117,7 @@ fn seconds(t: SystemTime) -> f64 {
 
 /// `2026-11-26T14:35:49.459Z` → Unix seconds (UTC only, as the agent writes it).
 pub fn rfc3339_seconds(text: &str) -> Option<f64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut date = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (date.next()??, date.next()??, date.next()??);
-    let mut time = time.split(':');
-    let hour: f64 = time.next()?.parse().ok()?;
-    let minute: f64 = time.next()?.parse().ok()?;
-    let second: f64 = time.next()?.parse().ok()?;
-    Some(
-        days_from_civil(year, month, day) as f64 * 86_400.0
-            + hour * 3600.0
-            + minute * 60.0
-            + second,
-    )
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    humantime::parse_rfc3339_weak(text).ok().map(seconds)
 }
 
 #[cfg(test)]
