@@ -5,8 +5,8 @@ mod common;
 use std::{path::Path, process::Output, time::Duration};
 
 use common::{as_nobody, compile, exitwatch, pipe_inode, require_root, Agent, Subject, HANG_AFTER};
+use exitwatch::incidents::IncidentList;
 use exitwatch::pid::Pid;
-use exitwatch::{graph::Kind, incidents::IncidentList};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -112,15 +112,10 @@ fn a_busy_listen_address_is_an_error_not_a_silent_agent() {
 fn a_deadlock_that_began_before_the_agent_is_found_in_the_first_scans() {
     require_root();
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
-    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
     std::thread::sleep(HANG_AFTER + Duration::from_secs(1));
     let agent = Agent::start();
-    let incident = agent.wait_for(Duration::from_secs(2), "for the older deadlock", |i| {
-        i.kind == Kind::PipeDeadlock
-            && i.pids.contains(&Pid::from_raw(parent))
-            && i.pids.contains(&Pid::from_raw(child))
-    });
-    assert_eq!(incident.pipes, [pipe_inode(child, 1)]);
+    let incident = agent.wait_for_pipe_deadlock(Duration::from_secs(2), &subject);
+    assert_eq!(incident.pipes, [pipe_inode(subject.pid("child"), 1)]);
 }
 
 #[test]

@@ -10,8 +10,6 @@ use std::{
 };
 
 use common::{Agent, Subject, HANG_AFTER, SCAN_INTERVAL};
-use exitwatch::graph::Kind;
-use exitwatch::pid::Pid;
 use exitwatch_testkit::{Population, PopulationSize};
 
 /// A tenth of the bench's full host (2,000 idle threads in 200 processes, 100 idle pipe
@@ -31,12 +29,7 @@ fn idle_waiters_are_no_incident_and_a_deadlock_among_them_is_found() {
     let agent = Agent::start();
 
     let subject = Subject::python("seed_pipe_deadlock.py", &[]);
-    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
-    agent.wait_for(DETECTED_WITHIN, "of kind pipe_deadlock", |i| {
-        i.kind == Kind::PipeDeadlock
-            && i.pids.contains(&Pid::from_raw(parent))
-            && i.pids.contains(&Pid::from_raw(child))
-    });
+    agent.wait_for_pipe_deadlock(DETECTED_WITHIN, &subject);
 
     // The population's waits began before the agent started, so they are past the
     // threshold by now; let a few more scans judge them after that.

@@ -18,13 +18,9 @@ const SLACK: Duration = Duration::from_secs(3);
 fn popen_wait_pipe_deadlock_is_detected_explained_and_resolved() {
     let agent = Agent::start();
     let mut subject = Subject::python("seed_pipe_deadlock.py", &[]);
-    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+    let child = subject.pid("child");
 
-    let incident = agent.wait_for(HANG_AFTER + SLACK, "of kind pipe_deadlock", |i| {
-        i.kind == Kind::PipeDeadlock
-            && i.pids.contains(&Pid::from_raw(parent))
-            && i.pids.contains(&Pid::from_raw(child))
-    });
+    let incident = agent.wait_for_pipe_deadlock(HANG_AFTER + SLACK, &subject);
     assert_eq!(incident.state, State::Active);
     assert_api_shape(&agent, &incident);
     let inode = pipe_inode(child, 1);

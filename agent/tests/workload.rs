@@ -15,7 +15,6 @@ use std::{
 };
 
 use common::{programs_dir, python, require_root, Agent, Subject, HANG_AFTER};
-use exitwatch::pid::Pid;
 use exitwatch::{
     graph::Kind,
     incidents::{Incident, State, Workload},
@@ -72,7 +71,7 @@ fn pods_and_units_are_named_in_incidents_metrics_and_events() {
     let mut in_pod = deadlock_in(&pod_cgroup);
     let mut in_unit = deadlock_in(&unit_cgroup);
 
-    let pod_incident = expect_deadlock(&agent, &in_pod);
+    let pod_incident = agent.wait_for_pipe_deadlock(HANG_AFTER + SLACK, &in_pod);
     let expected_pod = Workload {
         slice: Some(format!("kubepods-burstable-pod{uid_}.slice")),
         runtime: Some("containerd".into()),
@@ -105,7 +104,7 @@ fn pods_and_units_are_named_in_incidents_metrics_and_events() {
     );
     assert_eq!(pod_incident.node, node_name());
 
-    let unit_incident = expect_deadlock(&agent, &in_unit);
+    let unit_incident = agent.wait_for_pipe_deadlock(HANG_AFTER + SLACK, &in_unit);
     let expected_unit = Workload {
         unit: Some(unit.clone()),
         slice: Some("system.slice".into()),
@@ -225,15 +224,6 @@ fn deadlock_in(cgroup: &Path) -> Subject {
         });
     }
     Subject::spawn("seed_pipe_deadlock.py", command)
-}
-
-fn expect_deadlock(agent: &Agent, subject: &Subject) -> Incident {
-    let (parent, child) = (subject.pid("parent"), subject.pid("child"));
-    agent.wait_for(HANG_AFTER + SLACK, "of kind pipe_deadlock", |i| {
-        i.kind == Kind::PipeDeadlock
-            && i.pids.contains(&Pid::from_raw(parent))
-            && i.pids.contains(&Pid::from_raw(child))
-    })
 }
 
 /// The event lines once the resolutions of all `ids` are written (the writer is a

@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use exitwatch::graph::Kind;
 use exitwatch::incidents::{Incident, IncidentList, IncidentProcess};
+use exitwatch::pid::Pid;
 use exitwatch_testkit::{self as testkit, AgentProcess};
 
 pub const HANG_AFTER: Duration = Duration::from_secs(2);
@@ -208,6 +210,17 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The pipe-deadlock incident naming `subject`'s `parent` and `child` (the seed
+    /// `seed_pipe_deadlock.py` shape), waited for as [`Agent::wait_for`] does.
+    pub fn wait_for_pipe_deadlock(&self, within: Duration, subject: &Subject) -> Incident {
+        let (parent, child) = (subject.pid("parent"), subject.pid("child"));
+        self.wait_for(within, "of kind pipe_deadlock", |i| {
+            i.kind == Kind::PipeDeadlock
+                && i.pids.contains(&Pid::from_raw(parent))
+                && i.pids.contains(&Pid::from_raw(child))
+        })
     }
 
     /// Value of one sample of `/metrics`, e.g. `exitwatch_incidents_total{kind="pipe_deadlock"}`.
