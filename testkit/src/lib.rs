@@ -5,6 +5,7 @@
 //! with idle threads and pipe readers for scale tests. Everything returns a
 //! `Result`: the tests turn errors into panics with context, the bench into reports.
 mod agent;
+mod c_program;
 mod error;
 pub mod incidents;
 mod population;
@@ -12,6 +13,7 @@ mod process;
 mod subject;
 
 pub use agent::{bound_url, AgentProcess};
+pub use c_program::compile_c;
 pub use error::Error;
 pub use population::{Population, PopulationSize};
 pub use process::{signal, stop, wait_for_exit};

@@ -5,13 +5,13 @@
 use std::{
     fs,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{process, Error, Subject};
+use crate::{compile_c, process, Error, Subject};
 
 const SOURCE: &str = include_str!("idle_population.c");
 /// How often the threads' states are read while the population settles.
@@ -72,7 +72,7 @@ impl Population {
         work_dir: &Path,
         within: Duration,
     ) -> Result<Population, Error> {
-        let program = compile(work_dir)?;
+        let program = compile_c(work_dir, "idle_population", SOURCE)?;
         let mut command = Command::new(program);
         command
             .arg(size.processes.to_string())
@@ -154,23 +154,4 @@ fn process_group(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(2)?.parse().ok()
-}
-
-fn compile(work_dir: &Path) -> Result<PathBuf, Error> {
-    let binary = work_dir.join("idle_population");
-    let source = work_dir.join("idle_population.c");
-    fs::write(&source, SOURCE).map_err(Error::io(format!("writing {}", source.display())))?;
-    let status = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .status()
-        .map_err(Error::io("running cc (install gcc)"))?;
-    if !status.success() {
-        return Err(Error::Compile {
-            program: "idle_population.c".into(),
-            status,
-        });
-    }
-    Ok(binary)
 }

@@ -37,17 +37,7 @@ clap = { version = "4", features = ["derive"] }
 pub fn compile(layout: &Layout) -> Result<()> {
     prepare_build(layout)?;
     for (name, source) in SOURCES {
-        let c = layout.work.join(format!("{name}.c"));
-        fs::write(&c, source).with_context(|| format!("writing {}", c.display()))?;
-        let status = Command::new("cc")
-            .args(["-O2", "-pthread", "-o"])
-            .arg(layout.work.join(name))
-            .arg(&c)
-            .status()
-            .context("running cc")?;
-        if !status.success() {
-            bail!("cc failed on {name}.c: {status}");
-        }
+        exitwatch_testkit::compile_c(&layout.work, name, source)?;
     }
     Ok(())
 }
