@@ -101,14 +101,20 @@ pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
 
 /// Installs the Debian packages of whichever `(command, package)` is missing.
 pub fn ensure_commands(needed: &[(&str, &str)], why: &str) -> Result<()> {
+    let missing = missing_packages(needed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing, why)
+}
+
+/// The packages of `needed` (command, Debian package) whose command is not on PATH.
+pub fn missing_packages<'a>(needed: &[(&str, &'a str)]) -> Vec<&'a str> {
     let mut missing: Vec<&str> = needed
         .iter()
         .filter(|(command, _)| !have(command))
         .map(|(_, package)| *package)
         .collect();
     missing.dedup();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    apt_install(&missing, why)
+    missing
 }

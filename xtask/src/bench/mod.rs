@@ -596,11 +596,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 fn ensure_tools(reference: bool) -> Result<()> {
-    let mut missing: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(command, _)| !system::have(command))
-        .map(|(_, package)| *package)
-        .collect();
+    let mut missing = system::missing_packages(TOOLS);
     // `gcc` only recommends the C library headers.
     if !Path::new("/usr/include/stdio.h").exists() {
         missing.push("libc6-dev");
