@@ -60,6 +60,25 @@ impl Sample {
             .map(|(_, v)| v)
             .sum()
     }
+
+    /// The buckets of the histogram `name`: (upper bound in seconds, cumulative count),
+    /// ascending, the open-ended `+Inf` bucket last.
+    pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let mut buckets: Vec<(f64, f64)> = self
+            .metrics
+            .iter()
+            .filter_map(|(series, count)| {
+                let bound = series
+                    .strip_prefix(name)?
+                    .strip_prefix("_bucket{le=\"")?
+                    .strip_suffix("\"}")?;
+                // `+Inf` parses as infinity.
+                Some((bound.parse().ok()?, *count))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+    }
 }
 
 fn label(series: &str, name: &str) -> Option<String> {

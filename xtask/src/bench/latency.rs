@@ -44,22 +44,10 @@ const CAPTURE_HISTOGRAM: &str = "exitwatch_stack_capture_duration_seconds";
 
 impl Captures {
     pub fn of(sample: &Sample) -> Self {
-        let mut buckets: Vec<(f64, f64)> = sample
-            .metrics
-            .iter()
-            .filter_map(|(series, count)| {
-                let bound = series
-                    .strip_prefix(CAPTURE_HISTOGRAM)?
-                    .strip_prefix("_bucket{le=\"")?
-                    .strip_suffix("\"}")?;
-                Some((bound.parse().ok()?, *count))
-            })
-            .collect();
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         Self {
             count: sample.metric(&format!("{CAPTURE_HISTOGRAM}_count")),
             seconds: sample.metric(&format!("{CAPTURE_HISTOGRAM}_sum")),
-            buckets,
+            buckets: sample.buckets(CAPTURE_HISTOGRAM),
         }
     }
 

@@ -138,22 +138,18 @@ fn involving(agent: &Agent, pids: &[i32]) -> Result<usize> {
 /// (upper bound in seconds, scans in the window at or below it), cumulative, ascending;
 /// the open-ended `+Inf` bucket last.
 fn bucket_deltas(before: &Sample, after: &Sample) -> Vec<(f64, f64)> {
-    let prefix = format!("{SCAN_HISTOGRAM}_bucket{{le=\"");
-    let mut buckets: Vec<(f64, f64)> = after
-        .metrics
-        .iter()
-        .filter_map(|(series, value)| {
-            let bound = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-            let bound = if bound == "+Inf" {
-                f64::INFINITY
-            } else {
-                bound.parse().ok()?
-            };
-            Some((bound, value - before.metric(series)))
+    let earlier = before.buckets(SCAN_HISTOGRAM);
+    after
+        .buckets(SCAN_HISTOGRAM)
+        .into_iter()
+        .map(|(bound, count)| {
+            let was = earlier
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0.0, |(_, c)| *c);
+            (bound, count - was)
         })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    buckets
+        .collect()
 }
 
 /// A quantile estimated from histogram buckets, in seconds.
@@ -202,7 +198,23 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<Quantile> {
 
 #[cfg(test)]
 mod tests {
-    use super::{quantile, Quantile};
+    use super::{bucket_deltas, quantile, Quantile, SCAN_HISTOGRAM};
+    use crate::bench::{agent::Sample, http::parse_metrics};
+
+    #[test]
+    fn bucket_deltas_subtract_the_earlier_sample_bound_by_bound() {
+        let sample = |a: u32, b: u32| Sample {
+            cpu_ticks: 0,
+            metrics: parse_metrics(&format!(
+                "{SCAN_HISTOGRAM}_bucket{{le=\"0.01\"}} {a}\n\
+                 {SCAN_HISTOGRAM}_bucket{{le=\"+Inf\"}} {b}\n"
+            )),
+        };
+        assert_eq!(
+            bucket_deltas(&sample(2, 3), &sample(5, 9)),
+            [(0.01, 3.0), (f64::INFINITY, 6.0)]
+        );
+    }
 
     #[test]
     fn quantiles_interpolate_inside_their_bucket() {
