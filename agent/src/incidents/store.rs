@@ -84,8 +84,9 @@ impl Store {
         for finding in findings {
             let key = key(snapshot, finding);
             match self.active.remove(&key) {
-                Some(existing) => {
-                    let (before, known) = (shape(&existing), workloads_of(&existing));
+                Some(mut existing) => {
+                    let before = shape(&existing);
+                    let known = take_workloads(&mut existing);
                     let mut incident = refresh(existing, snapshot, finding);
                     self.identify(&mut incident, &known);
                     if shape(&incident) != before {
@@ -174,11 +175,13 @@ impl Store {
     }
 }
 
-fn workloads_of(incident: &Incident) -> BTreeMap<Pid, Workload> {
+/// The workloads found for an incident's processes, moved out: [`refresh`] describes the
+/// processes anew, and [`Store::identify`] puts them back without reading them again.
+fn take_workloads(incident: &mut Incident) -> BTreeMap<Pid, Workload> {
     incident
         .processes
-        .iter()
-        .map(|p| (p.pid, p.workload.clone()))
+        .iter_mut()
+        .map(|p| (p.pid, std::mem::take(&mut p.workload)))
         .collect()
 }
 
