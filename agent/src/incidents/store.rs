@@ -88,7 +88,7 @@ impl Store {
                     let before = shape(&existing);
                     let known = take_workloads(&mut existing);
                     let mut incident = refresh(existing, snapshot, finding);
-                    self.identify(&mut incident, &known);
+                    self.identify(&mut incident, known);
                     if shape(&incident) != before {
                         changes.changed.push(incident.clone());
                     }
@@ -104,7 +104,7 @@ impl Store {
                 continue;
             }
             let mut incident = open(self.next_id, snapshot, finding, clock);
-            self.identify(&mut incident, &BTreeMap::new());
+            self.identify(&mut incident, BTreeMap::new());
             self.next_id += 1;
             changes.opened.push(incident.clone());
             current.insert(key, incident);
@@ -129,16 +129,15 @@ impl Store {
     /// Names the workload of each described process (once: an incident's processes keep
     /// what was found when they were first described) and the one they share, which the
     /// summary then names.
-    fn identify(&mut self, incident: &mut Incident, known: &BTreeMap<Pid, Workload>) {
+    fn identify(&mut self, incident: &mut Incident, mut known: BTreeMap<Pid, Workload>) {
         let Some(workloads) = self.workloads.as_mut() else {
             return;
         };
         incident.node = workloads.node().to_string();
         for process in &mut incident.processes {
-            process.workload = match known.get(&process.pid) {
-                Some(workload) => workload.clone(),
-                None => workloads.of(process.pid),
-            };
+            process.workload = known
+                .remove(&process.pid)
+                .unwrap_or_else(|| workloads.of(process.pid));
         }
         let first = incident.processes.first().map(|p| &p.workload);
         incident.workload = first
