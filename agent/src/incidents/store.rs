@@ -84,10 +84,11 @@ impl Store {
         for finding in findings {
             let key = key(snapshot, finding);
             match self.active.remove(&key) {
-                Some(existing) => {
-                    let (before, known) = (shape(&existing), workloads_of(&existing));
+                Some(mut existing) => {
+                    let before = shape(&existing);
+                    let known = take_workloads(&mut existing);
                     let mut incident = refresh(existing, snapshot, finding);
-                    self.identify(&mut incident, &known);
+                    self.identify(&mut incident, known);
                     if shape(&incident) != before {
                         changes.changed.push(incident.clone());
                     }
@@ -103,7 +104,7 @@ impl Store {
                 continue;
             }
             let mut incident = open(self.next_id, snapshot, finding, clock);
-            self.identify(&mut incident, &BTreeMap::new());
+            self.identify(&mut incident, BTreeMap::new());
             self.next_id += 1;
             changes.opened.push(incident.clone());
             current.insert(key, incident);
@@ -128,16 +129,15 @@ impl Store {
     /// Names the workload of each described process (once: an incident's processes keep
     /// what was found when they were first described) and the one they share, which the
     /// summary then names.
-    fn identify(&mut self, incident: &mut Incident, known: &BTreeMap<Pid, Workload>) {
+    fn identify(&mut self, incident: &mut Incident, mut known: BTreeMap<Pid, Workload>) {
         let Some(workloads) = self.workloads.as_mut() else {
             return;
         };
         incident.node = workloads.node().to_string();
         for process in &mut incident.processes {
-            process.workload = match known.get(&process.pid) {
-                Some(workload) => workload.clone(),
-                None => workloads.of(process.pid),
-            };
+            process.workload = known
+                .remove(&process.pid)
+                .unwrap_or_else(|| workloads.of(process.pid));
         }
         let first = incident.processes.first().map(|p| &p.workload);
         incident.workload = first
@@ -174,11 +174,13 @@ impl Store {
     }
 }
 
-fn workloads_of(incident: &Incident) -> BTreeMap<Pid, Workload> {
+/// The workloads found for an incident's processes, moved out: [`refresh`] describes the
+/// processes anew, and [`Store::identify`] puts them back without reading them again.
+fn take_workloads(incident: &mut Incident) -> BTreeMap<Pid, Workload> {
     incident
         .processes
-        .iter()
-        .map(|p| (p.pid, p.workload.clone()))
+        .iter_mut()
+        .map(|p| (p.pid, std::mem::take(&mut p.workload)))
         .collect()
 }
 

@@ -56,8 +56,8 @@ pub fn names(roots: &Roots, runtime: Option<Runtime>, id: &str) -> Names {
     candidates
         .into_iter()
         .find_map(|runtime| {
-            let path = state_file(roots, runtime, id)?;
-            let names = read_names(runtime, &path)
+            let (path, format) = state_file(roots, runtime, id)?;
+            let names = read_names(format, &path)
                 .inspect_err(|e| {
                     if e.kind() != io::ErrorKind::NotFound {
                         log::debug!("container {id}: {}: {e}", path.display());
@@ -72,24 +72,42 @@ pub fn names(roots: &Roots, runtime: Option<Runtime>, id: &str) -> Names {
         .unwrap_or_default()
 }
 
+/// How a runtime's state file names its container.
+#[derive(Clone, Copy)]
+enum Format {
+    /// An OCI `config.json`, naming it in these annotations.
+    Oci([&'static str; 4]),
+    /// docker's `config.v2.json`.
+    Docker,
+}
+
 /// `id` must be a checked container id: it becomes a path component.
-fn state_file(roots: &Roots, runtime: Runtime, id: &str) -> Option<PathBuf> {
+fn state_file(roots: &Roots, runtime: Runtime, id: &str) -> Option<(PathBuf, Format)> {
     Some(match runtime {
-        Runtime::Containerd => roots
-            .containerd
-            .join("io.containerd.runtime.v2.task/k8s.io")
-            .join(id)
-            .join("config.json"),
-        Runtime::CriO => roots
-            .crio
-            .join("overlay-containers")
-            .join(id)
-            .join("userdata/config.json"),
-        Runtime::Docker => roots
-            .docker
-            .join("containers")
-            .join(id)
-            .join("config.v2.json"),
+        Runtime::Containerd => (
+            roots
+                .containerd
+                .join("io.containerd.runtime.v2.task/k8s.io")
+                .join(id)
+                .join("config.json"),
+            Format::Oci(CONTAINERD_KEYS),
+        ),
+        Runtime::CriO => (
+            roots
+                .crio
+                .join("overlay-containers")
+                .join(id)
+                .join("userdata/config.json"),
+            Format::Oci(CRIO_KEYS),
+        ),
+        Runtime::Docker => (
+            roots
+                .docker
+                .join("containers")
+                .join(id)
+                .join("config.v2.json"),
+            Format::Docker,
+        ),
         // podman keeps no state a host agent should parse; its path names the container.
         Runtime::Podman => return None,
     })
@@ -132,19 +150,17 @@ const CRIO_KEYS: [&str; 4] = [
     "io.kubernetes.cri-o.ImageName",
 ];
 
-fn read_names(runtime: Runtime, path: &Path) -> io::Result<Names> {
+fn read_names(format: Format, path: &Path) -> io::Result<Names> {
     let bytes = read_bounded(path)?;
     let invalid = |e: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, e);
-    let oci_names = |keys: [&str; 4]| -> io::Result<[Option<String>; 4]> {
-        let mut annotations = serde_json::from_slice::<OciConfig>(&bytes)
-            .map_err(invalid)?
-            .annotations;
-        Ok(keys.map(|key| annotations.remove(key)))
-    };
-    let [pod, namespace, container, image] = match runtime {
-        Runtime::Containerd => oci_names(CONTAINERD_KEYS)?,
-        Runtime::CriO => oci_names(CRIO_KEYS)?,
-        Runtime::Docker | Runtime::Podman => {
+    let [pod, namespace, container, image] = match format {
+        Format::Oci(keys) => {
+            let mut annotations = serde_json::from_slice::<OciConfig>(&bytes)
+                .map_err(invalid)?
+                .annotations;
+            keys.map(|key| annotations.remove(key))
+        }
+        Format::Docker => {
             let docker = serde_json::from_slice::<DockerConfig>(&bytes).map_err(invalid)?;
             let mut labels = docker.config.labels;
             let own_name = docker.name.trim_start_matches('/').to_string();
@@ -214,7 +230,9 @@ mod tests {
     fn each_runtime_names_its_containers() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let roots = roots(dir.path());
-        let containerd = state_file(&roots, Runtime::Containerd, ID).expect("a path");
+        let containerd = state_file(&roots, Runtime::Containerd, ID)
+            .expect("a path")
+            .0;
         lay_out(
             containerd,
             br#"{"ociVersion":"1.1.0","annotations":{
@@ -228,7 +246,7 @@ mod tests {
         assert_eq!(names.namespace.as_deref(), Some("shop"));
         assert_eq!(names.container.as_deref(), Some("api"));
 
-        let crio = state_file(&roots, Runtime::CriO, ID).expect("a path");
+        let crio = state_file(&roots, Runtime::CriO, ID).expect("a path").0;
         lay_out(
             crio,
             br#"{"annotations":{"io.kubernetes.pod.name":"web-0",
@@ -237,7 +255,7 @@ mod tests {
         let crio = super::names(&roots, Some(Runtime::CriO), ID);
         assert_eq!(crio.container.as_deref(), Some("nginx"));
 
-        let docker = state_file(&roots, Runtime::Docker, ID).expect("a path");
+        let docker = state_file(&roots, Runtime::Docker, ID).expect("a path").0;
         lay_out(
             docker,
             br#"{"Name":"/reports","Config":{"Image":"python:3.12"}}"#,
@@ -252,7 +270,9 @@ mod tests {
     fn hostile_state_gives_no_names() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let roots = roots(dir.path());
-        let path = state_file(&roots, Runtime::Containerd, ID).expect("a path");
+        let path = state_file(&roots, Runtime::Containerd, ID)
+            .expect("a path")
+            .0;
         // Too big.
         let padding = " ".repeat(MAX_STATE_BYTES as usize);
         lay_out(path.clone(), format!("{{{padding}}}").as_bytes());
