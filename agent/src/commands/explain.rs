@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     clock::monotonic_ns,
-    graph::{analyze, exit_phase, Kind, Phase, Process, Snapshot},
+    graph::{analyze, Kind, Phase, Process, Snapshot},
     incidents::{describe as describe_process, IncidentProcess},
     pid::Pid,
     procfs::ProcFs,
@@ -100,7 +100,7 @@ pub fn print(pid: Pid, hang_after: Duration, json: bool) -> Result<()> {
                 .into_iter()
                 .map(|f| FindingJson {
                     kind: f.kind,
-                    exit_phase: exit_phase(&scan.snapshot, &f),
+                    exit_phase: f.phase,
                     pids: f.pids,
                     summary: f.summary,
                 })

@@ -8,6 +8,7 @@ use super::{
     explain,
     model::{ChildTarget, Pid, Process, Snapshot, Thread, Wait},
     orphan,
+    phase::Phase,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -60,6 +61,8 @@ pub struct Finding {
     /// Monotonic ns when the first wait of the finding began.
     pub started_ns: u64,
     pub summary: String,
+    /// The exit phase its stacks show, if any.
+    pub phase: Option<Phase>,
 }
 
 /// Findings, and why the rest is not one.
@@ -352,8 +355,9 @@ fn knot_finding(
         behind,
         started_ns,
         summary: String::new(),
+        phase: None,
     };
-    finding.summary = explain::summary(snapshot, &finding);
+    explain::describe(snapshot, &mut finding);
     Some(finding)
 }
 
@@ -429,7 +433,8 @@ fn exit_phase_finding(snapshot: &Snapshot, process: &Process) -> Option<Finding>
         behind: Vec::new(),
         started_ns: exit.since_ns,
         summary: String::new(),
+        phase: None,
     };
-    finding.summary = explain::summary(snapshot, &finding);
+    explain::describe(snapshot, &mut finding);
     Some(finding)
 }

@@ -14,7 +14,14 @@ use crate::stacks::Stack;
 const MAX_CLAUSES: usize = 8;
 const MAX_NAMED: usize = 4;
 
-pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
+/// Writes the finding's summary and exit phase, both from one reading of its stacks.
+pub fn describe(snapshot: &Snapshot, finding: &mut Finding) {
+    let found = phase::classify(snapshot, finding);
+    finding.phase = found.map(|found| found.phase());
+    finding.summary = summary(snapshot, finding, found);
+}
+
+fn summary(snapshot: &Snapshot, finding: &Finding, found: Option<Found>) -> String {
     let mut clauses: Vec<String> = finding
         .chain
         .iter()
@@ -37,7 +44,6 @@ pub fn summary(snapshot: &Snapshot, finding: &Finding) -> String {
             pick(finding.behind.len(), "waits", "wait")
         ));
     }
-    let found = phase::classify(snapshot, finding);
     let phase = found
         .map(|found| found.sentence())
         .filter(|sentence| !sentence.is_empty())

@@ -9,10 +9,10 @@ mod phase;
 
 pub use analyze::Kind;
 pub(crate) use analyze::{analysis, analyze, Finding};
-pub(crate) use explain::summary;
+pub(crate) use explain::describe;
 pub(crate) use model::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait};
+pub(crate) use phase::is_asyncio_executor_shutdown;
 pub use phase::Phase;
-pub(crate) use phase::{is_asyncio_executor_shutdown, phase_of as exit_phase};
 
 #[cfg(test)]
 mod phase_tests;

@@ -60,8 +60,9 @@ fn finding(snapshot: &Snapshot, reader: &Process) -> Option<Finding> {
         behind: Vec::new(),
         started_ns,
         summary: String::new(),
+        phase: None,
     };
-    finding.summary = explain::summary(snapshot, &finding);
+    explain::describe(snapshot, &mut finding);
     Some(finding)
 }
 

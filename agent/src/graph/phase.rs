@@ -85,11 +85,6 @@ pub fn classify<'a>(snapshot: &'a Snapshot, finding: &Finding) -> Option<Found<'
         .find_map(of_process)
 }
 
-/// The phase alone, as incidents carry it.
-pub fn phase_of(snapshot: &Snapshot, finding: &Finding) -> Option<Phase> {
-    classify(snapshot, finding).map(|found| found.phase())
-}
-
 /// Each thread's Python frames (innermost first), for the threads with a stack.
 type PythonStacks<'a> = Vec<(Pid, Vec<&'a Frame>)>;
 

@@ -89,7 +89,7 @@ fn only_finding(
     let snap = snapshot(processes, pipes);
     let findings = analyze(&snap);
     assert_eq!(findings.len(), 1, "{findings:?}");
-    let phase = phase::phase_of(&snap, &findings[0]);
+    let phase = findings[0].phase;
     (findings[0].clone(), phase)
 }
 

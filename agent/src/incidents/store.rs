@@ -5,7 +5,7 @@ use exitwatch_common::exit_reason;
 use super::model::{Ending, Incident, IncidentProcess, IncidentThread, State};
 use crate::{
     clock::Clock,
-    graph::{exit_phase, ChildTarget, Finding, Kind, Process, Snapshot, Thread, Wait},
+    graph::{ChildTarget, Finding, Kind, Process, Snapshot, Thread, Wait},
     pid::Pid,
     workload::{Workload, Workloads},
 };
@@ -267,7 +267,7 @@ fn open(id: u64, snapshot: &Snapshot, finding: &Finding, clock: &Clock) -> Incid
 /// Updates what changes while an incident lasts: durations, threads, the summary.
 fn refresh(mut incident: Incident, snapshot: &Snapshot, finding: &Finding) -> Incident {
     incident.summary = finding.summary.clone();
-    incident.exit_phase = exit_phase(snapshot, finding);
+    incident.exit_phase = finding.phase;
     incident.blocked_behind = finding.behind.clone();
     incident.processes = finding
         .pids
@@ -408,6 +408,7 @@ mod tests {
             behind: Vec::new(),
             started_ns: 1,
             summary: "Pipe deadlock".into(),
+            phase: None,
         };
         (snapshot, finding)
     }

@@ -24,7 +24,7 @@ pub(crate) use python::may_be_interpreter;
 pub use unwind::Registers;
 
 use crate::{
-    graph::{summary, Finding, Process, Snapshot, Thread},
+    graph::{describe, Finding, Process, Snapshot, Thread},
     pid::Pid,
     procfs::{Mapping, ProcFs},
 };
@@ -107,7 +107,7 @@ impl Stacks {
                 }
             }
             if attached {
-                finding.summary = summary(snapshot, finding);
+                describe(snapshot, finding);
             }
         }
     }
@@ -291,6 +291,7 @@ mod tests {
             behind: Vec::new(),
             started_ns: 0,
             summary: "as analysed".into(),
+            phase: None,
         };
         (snapshot, vec![finding])
     }
