@@ -13,7 +13,6 @@ use crate::{
     graph::{analysis, Finding},
     incidents::{Ending, MAX_ACTIVE},
     pid::Pid,
-    probes::RESYNC_REASONS,
     scan::{collect, Changed, Fresh, KernelView, Options},
 };
 
@@ -87,7 +86,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
     let mut waits = shared.waits();
     let (changes, read_whole) = waits.changes(clock.monotonic_ns, counters.changes_lost, reset);
     let stale = state.waits_changed(changes);
-    if let Some(reason) = read_whole.map(|index| RESYNC_REASONS[index]) {
+    if let Some(reason) = read_whole {
         shared.metrics.waits_map_read(reason);
         let (judged, pending) = state.sizes();
         log::debug!(

@@ -40,16 +40,22 @@ impl Waits {
 
     /// What changed since the last call, read at `now_ns`. `lost` is the probes' running
     /// count of changes they could not mark; `reset` says the scans forgot what they
-    /// knew. Returns the index into [`RESYNC_REASONS`] when the whole map was read.
-    pub fn changes(&mut self, now_ns: u64, lost: u64, reset: bool) -> (WaitChanges, Option<usize>) {
+    /// knew. Returns which of [`RESYNC_REASONS`] made it read the whole map, if any.
+    pub fn changes(
+        &mut self,
+        now_ns: u64,
+        lost: u64,
+        reset: bool,
+    ) -> (WaitChanges, Option<&'static str>) {
+        let [start, lost_changes, scan_reset, periodic] = RESYNC_REASONS;
         let reason = match self.taken_ns {
-            None => Some(0),
-            Some(_) if lost != self.lost => Some(1),
-            Some(_) if reset => Some(2),
+            None => Some(start),
+            Some(_) if lost != self.lost => Some(lost_changes),
+            Some(_) if reset => Some(scan_reset),
             Some(_)
                 if now_ns.saturating_sub(self.resynced_ns) >= RESYNC_EVERY.as_nanos() as u64 =>
             {
-                Some(3)
+                Some(periodic)
             }
             Some(_) => None,
         };

@@ -157,7 +157,7 @@ impl ScanState {
                 Some(&witness) if !involved.contains(pid) && !polling(witness) => {
                     self.quiet.note(*pid, waits.clone(), witness, now_ns)
                 }
-                _ => self.quiet.retain(|quiet| quiet != *pid),
+                _ => self.quiet.forget(*pid),
             }
         }
     }

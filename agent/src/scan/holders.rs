@@ -70,13 +70,13 @@ impl HolderIndex {
             self.remove(pid);
             let read = procfs
                 .stat(pid, pid)
-                .and_then(|stat| Ok((stat.ppid, procfs.pipe_fds(pid)?)));
+                .and_then(|stat| Ok((stat.ppid, pipe_fds(procfs, pid)?)));
             match read {
                 Ok((ppid, fds)) => {
                     let room = self.kept + fds.len() <= MAX_KEPT_PIPES;
                     let pipes = room.then(|| {
                         self.kept += fds.len();
-                        fds.iter().map(|fd| (fd.pipe, fd.access)).collect()
+                        fds
                     });
                     self.entries.insert(
                         pid,
@@ -126,9 +126,9 @@ impl HolderIndex {
             let read;
             let fds = match &entry.pipes {
                 Some(kept) => kept,
-                None => match procfs.pipe_fds(pid) {
+                None => match pipe_fds(procfs, pid) {
                     Ok(fds) => {
-                        read = fds.iter().map(|fd| (fd.pipe, fd.access)).collect();
+                        read = fds;
                         &read
                     }
                     Err(error) => {
@@ -158,6 +158,15 @@ impl HolderIndex {
             .map(|(&pid, _)| pid)
             .collect()
     }
+}
+
+/// `pid`'s pipe fds as the index keeps them: (pipe inode, access).
+fn pipe_fds(procfs: &ProcFs, pid: Pid) -> Result<Vec<(u64, Access)>, crate::procfs::Error> {
+    Ok(procfs
+        .pipe_fds(pid)?
+        .into_iter()
+        .map(|fd| (fd.pipe, fd.access))
+        .collect())
 }
 
 #[cfg(test)]

@@ -58,6 +58,11 @@ impl QuietSeeds {
         );
     }
 
+    /// Forgets `pid`: it was not found live (or is part of a finding).
+    pub fn forget(&mut self, pid: Pid) {
+        self.by_pid.remove(&pid);
+    }
+
     /// Forgets what depended on processes that exec'd or exited.
     pub fn forget_processes(&mut self, pids: &HashSet<Pid>) {
         self.by_pid
