@@ -251,7 +251,7 @@ fn capture_counted(
 
 /// A mapping's file name for display: the last part of the name `maps` printed (the
 /// process chose it), never used to open anything.
-fn module_name(mapping: &Mapping) -> String {
+pub(crate) fn module_name(mapping: &Mapping) -> String {
     mapping
         .path
         .as_deref()
