@@ -1,7 +1,7 @@
 //! C programs in their exit phase, found without a probe on every process exit: a thread
 //! that blocks inside `exit()` (in an `atexit` handler or a static destructor) has a
 //! return address into libc's `exit` on its stack.
-use std::{collections::BTreeMap, ops::Range, path::Path};
+use std::{collections::BTreeMap, ops::Range};
 
 use exitwatch_common::exit_reason;
 
@@ -10,6 +10,7 @@ use crate::{
     elf::Elf,
     pid::Pid,
     procfs::{open_mapping, FileId, Mapping, ProcFs},
+    stacks::module_name,
 };
 
 /// How much of a stack above its pointer is searched: exit handlers sit near the top of
@@ -99,12 +100,8 @@ impl LibcExit {
 }
 
 fn is_libc(mapping: &Mapping) -> bool {
-    mapping
-        .path
-        .as_deref()
-        .and_then(Path::file_name)
-        .map(|name| name.to_string_lossy())
-        .is_some_and(|name| name.starts_with("libc.so") || name.starts_with("libc-"))
+    let name = module_name(mapping);
+    name.starts_with("libc.so") || name.starts_with("libc-")
 }
 
 /// `exit`'s range from the symbol tables, relative to the lowest loaded address (where

@@ -48,13 +48,15 @@ impl CaptureError {
 }
 
 /// The stack of thread `tid` of `pid`, which entered its wait with `regs`. A process
-/// that runs CPython gets the thread's Python frames too; when they cannot be read, the
-/// native stack is kept as it is (and the reason logged), partial if time ran out.
+/// that runs CPython gets the thread's Python frames too (from `python`, read once for
+/// the process's captures); when they cannot be read, the native stack is kept as it is
+/// (and the reason logged), partial if time ran out.
 pub fn capture(
     procfs: &ProcFs,
     pid: Pid,
     tid: Pid,
     regs: Registers,
+    python: &mut PythonFrames,
 ) -> Result<Stack, CaptureError> {
     let until = Instant::now() + BUDGET;
     let maps = procfs.mappings(pid)?;
@@ -87,17 +89,45 @@ pub fn capture(
     if !runs_python {
         return Ok(native);
     }
-    Ok(match read_python(procfs, pid, maps, &[tid]) {
-        Some(mut stacks) => match stacks.remove(&tid) {
-            Some(python) => merge(native, python),
-            None => native,
-        },
+    Ok(match python.of(procfs, pid, maps, tid) {
+        Some(Some(python)) => merge(native, python),
+        Some(None) => native,
         // Python frames that time kept out: a walk cut short.
         None => Stack {
             complete: false,
             ..native
         },
     })
+}
+
+/// The Python stacks of the threads of one process about to be captured: read for all
+/// of them at the first capture that needs them (one walk of the interpreter's thread
+/// states instead of one per thread), then handed out.
+pub struct PythonFrames {
+    tids: Vec<Pid>,
+    read: Option<Option<BTreeMap<Pid, PythonStack>>>,
+}
+
+impl PythonFrames {
+    pub fn new(tids: Vec<Pid>) -> Self {
+        Self { tids, read: None }
+    }
+
+    /// The Python stack of `tid` (one of those given to [`PythonFrames::new`]): `None`
+    /// when the read ran out of time, `Some(None)` when the thread has none.
+    fn of(
+        &mut self,
+        procfs: &ProcFs,
+        pid: Pid,
+        maps: Vec<Mapping>,
+        tid: Pid,
+    ) -> Option<Option<PythonStack>> {
+        let tids = &self.tids;
+        let read = self
+            .read
+            .get_or_insert_with(|| read_python(procfs, pid, maps, tids));
+        Some(read.as_mut()?.remove(&tid))
+    }
 }
 
 /// The Python stacks of `tids`, read on the bounded worker: none (and the reason logged)

@@ -17,8 +17,8 @@ use std::{
 
 use exitwatch_common::BlockedWait;
 
-pub use capture::capture;
 pub(crate) use capture::read_python;
+pub use capture::{capture, PythonFrames};
 pub use model::Stack;
 pub(crate) use python::may_be_interpreter;
 pub use unwind::Registers;
@@ -148,10 +148,24 @@ impl Stacks {
         counted: &mut impl FnMut(&'static str, Duration),
     ) -> bool {
         let pid = process.pid;
+        let chosen: Vec<bool> = process.threads.iter().map(&mut wanted).collect();
+        // Waits found in /proc before the probes ran may lack registers.
+        let wait_of = |tid: &Pid| waits.get(tid).filter(|w| w.ip != 0);
+        // The threads the budget may capture, whose Python frames are read together.
+        let to_capture = process
+            .threads
+            .iter()
+            .zip(&chosen)
+            .filter(|(t, chosen)| {
+                **chosen && wait_of(&t.tid).is_some() && !self.captured.contains_key(&(pid, t.tid))
+            })
+            .map(|(t, _)| t.tid)
+            .take(budget.captures)
+            .collect();
+        let mut python = PythonFrames::new(to_capture);
         let mut attached = false;
-        for thread in process.threads.iter_mut().filter(|t| wanted(t)) {
-            // Waits found in /proc before the probes ran may lack registers.
-            let Some(wait) = waits.get(&thread.tid).filter(|w| w.ip != 0) else {
+        for (thread, _) in process.threads.iter_mut().zip(chosen).filter(|(_, c)| *c) {
+            let Some(wait) = wait_of(&thread.tid) else {
                 continue;
             };
             let captured = match self.captured.entry((pid, thread.tid)) {
@@ -159,7 +173,7 @@ impl Stacks {
                 Entry::Vacant(_) if !budget.spend() => continue,
                 Entry::Vacant(entry) => entry.insert(Captured {
                     first_ns: wait.first_ns,
-                    stack: capture_counted(procfs, pid, thread.tid, wait, counted),
+                    stack: capture_counted(procfs, pid, thread.tid, wait, &mut python, counted),
                 }),
             };
             thread.stack = captured.stack.clone();
@@ -205,6 +219,7 @@ fn capture_counted(
     pid: Pid,
     tid: Pid,
     wait: &BlockedWait,
+    python: &mut PythonFrames,
     counted: &mut impl FnMut(&'static str, Duration),
 ) -> Option<Arc<Stack>> {
     let regs = Registers {
@@ -213,7 +228,7 @@ fn capture_counted(
         bp: wait.bp,
     };
     let started = Instant::now();
-    match capture(procfs, pid, tid, regs) {
+    match capture(procfs, pid, tid, regs, python) {
         Ok(stack) => {
             counted(
                 if stack.complete { "ok" } else { "partial" },
@@ -236,7 +251,7 @@ fn capture_counted(
 
 /// A mapping's file name for display: the last part of the name `maps` printed (the
 /// process chose it), never used to open anything.
-fn module_name(mapping: &Mapping) -> String {
+pub(crate) fn module_name(mapping: &Mapping) -> String {
     mapping
         .path
         .as_deref()
