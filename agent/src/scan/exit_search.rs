@@ -33,8 +33,11 @@ pub trait Sign {
 #[derive(Default)]
 pub struct Search<S> {
     pub sign: S,
-    /// Verdicts per waiting thread, with the first sleep of the wait they hold for.
-    verdicts: BTreeMap<(Pid, Pid), (u64, bool)>,
+    /// The first sleep of the wait each searched thread was searched in.
+    searched: BTreeMap<(Pid, Pid), u64>,
+    /// The same for the threads whose stack showed the sign: kept apart, so a scan walks
+    /// these few and not every idle thread ever searched.
+    inside: BTreeMap<(Pid, Pid), u64>,
     /// Threads offered and not searched yet: (latest sleep of the wait, pid, tid).
     offered: BTreeSet<(u64, Pid, Pid)>,
 }
@@ -58,8 +61,9 @@ impl<S: Sign> Search<S> {
     ) -> Vec<Pid> {
         if dropped {
             // Threads no longer waiting.
-            self.verdicts
-                .retain(|&(pid, tid), _| verdicts.get(pid, tid).is_some());
+            let waiting = |&(pid, tid): &(Pid, Pid), _: &mut u64| verdicts.get(pid, tid).is_some();
+            self.searched.retain(waiting);
+            self.inside.retain(waiting);
         }
         let mut found = Vec::new();
         let (mut searches, mut cursor) = (0, None);
@@ -77,10 +81,7 @@ impl<S: Sign> Search<S> {
                 self.offered.remove(&key);
                 continue;
             };
-            let searched = self
-                .verdicts
-                .get(&(pid, tid))
-                .is_some_and(|(first_ns, _)| *first_ns == record.first_ns);
+            let searched = self.searched.get(&(pid, tid)) == Some(&record.first_ns);
             if searched || exiting.contains_key(&pid) || !self.sign.candidate(pid, tid, thread) {
                 self.offered.remove(&key);
                 continue;
@@ -89,17 +90,19 @@ impl<S: Sign> Search<S> {
             // A failed read is no verdict: the thread stays offered.
             if let Some(verdict) = self.sign.search(procfs, pid, tid, thread) {
                 self.offered.remove(&key);
-                self.verdicts.insert((pid, tid), (record.first_ns, verdict));
+                self.searched.insert((pid, tid), record.first_ns);
                 if verdict {
+                    self.inside.insert((pid, tid), record.first_ns);
                     found.push(pid);
+                } else {
+                    self.inside.remove(&(pid, tid));
                 }
             }
         }
         let inside: Vec<(Pid, Pid, u64)> = self
-            .verdicts
+            .inside
             .iter()
-            .filter(|(_, (_, inside))| *inside)
-            .filter_map(|(&(pid, tid), &(first_ns, _))| {
+            .filter_map(|(&(pid, tid), &first_ns)| {
                 let (of, _, record, thread) = verdicts.entry(tid)?;
                 (of == pid && record.first_ns == first_ns && thread.stuck).then_some((
                     pid,
