@@ -1,8 +1,8 @@
 //! One thread's stack: its maps and stack memory through the bounded `/proc` readers,
-//! then unwinding and symbolizing on the bounded worker (module files may sit on a file
-//! system their owner can stall), then, in a process that runs CPython, its Python
-//! frames in place of the interpreter's own (see [`merge`]); all of it within one
-//! deadline per thread ([`BUDGET`]).
+//! then unwinding on the bounded worker (module files may sit on a file system their
+//! owner can stall), in a process that runs CPython its Python frames, then names for the
+//! native frames, the Python frames replacing the interpreter's own (see [`merge`]); all
+//! of it within one deadline per thread ([`BUDGET`]).
 use std::{
     collections::BTreeMap,
     sync::Arc,
@@ -28,11 +28,12 @@ pub const STACK_BYTES: u64 = 64 * 1024;
 /// so one step may end past it.
 pub const BUDGET: Duration = Duration::from_millis(50);
 /// Into the budget: no module is loaded for the walk after this (the stack is then
-/// partial), so that names have time.
+/// partial), so that the Python frames and names have time.
 const LOADING: Duration = Duration::from_millis(20);
-/// Into the budget, in a process that runs CPython: no name is looked up after this, so
-/// that the Python read has the rest; elsewhere names may take the whole budget.
-const NAMING_BEFORE_PYTHON: Duration = Duration::from_millis(40);
+/// Into the budget: the Python read stops here, so that names have the rest. It comes
+/// before names: in a Python process, its frames are what the code's author wrote, the
+/// native ones mostly the interpreter's.
+const PYTHON_READ: Duration = Duration::from_millis(40);
 /// Time for a Python read of its own (see [`read_python`]).
 const PYTHON: Duration = Duration::from_millis(30);
 
@@ -99,39 +100,38 @@ impl Captures {
                 .stack_above(pid, &maps, regs.sp, STACK_BYTES)?
                 .ok_or(CaptureError::NoStack(regs.sp))?,
         };
-        let runs_python = maps.iter().any(python::may_be_interpreter);
-        let naming = if runs_python {
-            NAMING_BEFORE_PYTHON
-        } else {
-            BUDGET
-        };
-        let native_maps = maps.clone();
-        let native = procfs.bounded(pid, move |root| {
-            let walk = walk(root, pid, &native_maps, regs, &stack, started + LOADING);
-            let frames = symbolize::frames(
-                root,
-                &native_maps,
-                &walk.addresses,
-                &walk.modules,
-                started + naming,
-            );
-            Ok(Stack {
-                frames,
-                complete: walk.complete,
-            })
+        let walk_maps = maps.clone();
+        let walk = procfs.bounded(pid, move |root| {
+            Ok(walk(root, pid, &walk_maps, regs, &stack, started + LOADING))
         })?;
-        if !runs_python {
-            return Ok(native);
-        }
-        let tids = &self.tids;
-        let python = self
-            .python
-            .get_or_insert_with(|| read_python_until(procfs, pid, maps, tids, started + BUDGET));
-        Ok(match python.as_mut().map(|stacks| stacks.remove(&tid)) {
-            Some(Some(python)) => merge(native, python),
-            Some(None) => native,
+        // `None` without CPython, `Some(None)` when its frames ran out of time.
+        let python = if maps.iter().any(python::may_be_interpreter) {
+            let tids = &self.tids;
+            let read = self.python.get_or_insert_with(|| {
+                read_python_until(procfs, pid, maps.clone(), tids, started + PYTHON_READ)
+            });
+            Some(read.as_mut().map(|stacks| stacks.remove(&tid)))
+        } else {
+            None
+        };
+        let complete = walk.complete;
+        let native = Stack {
+            frames: procfs.bounded(pid, move |root| {
+                Ok(symbolize::frames(
+                    root,
+                    &maps,
+                    &walk.addresses,
+                    &walk.modules,
+                    started + BUDGET,
+                ))
+            })?,
+            complete,
+        };
+        Ok(match python {
+            None | Some(Some(None)) => native,
+            Some(Some(Some(python))) => merge(native, python),
             // Python frames that time kept out: a walk cut short.
-            None => Stack {
+            Some(None) => Stack {
                 complete: false,
                 ..native
             },
