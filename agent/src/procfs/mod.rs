@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use deadline::Deadline;
+pub(crate) use deadline::DEADLINE;
 pub use mapped::{fs_type, open_mapping, Refusal, MAX_FILE_BYTES};
 
 use crate::pid::Pid;

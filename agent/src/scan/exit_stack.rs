@@ -9,8 +9,8 @@ use super::{collect::Verified, exit_search::Sign};
 use crate::{
     elf::Elf,
     pid::Pid,
-    procfs::{open_mapping, FileId, Mapping, ProcFs},
-    stacks::module_name,
+    procfs::{open_mapping, Mapping, ProcFs},
+    stacks::{module_name, FileVersion},
 };
 
 /// How much of a stack above its pointer is searched: exit handlers sit near the top of
@@ -23,7 +23,7 @@ const MAX_LIBCS: usize = 256;
 pub struct LibcExit {
     /// `exit`'s address range relative to the library's load base, per libc file;
     /// `None` where the file has no such symbol or cannot be read.
-    exit_ranges: BTreeMap<FileId, Option<Range<u64>>>,
+    exit_ranges: BTreeMap<FileVersion, Option<Range<u64>>>,
 }
 
 impl Sign for LibcExit {
@@ -71,30 +71,31 @@ impl Sign for LibcExit {
 }
 
 impl LibcExit {
-    /// From the cache, else from the file behind the mapping; `None` if that could not
-    /// be read (a timeout or a mapping that changed, not remembered: a later scan tries
-    /// again), `Some(None)` if it has no usable `exit`.
+    /// From the cache, else from the file behind the mapping (opened either way, to tell
+    /// a file rewritten in place); `None` if that could not be read (a timeout or a
+    /// mapping that changed, not remembered: a later scan tries again), `Some(None)` if
+    /// it has no usable `exit`.
     fn exit_range(
         &mut self,
         procfs: &ProcFs,
         pid: Pid,
         libc: &Mapping,
     ) -> Option<Option<Range<u64>>> {
-        let key = libc.file_id();
-        if let Some(range) = self.exit_ranges.get(&key) {
-            return Some(range.clone());
-        }
         let mapping = libc.clone();
-        let range = procfs
+        let (file, version) = procfs
             .bounded(pid, move |root| {
-                let (file, _) = open_mapping(root, pid, &mapping)?;
-                Ok(exit_range(&file))
+                let (file, meta) = open_mapping(root, pid, &mapping)?;
+                Ok((file, FileVersion::of(&mapping, &meta)))
             })
             .ok()?;
+        if let Some(range) = self.exit_ranges.get(&version) {
+            return Some(range.clone());
+        }
+        let range = procfs.bounded(pid, move |_| Ok(exit_range(&file))).ok()?;
         if self.exit_ranges.len() >= MAX_LIBCS {
             self.exit_ranges.clear();
         }
-        self.exit_ranges.insert(key, range.clone());
+        self.exit_ranges.insert(version, range.clone());
         Some(range)
     }
 }
@@ -154,9 +155,13 @@ mod tests {
             .iter()
             .find(|m| m.offset == 0 && is_libc(m))
             .expect("this test binary maps libc");
+        let (_, meta) = open_mapping(std::path::Path::new("/proc"), pid, mapped)
+            .expect("opening this process's libc");
         let mut libc = LibcExit::default();
-        libc.exit_ranges
-            .insert(mapped.file_id(), Some(u64::MAX - 16..u64::MAX));
+        libc.exit_ranges.insert(
+            FileVersion::of(mapped, &meta),
+            Some(u64::MAX - 16..u64::MAX),
+        );
         assert_eq!(libc.search(&proc, pid, pid, &thread), Some(false));
     }
 }

@@ -1,9 +1,11 @@
 //! One thread's stack: its maps and stack memory through the bounded `/proc` readers,
-//! then unwinding and symbolizing on the bounded worker (module files may sit on a file
-//! system their owner can stall), all within a time budget; then, in a process that runs
-//! CPython, its Python frames in place of the interpreter's own (see [`merge`]).
+//! then unwinding on the bounded worker (module files may sit on a file system their
+//! owner can stall), in a process that runs CPython its Python frames, then names for the
+//! native frames, the Python frames replacing the interpreter's own (see [`merge`]); all
+//! of it within one deadline per thread ([`BUDGET`]).
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,18 +17,29 @@ use super::{
 };
 use crate::{
     pid::Pid,
-    procfs::{Error, Mapping, ProcFs},
+    procfs::{Error, Mapping, ProcFs, DEADLINE},
 };
 
 /// Stack copied above the stack pointer at most: hangs sit in short call chains.
 pub const STACK_BYTES: u64 = 64 * 1024;
-/// Time for one thread: modules are not loaded past it, and the stack is cut there.
+/// Time for one thread, from its capture's first read to its last: maps, stack copy,
+/// walk, names and (for the first thread of a process that needs them) the Python read.
+/// It is checked between steps (before each module is loaded and each name looked up),
+/// so one step may end past it.
 pub const BUDGET: Duration = Duration::from_millis(50);
-/// Time after that for looking up names: with the walk, well inside the bounded
-/// worker's deadline, past which the process would count as stalling its readers.
-const NAMING: Duration = Duration::from_millis(80);
-/// Time for reading Python frames, on a bounded worker call of their own.
+/// Into the budget: no module is loaded for the walk after this (the stack is then
+/// partial), so that the Python frames and names have time.
+const LOADING: Duration = Duration::from_millis(20);
+/// Into the budget: the Python read stops here, so that names have the rest. It comes
+/// before names: in a Python process, its frames are what the code's author wrote, the
+/// native ones mostly the interpreter's.
+const PYTHON_READ: Duration = Duration::from_millis(40);
+/// Time for a Python read of its own (see [`read_python`]).
 const PYTHON: Duration = Duration::from_millis(30);
+
+// A capture that keeps to its budget, even with one step past it, must not look like a
+// process stalling its readers to the bounded worker.
+const _: () = assert!(BUDGET.as_nanos() * 2 <= DEADLINE.as_nanos());
 
 #[derive(thiserror::Error, Debug)]
 pub enum CaptureError {
@@ -47,102 +60,122 @@ impl CaptureError {
     }
 }
 
-/// The stack of thread `tid` of `pid`, which entered its wait with `regs`. A process
-/// that runs CPython gets the thread's Python frames too (from `python`, read once for
-/// the process's captures); when they cannot be read, the native stack is kept as it is
-/// (and the reason logged), partial if time ran out.
-pub fn capture(
-    procfs: &ProcFs,
+/// The captures of one process's threads in one scan, and what they share: its maps,
+/// read at the first capture, and, in a process that runs CPython, its threads' Python
+/// stacks, read at the first capture (one walk of the interpreter's thread states instead
+/// of one per thread) within that thread's budget, then handed out.
+pub struct Captures {
     pid: Pid,
-    tid: Pid,
-    regs: Registers,
-    python: &mut PythonFrames,
-) -> Result<Stack, CaptureError> {
-    let until = Instant::now() + BUDGET;
-    let maps = procfs.mappings(pid)?;
-    if maps.is_empty() {
-        // A zombie: its memory is gone, and so is the thread.
-        return Err(Error::Gone { pid }.into());
-    }
-    let stack = StackCopy {
-        start: regs.sp,
-        bytes: procfs
-            .stack_above(pid, &maps, regs.sp, STACK_BYTES)?
-            .ok_or(CaptureError::NoStack(regs.sp))?,
-    };
-    let runs_python = maps.iter().any(python::may_be_interpreter);
-    let native_maps = maps.clone();
-    let native = procfs.bounded(pid, move |root| {
-        let walk = walk(root, pid, &native_maps, regs, &stack, until);
-        let frames = symbolize::frames(
-            root,
-            &native_maps,
-            &walk.addresses,
-            &walk.modules,
-            until + NAMING,
-        );
-        Ok(Stack {
-            frames,
-            complete: walk.complete,
-        })
-    })?;
-    if !runs_python {
-        return Ok(native);
-    }
-    Ok(match python.of(procfs, pid, maps, tid) {
-        Some(Some(python)) => merge(native, python),
-        Some(None) => native,
-        // Python frames that time kept out: a walk cut short.
-        None => Stack {
-            complete: false,
-            ..native
-        },
-    })
-}
-
-/// The Python stacks of the threads of one process about to be captured: read for all
-/// of them at the first capture that needs them (one walk of the interpreter's thread
-/// states instead of one per thread), then handed out.
-pub struct PythonFrames {
     tids: Vec<Pid>,
-    read: Option<Option<BTreeMap<Pid, PythonStack>>>,
+    maps: Option<Arc<[Mapping]>>,
+    python: Option<Option<BTreeMap<Pid, PythonStack>>>,
 }
 
-impl PythonFrames {
-    pub fn new(tids: Vec<Pid>) -> Self {
-        Self { tids, read: None }
+impl Captures {
+    /// For threads `tids` of `pid` (those whose Python frames are read together).
+    pub fn new(pid: Pid, tids: Vec<Pid>) -> Self {
+        Self {
+            pid,
+            tids,
+            maps: None,
+            python: None,
+        }
     }
 
-    /// The Python stack of `tid` (one of those given to [`PythonFrames::new`]): `None`
-    /// when the read ran out of time, `Some(None)` when the thread has none.
-    fn of(
+    /// The stack of thread `tid`, which entered its wait with `regs`. A process that
+    /// runs CPython gets the thread's Python frames too; when they cannot be read, the
+    /// native stack is kept as it is (and the reason logged), partial if time ran out.
+    pub fn capture(
         &mut self,
         procfs: &ProcFs,
-        pid: Pid,
-        maps: Vec<Mapping>,
         tid: Pid,
-    ) -> Option<Option<PythonStack>> {
-        let tids = &self.tids;
-        let read = self
-            .read
-            .get_or_insert_with(|| read_python(procfs, pid, maps, tids));
-        Some(read.as_mut()?.remove(&tid))
+        regs: Registers,
+    ) -> Result<Stack, CaptureError> {
+        let started = Instant::now();
+        let pid = self.pid;
+        let maps = self.maps(procfs)?;
+        let stack = StackCopy {
+            start: regs.sp,
+            bytes: procfs
+                .stack_above(pid, &maps, regs.sp, STACK_BYTES)?
+                .ok_or(CaptureError::NoStack(regs.sp))?,
+        };
+        let walk_maps = maps.clone();
+        let walk = procfs.bounded(pid, move |root| {
+            Ok(walk(root, pid, &walk_maps, regs, &stack, started + LOADING))
+        })?;
+        // `None` without CPython, `Some(None)` when its frames ran out of time.
+        let python = if maps.iter().any(python::may_be_interpreter) {
+            let tids = &self.tids;
+            let read = self.python.get_or_insert_with(|| {
+                read_python_until(procfs, pid, maps.clone(), tids, started + PYTHON_READ)
+            });
+            Some(read.as_mut().map(|stacks| stacks.remove(&tid)))
+        } else {
+            None
+        };
+        let complete = walk.complete;
+        let native = Stack {
+            frames: procfs.bounded(pid, move |root| {
+                Ok(symbolize::frames(
+                    root,
+                    &maps,
+                    &walk.addresses,
+                    &walk.modules,
+                    started + BUDGET,
+                ))
+            })?,
+            complete,
+        };
+        Ok(match python {
+            None | Some(Some(None)) => native,
+            Some(Some(Some(python))) => merge(native, python),
+            // Python frames that time kept out: a walk cut short.
+            Some(None) => Stack {
+                complete: false,
+                ..native
+            },
+        })
+    }
+
+    /// The process's maps, read at the first capture (a zombie's are empty: its memory
+    /// is gone, and so is the thread).
+    fn maps(&mut self, procfs: &ProcFs) -> Result<Arc<[Mapping]>, CaptureError> {
+        if let Some(maps) = &self.maps {
+            return Ok(maps.clone());
+        }
+        let maps: Arc<[Mapping]> = procfs.mappings(self.pid)?.into();
+        if maps.is_empty() {
+            return Err(Error::Gone { pid: self.pid }.into());
+        }
+        Ok(self.maps.insert(maps).clone())
     }
 }
 
-/// The Python stacks of `tids`, read on the bounded worker: none (and the reason logged)
-/// when they cannot be read, `None` when the read ran out of time before it could tell
-/// (a later one may succeed).
+/// The Python stacks of `tids`, read on the bounded worker within [`PYTHON`]: none (and
+/// the reason logged) when they cannot be read, `None` when the read ran out of time
+/// before it could tell (a later one may succeed).
 pub(crate) fn read_python(
     procfs: &ProcFs,
     pid: Pid,
     maps: Vec<Mapping>,
     tids: &[Pid],
 ) -> Option<BTreeMap<Pid, PythonStack>> {
+    read_python_until(procfs, pid, maps.into(), tids, Instant::now() + PYTHON)
+}
+
+/// [`read_python`], until `until`.
+fn read_python_until(
+    procfs: &ProcFs,
+    pid: Pid,
+    maps: Arc<[Mapping]>,
+    tids: &[Pid],
+    until: Instant,
+) -> Option<BTreeMap<Pid, PythonStack>> {
     let wanted = tids.to_vec();
     let started = Instant::now();
     let read = procfs.bounded(pid, move |root| {
-        Ok(python::stacks(root, pid, &maps, &wanted, started + PYTHON))
+        Ok(python::stacks(root, pid, &maps, &wanted, until))
     });
     let (error, out_of_time) = match read {
         Ok(Ok(stacks)) => {

@@ -16,13 +16,12 @@ const BUILD_ID_DIR: &str = "/usr/lib/debug/.build-id";
 const MAX_NOTE_BYTES: u64 = 1024;
 const NT_GNU_BUILD_ID: u32 = 3;
 
-/// The debug file installed for `elf`'s build id, if root installed one.
-pub fn open(elf: &Elf) -> Option<File> {
-    let id = build_id(elf)?;
+/// The debug file installed for build id `id`, if root installed one.
+pub fn open(id: &[u8]) -> Option<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path(&id))
+        .open(path(id))
         .ok()?;
     let meta = file.metadata().ok()?;
     let trusted = meta.file_type().is_file()
@@ -41,7 +40,7 @@ fn path(id: &[u8]) -> PathBuf {
 
 /// The id in `.note.gnu.build-id`: 4-byte name size, id size and type, the name `GNU\0`,
 /// then the id.
-fn build_id(elf: &Elf) -> Option<Vec<u8>> {
+pub fn build_id(elf: &Elf) -> Option<Vec<u8>> {
     let note = elf
         .section_data(".note.gnu.build-id", MAX_NOTE_BYTES)
         .ok()??;

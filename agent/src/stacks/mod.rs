@@ -6,19 +6,21 @@ mod debug_file;
 pub mod model;
 mod python;
 mod symbolize;
+mod tables;
 mod unwind;
 
 use std::{
     collections::{btree_map::Entry, BTreeMap},
+    fs::Metadata,
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use exitwatch_common::BlockedWait;
 
 pub(crate) use capture::read_python;
-pub use capture::{capture, PythonFrames};
+pub use capture::Captures;
 pub use model::Stack;
 pub(crate) use python::may_be_interpreter;
 pub use unwind::Registers;
@@ -26,7 +28,7 @@ pub use unwind::Registers;
 use crate::{
     graph::{describe, Finding, Process, Snapshot, Thread},
     pid::Pid,
-    procfs::{Mapping, ProcFs},
+    procfs::{FileId, Mapping, ProcFs},
 };
 
 /// New captures per scan at most, and the time they may take together: a knot of
@@ -162,7 +164,7 @@ impl Stacks {
             .map(|(t, _)| t.tid)
             .take(budget.captures)
             .collect();
-        let mut python = PythonFrames::new(to_capture);
+        let mut captures = Captures::new(pid, to_capture);
         let mut attached = false;
         for (thread, _) in process.threads.iter_mut().zip(chosen).filter(|(_, c)| *c) {
             let Some(wait) = wait_of(&thread.tid) else {
@@ -173,7 +175,7 @@ impl Stacks {
                 Entry::Vacant(_) if !budget.spend() => continue,
                 Entry::Vacant(entry) => entry.insert(Captured {
                     first_ns: wait.first_ns,
-                    stack: capture_counted(procfs, pid, thread.tid, wait, &mut python, counted),
+                    stack: capture_counted(procfs, &mut captures, pid, thread.tid, wait, counted),
                 }),
             };
             thread.stack = captured.stack.clone();
@@ -216,10 +218,10 @@ fn by_tid(blocked: &[(u32, BlockedWait)]) -> BTreeMap<Pid, &BlockedWait> {
 
 fn capture_counted(
     procfs: &ProcFs,
+    captures: &mut Captures,
     pid: Pid,
     tid: Pid,
     wait: &BlockedWait,
-    python: &mut PythonFrames,
     counted: &mut impl FnMut(&'static str, Duration),
 ) -> Option<Arc<Stack>> {
     let regs = Registers {
@@ -228,7 +230,7 @@ fn capture_counted(
         bp: wait.bp,
     };
     let started = Instant::now();
-    match capture(procfs, pid, tid, regs, python) {
+    match captures.capture(procfs, tid, regs) {
         Ok(stack) => {
             counted(
                 if stack.complete { "ok" } else { "partial" },
@@ -258,6 +260,29 @@ pub(crate) fn module_name(mapping: &Mapping) -> String {
         .and_then(Path::file_name)
         .map(|name| name.to_string_lossy().chars().take(128).collect())
         .unwrap_or_default()
+}
+
+/// A mapped file as it is now: its modification time and length too, so that a file
+/// rewritten in place (same inode) is read again; and the file offset it is mapped from,
+/// which places it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FileVersion {
+    file: FileId,
+    offset: u64,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+impl FileVersion {
+    /// The file of `mapping`, whose metadata (from the file opened through it) is `meta`.
+    pub fn of(mapping: &Mapping, meta: &Metadata) -> Self {
+        Self {
+            file: mapping.file_id(),
+            offset: mapping.offset,
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        }
+    }
 }
 
 /// This test binary's pid and its mapping of libc's start (file offset 0).

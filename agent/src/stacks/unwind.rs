@@ -1,7 +1,7 @@
 //! Native unwinding with framehop over a copy of the stack: DWARF CFI (`.eh_frame`, or
 //! `.debug_frame` where there is none) of the modules the walk actually passes through,
 //! frame pointers where a module has no unwind table. Modules are opened only through
-//! their mappings ([`open_mapping`]) and read with size caps.
+//! their mappings ([`open_mapping`]); their tables come from [`tables`].
 use std::{collections::BTreeMap, fs::File, path::Path, time::Instant};
 
 use framehop::{
@@ -9,9 +9,11 @@ use framehop::{
     ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
 };
 
-use super::debug_file;
+use super::{
+    debug_file,
+    tables::{self, Data},
+};
 use crate::{
-    elf::Elf,
     pid::Pid,
     procfs::{open_mapping, Mapping},
 };
@@ -19,15 +21,9 @@ use crate::{
 /// Frames walked at most: hangs sit in short call chains, and a corrupt stack could
 /// otherwise loop through its own words.
 pub const MAX_FRAMES: usize = 64;
-/// Unwind tables of the largest real libraries are a few MiB.
-const MAX_UNWIND_BYTES: u64 = 16 << 20;
-/// Unwind tables held for one capture, all modules together: a process writes its own
+/// Unwind tables used by one capture, all modules together: a process writes its own
 /// stack, so its return addresses can lead the walk into any number of big files.
 const MAX_CAPTURE_UNWIND_BYTES: u64 = 32 << 20;
-/// blazesym holds a module's symbols, and the DWARF units it reads, in memory: a file
-/// whose tables are larger than this (any user can map one) gets no names, or no lines.
-const MAX_SYMBOL_BYTES: u64 = 16 << 20;
-const MAX_DWARF_BYTES: u64 = 32 << 20;
 
 /// User registers where the thread entered its wait.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,7 +82,7 @@ pub fn walk(
     stack: &StackCopy,
     until: Instant,
 ) -> Walk {
-    let mut unwinder = UnwinderX86_64::<Vec<u8>>::new();
+    let mut unwinder = UnwinderX86_64::<Data>::new();
     let mut cache = CacheX86_64::<_>::new();
     let mut modules = BTreeMap::new();
     let mut tried = Vec::new();
@@ -124,7 +120,7 @@ pub fn code_mapping(maps: &[Mapping], address: u64) -> Option<&Mapping> {
 
 /// One walk; stops early at the first frame in a mapping `unloaded` returns.
 fn frames<'m>(
-    unwinder: &UnwinderX86_64<Vec<u8>>,
+    unwinder: &UnwinderX86_64<Data>,
     cache: &mut CacheX86_64,
     regs: Registers,
     stack: &StackCopy,
@@ -159,36 +155,17 @@ fn load(
     pid: Pid,
     mapping: &Mapping,
     room: &mut u64,
-) -> Option<(Module<Vec<u8>>, Loaded)> {
-    let (file, _) = open_mapping(root, pid, mapping).ok()?;
-    let elf = Elf::parse(&file).ok()?;
-    let bias = mapping.start.wrapping_sub(elf.address_of(mapping.offset)?);
-    let mut section = |name| {
-        let data = elf
-            .section_data(name, MAX_UNWIND_BYTES.min(*room))
-            .ok()
-            .flatten()?;
-        *room -= data.len() as u64;
-        Some(data)
+) -> Option<(Module<Data>, Loaded)> {
+    let (file, meta) = open_mapping(root, pid, mapping).ok()?;
+    let tables = tables::of(&file, &meta, mapping)?;
+    let bias = mapping.start.wrapping_sub(tables.stated);
+    let info = match room.checked_sub(tables.bytes()) {
+        Some(left) => {
+            *room = left;
+            tables.section_info()
+        }
+        None => ExplicitModuleSectionInfo::default(),
     };
-    let eh_frame = section(".eh_frame");
-    let info = ExplicitModuleSectionInfo {
-        base_svma: 0,
-        text_svma: elf.section_range(".text"),
-        got_svma: elf.section_range(".got"),
-        eh_frame_svma: elf.section_range(".eh_frame"),
-        eh_frame_hdr_svma: elf.section_range(".eh_frame_hdr"),
-        eh_frame_hdr: section(".eh_frame_hdr"),
-        debug_frame: if eh_frame.is_none() {
-            section(".debug_frame")
-        } else {
-            None
-        },
-        eh_frame,
-        ..ExplicitModuleSectionInfo::default()
-    };
-    let (symbols, dwarf) = readable(&elf);
-    let debug = debug_file::open(&elf);
     let name = super::module_name(mapping);
     let module = Module::new(name, mapping.start..mapping.end, bias, info);
     Some((
@@ -196,42 +173,9 @@ fn load(
         Loaded {
             file,
             bias,
-            symbols,
-            dwarf,
-            debug,
+            symbols: tables.symbols,
+            dwarf: tables.dwarf,
+            debug: tables.build_id.as_deref().and_then(debug_file::open),
         },
     ))
-}
-
-/// Whether blazesym may read `elf`'s symbol tables, and its DWARF. Sizes are those the
-/// section headers state, not the address ranges they claim (a range that overflows
-/// would otherwise count as nothing).
-fn readable(elf: &Elf) -> (bool, bool) {
-    let symbols = [".symtab", ".strtab", ".dynsym", ".dynstr"]
-        .iter()
-        .map(|name| elf.sections_size(name))
-        .fold(0, u64::saturating_add)
-        <= MAX_SYMBOL_BYTES;
-    let links = [".gnu_debuglink", ".gnu_debugaltlink", ".debug_sup"];
-    let dwarf = symbols
-        && !links.iter().any(|name| elf.has_section(name))
-        && elf.sections_size(".debug_") <= MAX_DWARF_BYTES;
-    (symbols, dwarf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_library_with_a_debug_link_gets_names_but_no_dwarf() {
-        let (pid, libc) = super::super::own_libc();
-        let (file, _) = open_mapping(Path::new("/proc"), pid, &libc).expect("opening libc");
-        let elf = Elf::parse(&file).expect("libc is ELF");
-        assert!(
-            elf.has_section(".gnu_debuglink"),
-            "Debian's libc links its debug file"
-        );
-        assert_eq!(readable(&elf), (true, false));
-    }
 }
