@@ -359,12 +359,13 @@ fn seed_waits(
     quiet: &mut QuietSeeds,
     now_ns: u64,
 ) -> BTreeMap<Pid, Waits> {
+    quiet.expire(now_ns);
     let active: HashSet<Pid> = active.iter().chain(exiting.keys()).copied().collect();
     let keep = |pid: Pid, waits: &Waits| {
         fresh.contains(pid)
             || exiting.contains_key(&pid)
             || describe.contains(&pid)
-            || !quiet.is_quiet(pid, waits, now_ns, &active)
+            || !quiet.is_quiet(pid, waits, &active)
     };
     // Both come ordered by (pid, tid), so each process's waits are one run: a host's
     // idle pipe readers cost a comparison each here, and no allocation while they stay
