@@ -14,12 +14,9 @@
 //! that matter most, those of blocked processes, stay true for as long as they wait.
 //! Where the index contradicts the kernel (a blocked writer with no reader left, a
 //! blocked reader with no writer) it is stale, and the scan rebuilds it whole.
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    ops::RangeInclusive,
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::age_limit;
+use super::{age_limit, with_any_pid};
 use crate::{
     graph::PipeEnds,
     pid::Pid,
@@ -76,11 +73,6 @@ pub struct HolderIndex {
     unread: HashSet<Pid>,
     /// When `/proc` was last listed.
     listed_ns: Option<u64>,
-}
-
-/// Every key `(key, pid)` for one `key`.
-fn with_any_pid<K: Copy>(key: K) -> RangeInclusive<(K, Pid)> {
-    (key, Pid::from_raw(i32::MIN))..=(key, Pid::from_raw(i32::MAX))
 }
 
 impl HolderIndex {

@@ -11,14 +11,16 @@
 //!   all: it turns stuck by itself, and the process is not skipped.
 //!
 //! Findings age out oldest first, at most [`MAX_EXPIRED`] per scan, so that a host's idle
-//! readers, all found live in one scan, are looked at again over several scans.
+//! readers, all found live in one scan, are looked at again over several scans. Processes
+//! not known live are kept as "loud": a scan looks at those, at the ones whose waits
+//! changed and at the ones whose witness did, never at every blocked process.
 //!
 //! A skipped process is still read whenever another one's wait leads to it.
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use exitwatch_common::BlockedWait;
 
-use super::age_limit;
+use super::{age_limit, with_any_pid};
 use crate::pid::Pid;
 
 /// The age at which a finding is looked at again (see [`age_limit`]), while no more than
@@ -43,6 +45,9 @@ pub struct QuietSeeds {
     by_witness: BTreeSet<(Pid, Pid)>,
     /// (when it ages out, pid) of every finding.
     due: BTreeSet<(u64, Pid)>,
+    /// Blocked processes looked at for their own waits and not known live: looked at
+    /// again every scan until one finds them live or they are no longer blocked.
+    loud: BTreeSet<Pid>,
 }
 
 impl QuietSeeds {
@@ -68,8 +73,24 @@ impl QuietSeeds {
         }
     }
 
+    /// The processes to look at again whatever changed (see [`QuietSeeds::loud`]).
+    pub fn loud(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.loud.iter().copied()
+    }
+
+    /// The processes known live because of one of `witnesses`.
+    pub fn witnessed_by<'a>(
+        &'a self,
+        witnesses: impl IntoIterator<Item = &'a Pid> + 'a,
+    ) -> impl Iterator<Item = Pid> + 'a {
+        (witnesses.into_iter())
+            .flat_map(|&witness| self.by_witness.range(with_any_pid(witness)))
+            .map(|&(_, pid)| pid)
+    }
+
     pub fn note(&mut self, pid: Pid, waits: Waits, witness: Pid, now_ns: u64) {
-        self.forget(pid);
+        self.remove(pid);
+        self.loud.remove(&pid);
         let due_ns = now_ns.saturating_add(age_limit(pid, MAX_AGE_NS));
         self.by_witness.insert((witness, pid));
         self.due.insert((due_ns, pid));
@@ -83,8 +104,20 @@ impl QuietSeeds {
         );
     }
 
-    /// Forgets `pid`: it was not found live (or is part of a finding).
+    /// Forgets what kept `pid` live (it was not found live, is part of a finding, or what
+    /// it rested on changed): it is looked at until found live again.
     pub fn forget(&mut self, pid: Pid) {
+        self.remove(pid);
+        self.loud.insert(pid);
+    }
+
+    /// `pid` is no longer blocked in a wait that makes it worth a look by itself.
+    pub fn not_blocked(&mut self, pid: Pid) {
+        self.remove(pid);
+        self.loud.remove(&pid);
+    }
+
+    fn remove(&mut self, pid: Pid) {
         if let Some(quiet) = self.by_pid.remove(&pid) {
             self.by_witness.remove(&(quiet.witness, pid));
             self.due.remove(&(quiet.due_ns, pid));
@@ -95,26 +128,10 @@ impl QuietSeeds {
     pub fn forget_processes(&mut self, pids: &HashSet<Pid>) {
         for &pid in pids {
             self.forget(pid);
-            let witnessed: Vec<Pid> = (self.by_witness)
-                .range((pid, Pid::from_raw(i32::MIN))..=(pid, Pid::from_raw(i32::MAX)))
-                .map(|&(_, quiet)| quiet)
-                .collect();
+            let witnessed: Vec<Pid> = self.witnessed_by([&pid]).collect();
             for quiet in witnessed {
                 self.forget(quiet);
             }
-        }
-    }
-
-    /// Forgets processes not blocked any more (or involved in a finding).
-    pub fn retain(&mut self, keep: impl Fn(Pid) -> bool) {
-        let dropped: Vec<Pid> = self
-            .by_pid
-            .keys()
-            .copied()
-            .filter(|&pid| !keep(pid))
-            .collect();
-        for pid in dropped {
-            self.forget(pid);
         }
     }
 }
@@ -161,9 +178,16 @@ mod tests {
             !quiet.is_quiet(pid, &waits(1), &HashSet::from([pid])),
             "own new wait"
         );
-        quiet.retain(|other| other != pid);
+        quiet.forget(pid);
+        let loud: Vec<Pid> = quiet.loud().collect();
+        assert_eq!(loud, [pid, witness], "looked at until found live");
+        quiet.note(pid, waits(1), witness, SECOND);
+        assert_eq!(quiet.witnessed_by(&[witness]).collect::<Vec<_>>(), [pid]);
+        quiet.not_blocked(pid);
+        quiet.not_blocked(witness);
         assert!(!quiet.is_quiet(pid, &waits(1), &none), "no longer blocked");
         assert!(quiet.by_witness.is_empty() && quiet.due.is_empty());
+        assert_eq!(quiet.loud().count(), 0);
     }
 
     #[test]
