@@ -288,9 +288,8 @@ pub fn collect(
         .chain(found(AsyncioShutdown::REASON, asyncio))
         .collect();
     let stack_exits = exiting.len() - marked;
-    let verdicts = &state.verdicts;
     let seed_waits = seed_waits(
-        verdicts,
+        &mut state.verdicts,
         &checked.active,
         &exiting,
         describe,
@@ -298,6 +297,7 @@ pub fn collect(
         &mut state.quiet,
         now_ns,
     );
+    let verdicts = &state.verdicts;
     let seeds: BTreeSet<Pid> = seed_waits
         .keys()
         .copied()
@@ -349,9 +349,11 @@ pub fn collect(
 /// of an exiting process, a pipe or child wait of any process, unless the process is
 /// known live and nothing it rests on changed ([`QuietSeeds`]). Untimed futex waits are
 /// how idle thread pools sleep; outside an exit they are looked at only when a pipe or a
-/// child leads to their process.
+/// child leads to their process. Only processes where something changed are looked at
+/// here (their waits, or their witness), besides those not known live: a host's idle
+/// pipe readers cost nothing while they stay quiet.
 fn seed_waits(
-    verdicts: &Verdicts,
+    verdicts: &mut Verdicts,
     active: &HashSet<Pid>,
     exiting: &BTreeMap<Pid, ExitState>,
     describe: &[Pid],
@@ -359,47 +361,46 @@ fn seed_waits(
     quiet: &mut QuietSeeds,
     now_ns: u64,
 ) -> BTreeMap<Pid, Waits> {
+    quiet.expire(now_ns);
+    let changed = verdicts.take_seeding_changed();
+    let verdicts = &*verdicts;
     let active: HashSet<Pid> = active.iter().chain(exiting.keys()).copied().collect();
-    let keep = |pid: Pid, waits: &Waits| {
-        fresh.contains(pid)
-            || exiting.contains_key(&pid)
-            || describe.contains(&pid)
-            || !quiet.is_quiet(pid, waits, now_ns, &active)
+    let forced = |pid: Pid| fresh.contains(pid) || describe.contains(&pid);
+    let waits = |entries: &mut dyn Iterator<Item = (Pid, Pid, &BlockedWait, &Verified)>| {
+        entries
+            .filter_map(|(_, tid, record, _)| Some((u32::try_from(tid).ok()?, *record)))
+            .collect::<Waits>()
     };
-    // Both come ordered by (pid, tid), so each process's waits are one run: a host's
-    // idle pipe readers cost a comparison each here, and no allocation while they stay
-    // quiet.
-    let exiting_waits = exiting
-        .keys()
-        .flat_map(|&pid| verdicts.of_process(pid))
-        .filter(|(.., thread)| thread.stuck);
-    let waits = verdicts
-        .seeding()
-        .filter(|(pid, ..)| !exiting.contains_key(pid))
-        .chain(exiting_waits)
-        .filter_map(|(pid, tid, record, _)| Some((pid, u32::try_from(tid).ok()?, *record)));
     let mut seeds: BTreeMap<Pid, Waits> = BTreeMap::new();
-    let mut blocked: Vec<Pid> = Vec::new();
-    let mut run: Waits = Vec::new();
-    for (pid, tid, record) in waits {
-        if blocked.last() != Some(&pid) {
-            if let Some(&last) = blocked.last() {
-                if keep(last, &run) {
-                    seeds.insert(last, std::mem::take(&mut run));
-                }
-                run.clear();
-            }
-            blocked.push(pid);
-        }
-        run.push((tid, record));
-    }
-    if let Some(&last) = blocked.last() {
-        if keep(last, &run) {
-            seeds.insert(last, run);
+    for &pid in exiting.keys() {
+        let stuck = waits(&mut verdicts.of_process(pid).filter(|(.., v)| v.stuck));
+        if !stuck.is_empty() {
+            seeds.insert(pid, stuck);
         }
     }
-    blocked.sort_unstable();
-    quiet.retain(|pid| blocked.binary_search(&pid).is_ok());
+    let mut candidates: BTreeSet<Pid> = changed;
+    candidates.extend(quiet.loud());
+    candidates.extend(quiet.witnessed_by(&active));
+    candidates.extend(describe);
+    match fresh {
+        Fresh::All => candidates.extend(verdicts.seeding_pids()),
+        Fresh::Only(pids) | Fresh::Confirm(pids) => candidates.extend(pids),
+    }
+    for pid in candidates
+        .into_iter()
+        .filter(|pid| !exiting.contains_key(pid))
+    {
+        let own = waits(&mut verdicts.seeding_of(pid));
+        if own.is_empty() {
+            quiet.not_blocked(pid);
+        } else if !quiet.is_quiet(pid, &own, &active) {
+            // Looked at until a scan finds it live again (a later pass of this scan too).
+            quiet.forget(pid);
+            seeds.insert(pid, own);
+        } else if forced(pid) {
+            seeds.insert(pid, own);
+        }
+    }
     seeds
 }
 
@@ -833,4 +834,76 @@ fn contradicts(
         }
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pid` stuck reading `pipe` since `last_ns`, as kept after verification.
+    fn reading(verdicts: &mut Verdicts, pid: Pid, pipe: u64, last_ns: u64) {
+        let record = BlockedWait {
+            tgid: u32::try_from(pid.as_raw()).expect("a test pid"),
+            last_ns,
+            ..BlockedWait::default()
+        };
+        let wait = Wait::PipeRead { fd: 0, pipe };
+        verdicts.insert(
+            (pid, pid),
+            record,
+            Some(Verified::stuck_in(wait, last_ns, 0)),
+        );
+    }
+
+    #[test]
+    fn seeds_follow_change_not_every_blocked_process() {
+        let (mut verdicts, mut quiet) = (Verdicts::default(), QuietSeeds::default());
+        let (a, b, witness) = (Pid::from_raw(10), Pid::from_raw(20), Pid::from_raw(30));
+        let (none, fresh) = (HashSet::new(), BTreeSet::new());
+        let seeds = |verdicts: &mut Verdicts, quiet: &mut QuietSeeds, active: &HashSet<Pid>| {
+            let exiting = BTreeMap::new();
+            let fresh = Fresh::Only(&fresh);
+            seed_waits(verdicts, active, &exiting, &[], fresh, quiet, 1)
+        };
+        let found_live = |quiet: &mut QuietSeeds, seeds: BTreeMap<Pid, Waits>| {
+            for (pid, waits) in seeds {
+                quiet.note(pid, waits, witness, 1);
+            }
+        };
+        reading(&mut verdicts, a, 1, 1);
+        reading(&mut verdicts, b, 2, 1);
+        let first = seeds(&mut verdicts, &mut quiet, &none);
+        assert_eq!(
+            first.keys().copied().collect::<Vec<_>>(),
+            [a, b],
+            "new waits"
+        );
+        found_live(&mut quiet, first);
+        assert!(
+            seeds(&mut verdicts, &mut quiet, &none).is_empty(),
+            "no change"
+        );
+
+        reading(&mut verdicts, b, 2, 2);
+        let renewed = seeds(&mut verdicts, &mut quiet, &none);
+        assert_eq!(
+            renewed.keys().copied().collect::<Vec<_>>(),
+            [b],
+            "a new record"
+        );
+        found_live(&mut quiet, renewed);
+        let witness_stuck = seeds(&mut verdicts, &mut quiet, &HashSet::from([witness]));
+        assert_eq!(witness_stuck.len(), 2, "witness stuck: {witness_stuck:?}");
+        assert_eq!(
+            seeds(&mut verdicts, &mut quiet, &none).len(),
+            2,
+            "not found live yet: looked at again"
+        );
+        found_live(&mut quiet, witness_stuck);
+
+        verdicts.forget(a);
+        assert!(seeds(&mut verdicts, &mut quiet, &none).is_empty());
+        assert!(!quiet.is_quiet(a, &Waits::new(), &none));
+        assert_eq!(quiet.loud().count(), 0, "a is no longer blocked");
+    }
 }

@@ -1,8 +1,14 @@
 //! Who holds which pipe, and whose child each process is: an index of every process's
 //! pipe fds and parent, kept across scans. Walking `/proc/*/fd` costs a `readlink` per
-//! fd of the host; the index rereads a process only when it is new, when it exec'd, when
-//! one of its threads began a new wait, or when its entry has aged out (spread over
-//! time, so a host of quiet processes is reread bit by bit, never all in one scan).
+//! fd of the host; the index rereads a process only when it is new, when the lifecycle
+//! journal names it (it exec'd or exited), when one of its threads began a new wait, or
+//! when its entry has aged out. Aged entries are reread oldest first, a bounded number
+//! per scan, so a host of quiet processes is reread bit by bit, never all in one scan.
+//! `/proc` is listed only now and then, for the processes the journal cannot name
+//! (forked without exec), and whenever the whole index is rebuilt.
+//!
+//! Lookups go through reverse indexes (pipe to holders, parent to children) kept with
+//! the entries, so a lookup costs what it returns, not the number of processes.
 //!
 //! A process whose every thread is blocked cannot open or close anything, so the entries
 //! that matter most, those of blocked processes, stay true for as long as they wait.
@@ -10,15 +16,26 @@
 //! blocked reader with no writer) it is stale, and the scan rebuilds it whole.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::age_limit;
+use super::{age_limit, with_any_pid};
 use crate::{
     graph::PipeEnds,
     pid::Pid,
     procfs::{Access, ProcFs},
 };
 
-/// The oldest an entry gets (see [`age_limit`]).
+/// The oldest an entry gets (see [`age_limit`]), while no more than
+/// [`MAX_AGED_READS`] age out together.
 const MAX_AGE_NS: u64 = 30_000_000_000;
+/// Aged entries reread per refresh: a host's processes all read in one scan (at start,
+/// or after a rebuild) age out over a few scans, not in one.
+const MAX_AGED_READS: usize = 128;
+/// How often `/proc` is listed for processes that no event names (forked without exec).
+/// Until then such a process is in the index only once it blocks; a new finding is
+/// confirmed against a full rebuild anyway (see `Fresh::Confirm`).
+const LIST_EVERY_NS: u64 = 30_000_000_000;
+/// Processes named by the journal and not read yet, at most: beyond this, `/proc` is
+/// listed instead.
+const MAX_UNREAD: usize = 65_536;
 /// Pipe fds kept in all (16 bytes each). Anyone can open hundreds of thousands: beyond
 /// this, a process's fds are read again whenever a pipe is looked up, so the index stays
 /// small whatever the host holds.
@@ -31,17 +48,38 @@ struct Entry {
     read_ns: u64,
 }
 
+impl Entry {
+    fn due_ns(&self, pid: Pid) -> u64 {
+        self.read_ns.saturating_add(age_limit(pid, MAX_AGE_NS))
+    }
+}
+
 #[derive(Default)]
 pub struct HolderIndex {
     entries: HashMap<Pid, Entry>,
     /// Pipe fds in `entries`.
     kept: usize,
+    /// (pipe, holder) of every kept fd open for reading, and for writing.
+    readers: BTreeSet<(u64, Pid)>,
+    writers: BTreeSet<(u64, Pid)>,
+    /// (parent, child) of every entry.
+    children: BTreeSet<(Pid, Pid)>,
+    /// Entries whose pipes were not kept: their fds are read on every lookup.
+    unkept: BTreeSet<Pid>,
+    /// (when it ages out, pid) of every entry.
+    due: BTreeSet<(u64, Pid)>,
+    /// Processes to read at the next refresh if they still exist: named by the journal,
+    /// or found by listing `/proc`.
+    unread: HashSet<Pid>,
+    /// When `/proc` was last listed.
+    listed_ns: Option<u64>,
 }
 
 impl HolderIndex {
-    /// Brings the index up to date: drops processes that are gone, reads those not seen
-    /// before, those in `reread`, and those whose entry aged out (all of them if `all`),
-    /// except those already read at `now_ns`, the scan's time.
+    /// Brings the index up to date: lists `/proc` if it is time (or `all`), reads the
+    /// processes it does not hold yet and those in `reread`, and the oldest of those whose
+    /// entry aged out (every entry if `all`), except those already read at `now_ns`, the
+    /// scan's time.
     pub fn refresh(
         &mut self,
         procfs: &ProcFs,
@@ -50,67 +88,139 @@ impl HolderIndex {
         all: bool,
         errors: &mut BTreeMap<&'static str, u64>,
     ) {
+        let list_due = self
+            .listed_ns
+            .is_none_or(|listed| now_ns.saturating_sub(listed) >= LIST_EVERY_NS);
+        if all || list_due {
+            self.list(procfs, now_ns, errors);
+        }
+        let mut wanted: Vec<Pid> = std::mem::take(&mut self.unread).into_iter().collect();
+        wanted.extend(reread);
+        if all {
+            wanted.extend(self.entries.keys());
+        } else {
+            wanted.extend(
+                self.due
+                    .iter()
+                    .take_while(|(due_ns, _)| *due_ns <= now_ns)
+                    .take(MAX_AGED_READS)
+                    .map(|&(_, pid)| pid),
+            );
+        }
+        for pid in wanted {
+            if self.entries.get(&pid).is_none_or(|e| e.read_ns != now_ns) {
+                self.read(procfs, pid, now_ns, errors);
+            }
+        }
+    }
+
+    /// Drops the processes `/proc` no longer lists, and notes those it does not hold.
+    fn list(&mut self, procfs: &ProcFs, now_ns: u64, errors: &mut BTreeMap<&'static str, u64>) {
         let Ok(pids) = procfs.pids() else {
             *errors.entry("io").or_default() += 1;
             return;
         };
         let present: HashSet<Pid> = pids.iter().copied().collect();
         self.retain(|pid| present.contains(&pid));
-        for pid in pids {
-            // Read in this very scan (`now_ns` is the scan's): as fresh as it gets.
-            let current = self.entries.get(&pid).is_some_and(|entry| {
-                entry.read_ns == now_ns
-                    || (!all
-                        && !reread.contains(&pid)
-                        && now_ns.saturating_sub(entry.read_ns) < age_limit(pid, MAX_AGE_NS))
-            });
-            if current {
-                continue;
-            }
-            self.remove(pid);
-            let read = procfs
-                .stat(pid, pid)
-                .and_then(|stat| Ok((stat.ppid, pipe_fds(procfs, pid)?)));
-            match read {
-                Ok((ppid, fds)) => {
-                    let room = self.kept + fds.len() <= MAX_KEPT_PIPES;
-                    let pipes = room.then(|| {
-                        self.kept += fds.len();
-                        fds
-                    });
-                    self.entries.insert(
-                        pid,
-                        Entry {
-                            ppid,
-                            pipes,
-                            read_ns: now_ns,
-                        },
-                    );
-                }
-                Err(error) => *errors.entry(error.reason()).or_default() += 1,
-            }
+        self.unread.retain(|pid| present.contains(pid));
+        let new: Vec<Pid> = pids
+            .into_iter()
+            .filter(|pid| !self.entries.contains_key(pid))
+            .collect();
+        self.unread.extend(new);
+        self.listed_ns = Some(now_ns);
+    }
+
+    /// Reads `pid` anew. One that is gone just leaves the index: the journal or a listing
+    /// named it, and it exited since.
+    fn read(
+        &mut self,
+        procfs: &ProcFs,
+        pid: Pid,
+        now_ns: u64,
+        errors: &mut BTreeMap<&'static str, u64>,
+    ) {
+        self.remove(pid);
+        let read = procfs
+            .stat(pid, pid)
+            .and_then(|stat| Ok((stat.ppid, pipe_fds(procfs, pid)?)));
+        match read {
+            Ok((ppid, fds)) => self.insert(pid, ppid, fds, now_ns),
+            Err(error) if error.is_gone() => {}
+            Err(error) => *errors.entry(error.reason()).or_default() += 1,
         }
     }
 
-    /// Processes that exec'd (their close-on-exec fds are gone) or exited.
+    fn insert(&mut self, pid: Pid, ppid: Pid, fds: Vec<(u64, Access)>, now_ns: u64) {
+        let pipes = if self.kept + fds.len() <= MAX_KEPT_PIPES {
+            self.kept += fds.len();
+            for &(pipe, access) in &fds {
+                if reads(access) {
+                    self.readers.insert((pipe, pid));
+                }
+                if writes(access) {
+                    self.writers.insert((pipe, pid));
+                }
+            }
+            Some(fds)
+        } else {
+            self.unkept.insert(pid);
+            None
+        };
+        let entry = Entry {
+            ppid,
+            pipes,
+            read_ns: now_ns,
+        };
+        self.children.insert((ppid, pid));
+        self.due.insert((entry.due_ns(pid), pid));
+        self.entries.insert(pid, entry);
+    }
+
+    /// Processes that exec'd (their close-on-exec fds are gone) or exited: read again at
+    /// the next refresh if they are still there.
     pub fn forget(&mut self, pids: &HashSet<Pid>) {
-        self.retain(|pid| !pids.contains(&pid));
+        for &pid in pids {
+            self.remove(pid);
+        }
+        if self.unread.len() + pids.len() > MAX_UNREAD {
+            // Too many to name: the next refresh lists `/proc` instead.
+            self.unread.clear();
+            self.listed_ns = None;
+        } else {
+            self.unread.extend(pids);
+        }
     }
 
     fn retain(&mut self, keep: impl Fn(Pid) -> bool) {
-        let kept = &mut self.kept;
-        self.entries.retain(|&pid, entry| {
-            let keeping = keep(pid);
-            if !keeping {
-                *kept -= entry.pipes.as_ref().map_or(0, Vec::len);
-            }
-            keeping
-        });
+        let dropped: Vec<Pid> = self
+            .entries
+            .keys()
+            .copied()
+            .filter(|&pid| !keep(pid))
+            .collect();
+        for pid in dropped {
+            self.remove(pid);
+        }
     }
 
     fn remove(&mut self, pid: Pid) {
-        if let Some(entry) = self.entries.remove(&pid) {
-            self.kept -= entry.pipes.as_ref().map_or(0, Vec::len);
+        let Some(entry) = self.entries.remove(&pid) else {
+            return;
+        };
+        self.children.remove(&(entry.ppid, pid));
+        self.due.remove(&(entry.due_ns(pid), pid));
+        match &entry.pipes {
+            Some(pipes) => {
+                self.kept -= pipes.len();
+                for &(pipe, _) in pipes {
+                    self.readers.remove(&(pipe, pid));
+                    self.writers.remove(&(pipe, pid));
+                }
+            }
+            None => {
+                self.unkept.remove(&pid);
+            }
         }
     }
 
@@ -122,29 +232,19 @@ impl HolderIndex {
         errors: &mut BTreeMap<&'static str, u64>,
     ) -> BTreeMap<u64, PipeEnds> {
         let mut ends: BTreeMap<u64, PipeEnds> = BTreeMap::new();
-        for (&pid, entry) in &self.entries {
-            let read;
-            let fds = match &entry.pipes {
-                Some(kept) => kept,
-                None => match pipe_fds(procfs, pid) {
-                    Ok(fds) => {
-                        read = fds;
-                        &read
-                    }
-                    Err(error) => {
-                        *errors.entry(error.reason()).or_default() += 1;
-                        continue;
-                    }
-                },
-            };
-            for (pipe, access) in fds.iter().filter(|(pipe, _)| pipes.contains(pipe)) {
-                let ends = ends.entry(*pipe).or_default();
-                if matches!(access, Access::Read | Access::ReadWrite) {
-                    ends.readers.insert(pid);
-                }
-                if matches!(access, Access::Write | Access::ReadWrite) {
-                    ends.writers.insert(pid);
-                }
+        for &pipe in pipes {
+            let readers = self.readers.range(with_any_pid(pipe)).map(|&(_, pid)| pid);
+            let writers = self.writers.range(with_any_pid(pipe)).map(|&(_, pid)| pid);
+            let (readers, writers): (BTreeSet<Pid>, BTreeSet<Pid>) =
+                (readers.collect(), writers.collect());
+            if !readers.is_empty() || !writers.is_empty() {
+                ends.insert(pipe, PipeEnds { readers, writers });
+            }
+        }
+        for &pid in &self.unkept {
+            match pipe_fds(procfs, pid) {
+                Ok(fds) => add_holder(&mut ends, pid, &fds, pipes),
+                Err(error) => *errors.entry(error.reason()).or_default() += 1,
             }
         }
         ends
@@ -152,12 +252,38 @@ impl HolderIndex {
 
     /// The children of each of `parents`.
     pub fn children(&self, parents: &BTreeSet<Pid>) -> Vec<Pid> {
-        self.entries
+        parents
             .iter()
-            .filter(|(_, entry)| parents.contains(&entry.ppid))
-            .map(|(&pid, _)| pid)
+            .flat_map(|&parent| self.children.range(with_any_pid(parent)))
+            .map(|&(_, pid)| pid)
             .collect()
     }
+}
+
+/// Adds `pid`, holding `fds`, to the ends of those of `pipes` it holds.
+fn add_holder(
+    ends: &mut BTreeMap<u64, PipeEnds>,
+    pid: Pid,
+    fds: &[(u64, Access)],
+    pipes: &BTreeSet<u64>,
+) {
+    for (pipe, access) in fds.iter().filter(|(pipe, _)| pipes.contains(pipe)) {
+        let ends = ends.entry(*pipe).or_default();
+        if reads(*access) {
+            ends.readers.insert(pid);
+        }
+        if writes(*access) {
+            ends.writers.insert(pid);
+        }
+    }
+}
+
+fn reads(access: Access) -> bool {
+    matches!(access, Access::Read | Access::ReadWrite)
+}
+
+fn writes(access: Access) -> bool {
+    matches!(access, Access::Write | Access::ReadWrite)
 }
 
 /// `pid`'s pipe fds as the index keeps them: (pipe inode, access).
@@ -190,6 +316,140 @@ mod tests {
         (read, write, inode)
     }
 
+    /// The index's answers must be those of a walk over every entry.
+    fn assert_agrees_with_walk(index: &HolderIndex, procfs: &ProcFs) {
+        let kept = |entry: &Entry| entry.pipes.clone().expect("room for this test's pipes");
+        let pipes: BTreeSet<u64> = (index.entries.values())
+            .flat_map(|entry| kept(entry).into_iter().map(|(pipe, _)| pipe))
+            .collect();
+        let mut walked: BTreeMap<u64, PipeEnds> = BTreeMap::new();
+        for (&pid, entry) in &index.entries {
+            add_holder(&mut walked, pid, &kept(entry), &pipes);
+        }
+        let mut errors = BTreeMap::new();
+        let looked_up = index.pipe_ends(procfs, &pipes, &mut errors);
+        assert_eq!(looked_up, walked, "pipe holders");
+        let parents: BTreeSet<Pid> = index.entries.values().map(|e| e.ppid).collect();
+        for parent in parents {
+            let mut children = index.children(&BTreeSet::from([parent]));
+            children.sort_unstable();
+            let mut walked: Vec<Pid> = index
+                .entries
+                .iter()
+                .filter(|(_, e)| e.ppid == parent)
+                .map(|(&pid, _)| pid)
+                .collect();
+            walked.sort_unstable();
+            assert_eq!(children, walked, "children of {parent}");
+        }
+        let kept: usize = index
+            .entries
+            .values()
+            .flat_map(|e| &e.pipes)
+            .map(Vec::len)
+            .sum();
+        assert_eq!(index.kept, kept, "kept pipe fds");
+        assert_eq!(index.due.len(), index.entries.len(), "due times");
+    }
+
+    /// A child of this process that reads one pipe and writes another.
+    fn child_on_pipes() -> (std::process::Child, u64, u64) {
+        let (stdin, _, input) = own_pipe();
+        let (_, stdout, output) = own_pipe();
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdin(std::process::Stdio::from(stdin))
+            .stdout(std::process::Stdio::from(stdout))
+            .spawn()
+            .expect("sleep runs");
+        (child, input, output)
+    }
+
+    #[test]
+    fn reverse_indexes_agree_with_a_walk() {
+        let procfs = ProcFs::default();
+        let me = Pid::try_from(std::process::id()).expect("a pid");
+        let (mut index, mut errors) = (HolderIndex::default(), BTreeMap::new());
+        let mut children: Vec<_> = (0..3).map(|_| child_on_pipes()).collect();
+        let pid_of =
+            |child: &std::process::Child| Pid::try_from(child.id()).expect("a child's pid");
+        let none = HashSet::new();
+        index.refresh(&procfs, 1, &none, false, &mut errors);
+        assert_agrees_with_walk(&index, &procfs);
+        let mine = index.children(&BTreeSet::from([me]));
+        for (child, input, output) in &children {
+            let pid = pid_of(child);
+            assert!(mine.contains(&pid), "{mine:?} lacks {pid}");
+            let ends = index.pipe_ends(&procfs, &BTreeSet::from([*input, *output]), &mut errors);
+            assert!(ends[input].readers.contains(&pid), "{ends:?}");
+            assert!(ends[output].writers.contains(&pid), "{ends:?}");
+        }
+
+        // One exec'd (as far as the journal says) and another exited.
+        let (mut exited, ..) = children.pop().expect("three children");
+        exited.kill().expect("kill a child");
+        exited.wait().expect("reap a child");
+        let named = HashSet::from([pid_of(&exited), pid_of(&children[0].0)]);
+        index.forget(&named);
+        assert_agrees_with_walk(&index, &procfs);
+        assert!(!index.entries.contains_key(&pid_of(&exited)));
+        index.refresh(&procfs, 2, &none, false, &mut errors);
+        assert_agrees_with_walk(&index, &procfs);
+        assert!(!index.entries.contains_key(&pid_of(&exited)), "gone");
+        assert!(
+            index.entries.contains_key(&pid_of(&children[0].0)),
+            "read again"
+        );
+
+        // Aged entries are reread, and a rebuild rereads all.
+        index.refresh(&procfs, 3 + 2 * MAX_AGE_NS, &none, false, &mut errors);
+        assert_agrees_with_walk(&index, &procfs);
+        index.refresh(&procfs, 4 + 2 * MAX_AGE_NS, &none, true, &mut errors);
+        assert_agrees_with_walk(&index, &procfs);
+        assert!(index
+            .entries
+            .values()
+            .all(|e| e.read_ns == 4 + 2 * MAX_AGE_NS));
+        for (mut child, ..) in children {
+            child.kill().expect("kill a child");
+            child.wait().expect("reap a child");
+        }
+    }
+
+    #[test]
+    fn aged_entries_are_reread_a_bounded_slice_at_a_time_oldest_first() {
+        let procfs = ProcFs::default();
+        let (mut index, mut errors) = (HolderIndex::default(), BTreeMap::new());
+        let later = 10 * MAX_AGE_NS;
+        // Listed just now: the refresh reads nothing but aged entries.
+        index.listed_ns = Some(later);
+        // Processes that no longer exist (ids above any pid_max), read long ago: a reread
+        // drops them.
+        // Read far enough apart that age limits, spread by pid, keep their order.
+        let read_at = |i: i32| 1 + u64::from(i.unsigned_abs() % 3) * 2 * MAX_AGE_NS;
+        let pids: Vec<i32> = (0..3 * MAX_AGED_READS as i32).collect();
+        for &i in &pids {
+            index.insert(
+                Pid::from_raw(i32::MAX - i),
+                Pid::from_raw(1),
+                Vec::new(),
+                read_at(i),
+            );
+        }
+        index.refresh(&procfs, later, &HashSet::new(), false, &mut errors);
+        let (reread, left): (Vec<i32>, Vec<i32>) = pids
+            .iter()
+            .partition(|&&i| !index.entries.contains_key(&Pid::from_raw(i32::MAX - i)));
+        assert_eq!(reread.len(), MAX_AGED_READS, "one slice");
+        let newest_reread = reread.iter().map(|&i| read_at(i)).max();
+        let oldest_left = left.iter().map(|&i| read_at(i)).min();
+        assert!(
+            newest_reread <= oldest_left,
+            "a newer entry went before an older one"
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
     #[test]
     fn entries_are_reread_when_asked_not_every_time() {
         let procfs = ProcFs::default();
@@ -215,9 +475,13 @@ mod tests {
         assert!(!reread[&inode].writers.contains(&me), "{reread:?}");
         assert!(reread[&inode].readers.contains(&me), "{reread:?}");
 
-        // An entry past its age is reread without being asked for.
+        // An entry past its age is reread without being asked for, within as many scans
+        // as the host's aged entries take.
         drop(read);
-        index.refresh(&procfs, 3 + 2 * MAX_AGE_NS, &none, false, &mut errors);
+        for scan in 0..=index.entries.len() / MAX_AGED_READS {
+            let now_ns = 3 + 2 * MAX_AGE_NS + scan as u64;
+            index.refresh(&procfs, now_ns, &none, false, &mut errors);
+        }
         let aged = index.pipe_ends(&procfs, &BTreeSet::from([inode]), &mut errors);
         assert!(
             aged.get(&inode).is_none_or(|e| e.readers.is_empty()),

@@ -19,6 +19,12 @@ pub use seed::blocked_from_proc;
 
 use crate::pid::Pid;
 
+/// Every key `(key, pid)` for one `key`: a range of the (key, pid) sets the scan state
+/// indexes by.
+fn with_any_pid<K: Copy>(key: K) -> std::ops::RangeInclusive<(K, Pid)> {
+    (key, Pid::from_raw(i32::MIN))..=(key, Pid::from_raw(i32::MAX))
+}
+
 /// The age at which something learnt about `pid` is looked at again: between `base_ns`
 /// and twice that, spread by pid so that what one scan learnt does not all age out in
 /// one later scan.

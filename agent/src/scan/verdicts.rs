@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use exitwatch_common::BlockedWait;
 
-use super::collect::Verified;
+use super::{collect::Verified, with_any_pid};
 use crate::{graph::Wait, pid::Pid};
 
 struct Kept {
@@ -38,6 +38,9 @@ pub struct Verdicts {
     by_pid: BTreeSet<(Pid, Pid)>,
     /// (pid, tid) of stuck waits that are not untimed futex waits.
     seeding: BTreeSet<(Pid, Pid)>,
+    /// Processes whose seeding waits changed since the last
+    /// [`Verdicts::take_seeding_changed`].
+    seeding_changed: BTreeSet<Pid>,
     /// Verdicts dropped since the last [`Verdicts::take_dropped`].
     dropped: bool,
 }
@@ -66,6 +69,7 @@ impl Verdicts {
         };
         if kept.seeds() {
             self.seeding.insert(key);
+            self.seeding_changed.insert(pid);
         }
         self.by_pid.insert(key);
         self.by_tid.insert(tid, kept);
@@ -82,7 +86,9 @@ impl Verdicts {
         let kept = self.by_tid.remove(&tid)?;
         let key = (kept.pid, tid);
         self.by_pid.remove(&key);
-        self.seeding.remove(&key);
+        if self.seeding.remove(&key) {
+            self.seeding_changed.insert(kept.pid);
+        }
         Some(kept.record)
     }
 
@@ -121,10 +127,7 @@ impl Verdicts {
 
     /// Threads of `pid` with a verdict.
     pub fn tids(&self, pid: Pid) -> impl Iterator<Item = Pid> + '_ {
-        let all = (Pid::from_raw(i32::MIN), Pid::from_raw(i32::MAX));
-        self.by_pid
-            .range((pid, all.0)..=(pid, all.1))
-            .map(|(_, tid)| *tid)
+        self.by_pid.range(with_any_pid(pid)).map(|(_, tid)| *tid)
     }
 
     /// Thread `tid` in its recorded wait: (pid, tid, record, verdict).
@@ -134,10 +137,27 @@ impl Verdicts {
         Some((kept.pid, tid, &kept.record, verified))
     }
 
-    /// Stuck waits that make their process worth a look by themselves (see
-    /// [`Kept::seeds`]): (pid, tid, record, verdict).
-    pub fn seeding(&self) -> impl Iterator<Item = (Pid, Pid, &BlockedWait, &Verified)> {
-        self.seeding.iter().filter_map(|&(_, tid)| self.entry(tid))
+    /// `pid`'s stuck waits that make it worth a look by itself (see [`Kept::seeds`]), as
+    /// [`Verdicts::entry`].
+    pub fn seeding_of(
+        &self,
+        pid: Pid,
+    ) -> impl Iterator<Item = (Pid, Pid, &BlockedWait, &Verified)> {
+        (self.seeding.range(with_any_pid(pid))).filter_map(|&(_, tid)| self.entry(tid))
+    }
+
+    /// Processes with seeding waits (see [`Kept::seeds`]).
+    pub fn seeding_pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        let mut last = None;
+        (self.seeding.iter())
+            .map(|&(pid, _)| pid)
+            .filter(move |&pid| last.replace(pid) != Some(pid))
+    }
+
+    /// Processes whose seeding waits changed since the last call: the only ones whose
+    /// answer to "worth a look by itself?" may have changed.
+    pub fn take_seeding_changed(&mut self) -> BTreeSet<Pid> {
+        std::mem::take(&mut self.seeding_changed)
     }
 
     /// The waits of `pid`'s threads, as [`Verdicts::entry`].
