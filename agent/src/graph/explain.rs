@@ -5,7 +5,7 @@ use super::{
     analyze::{Finding, Kind, Link},
     model::{ChildTarget, Pid, Snapshot, Wait},
     orphan::exited_children,
-    phase::{self, Found},
+    phase::{self, thread_name, Found},
 };
 use crate::stacks::Stack;
 
@@ -176,7 +176,12 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
     let thread = if link.tid == link.pid {
         who(snapshot, link.pid)
     } else {
-        format!("thread {} of {}", link.tid, who(snapshot, link.pid))
+        let name = stack_of(snapshot, link.pid, link.tid).and_then(|s| s.python_thread.as_deref());
+        format!(
+            "{} of {}",
+            thread_name(link.tid, name),
+            who(snapshot, link.pid)
+        )
     };
     let code = stack_of(snapshot, link.pid, link.tid)
         .and_then(Stack::user_call)

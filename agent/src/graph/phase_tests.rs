@@ -56,6 +56,7 @@ fn with_stack(mut thread: Thread, frames: Vec<Frame>) -> Thread {
     thread.stack = Some(Arc::new(Stack {
         frames,
         complete: true,
+        python_thread: None,
     }));
     thread
 }

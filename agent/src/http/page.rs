@@ -187,6 +187,7 @@ mod tests {
         let stack = Stack {
             frames: vec![frame("<script>alert(1)</script>"), frame("main")],
             complete: false,
+            python_thread: None,
         };
         let html = stack_details(&stack);
         assert!(html.starts_with("<details><summary>"), "{html}");
