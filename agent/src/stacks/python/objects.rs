@@ -277,3 +277,220 @@ fn shared(
     let at = Entries::read(memory, layout, keys, max)?.find(memory, layout, name)?;
     value_at(memory, values, at).filter(|value| *value != 0)
 }
+
+/// Objects laid out in this process's memory as an interpreter of a given version lays
+/// them out, read back through `/proc/self/mem` like another process's.
+#[cfg(test)]
+pub(super) mod fake {
+    use std::{path::Path, time::Duration, time::Instant};
+
+    use super::super::layout::{self, Attributes, Layout, Version};
+    use super::Memory;
+    use crate::pid::Pid;
+
+    pub struct Fake {
+        pub layout: &'static Layout,
+        objects: Vec<Vec<u8>>,
+    }
+
+    impl Fake {
+        pub fn new(minor: u8) -> Self {
+            Self {
+                layout: layout::layout(Version { major: 3, minor }).expect("a known version"),
+                objects: Vec::new(),
+            }
+        }
+
+        pub fn memory(&self) -> Memory {
+            let pid = Pid::try_from(std::process::id()).expect("a pid");
+            Memory::open(
+                Path::new("/proc"),
+                pid,
+                Instant::now() + Duration::from_secs(60),
+            )
+            .expect("own memory")
+        }
+
+        /// `len` bytes with little-endian `fields` (offset, bytes, value); its address.
+        pub fn object(&mut self, len: usize, fields: &[(u64, usize, u64)]) -> u64 {
+            let mut bytes = vec![0u8; len];
+            for (at, size, value) in fields {
+                let at = *at as usize;
+                bytes[at..at + size].copy_from_slice(&value.to_le_bytes()[..*size]);
+            }
+            // The heap buffer stays where it is when the vector moves.
+            let address = bytes.as_ptr() as u64;
+            self.objects.push(bytes);
+            address
+        }
+
+        /// An ASCII `str` claiming `length` characters (its text is `text`).
+        pub fn string_of(&mut self, text: &str, length: u64) -> u64 {
+            let data = self.layout.ascii_data as usize;
+            let address = self.object(data + text.len(), &[(16, 8, length), (32, 4, 100)]);
+            let object = self.objects.last_mut().expect("the string");
+            object[data..].copy_from_slice(text.as_bytes());
+            address
+        }
+
+        pub fn string(&mut self, text: &str) -> u64 {
+            self.string_of(text, text.len() as u64)
+        }
+
+        /// An `int` of 30-bit `digits`, least significant first.
+        pub fn int(&mut self, digits: &[u32]) -> u64 {
+            let count = digits.len() as u64;
+            let size = if self.layout.attributes.tagged_ints() {
+                count << 3
+            } else {
+                count
+            };
+            let mut fields = vec![(16, 8, size)];
+            fields.extend(
+                digits
+                    .iter()
+                    .enumerate()
+                    .map(|(at, digit)| (24 + at as u64 * 4, 4, u64::from(*digit))),
+            );
+            self.object(24 + 4 * digits.len().max(3), &fields)
+        }
+
+        /// Dict keys holding `pairs` (key, value; values 0 for a class's shared keys),
+        /// claiming `count` entries.
+        pub fn keys(&mut self, pairs: &[(u64, u64)], count: u64, shared: bool) -> u64 {
+            // Eight slots: one byte of index each.
+            let (mut fields, start, size, key) = if self.layout.attributes.cached_keys().is_none() {
+                (vec![(8, 8, 8), (32, 8, count)], 48, 24, 8)
+            } else {
+                let (size, key) = if shared { (16, 0) } else { (24, 8) };
+                let kind = if shared { 2 } else { 0 };
+                (
+                    vec![(8, 1, 3), (9, 1, 3), (10, 1, kind), (24, 8, count)],
+                    40,
+                    size,
+                    key,
+                )
+            };
+            for (at, (k, v)) in pairs.iter().enumerate() {
+                let entry = start + at as u64 * size + key;
+                fields.push((entry, 8, *k));
+                fields.push((entry + 8, 8, *v));
+            }
+            self.object((start + size * pairs.len() as u64) as usize + 8, &fields)
+        }
+
+        pub fn dict(&mut self, pairs: &[(u64, u64)]) -> u64 {
+            let keys = self.keys(pairs, pairs.len() as u64, false);
+            self.object(48, &[(32, 8, keys)])
+        }
+
+        /// An instance of a class whose instances have the attributes `pairs`, kept as
+        /// this version keeps them when nothing asked for the instance's `__dict__`.
+        pub fn instance(&mut self, pairs: &[(u64, u64)]) -> u64 {
+            match self.layout.attributes.cached_keys() {
+                None => {
+                    let dict = self.dict(pairs);
+                    let class = self.object(296, &[(288, 8, 16)]);
+                    self.object(32, &[(8, 8, class), (16, 8, dict)])
+                }
+                Some(cached_keys) => {
+                    let names: Vec<(u64, u64)> = pairs.iter().map(|(k, _)| (*k, 0)).collect();
+                    let keys = self.keys(&names, names.len() as u64, true);
+                    let inline = self.layout.attributes.values_header() != 0;
+                    // Inline values, managed dict (both flags from 3.13).
+                    let flags = if inline { 0b1_0100 } else { 0b1_0000 };
+                    let class = self.object(
+                        cached_keys as usize + 8,
+                        &[(32, 8, 16), (168, 8, flags), (cached_keys, 8, keys)],
+                    );
+                    let values: Vec<u64> = pairs.iter().map(|(_, v)| *v).collect();
+                    self.values_instance(class, &values)
+                }
+            }
+        }
+
+        /// An instance of `class` (3.11 and later) with `values`, after 4 words: 3.11's
+        /// values pointer, then the managed dict (3.12: values tagged by the low bit).
+        /// 3.13's values are inline, after the object's 16 bytes and their header.
+        fn values_instance(&mut self, class: u64, values: &[u64]) -> u64 {
+            const OBJECT: u64 = 32;
+            let mut fields = vec![(OBJECT + 8, 8, class)];
+            match self.layout.attributes {
+                Attributes::Managed { .. } | Attributes::Tagged { .. } => {
+                    let array = self.object(8 * values.len(), &values_fields(values, 0));
+                    fields.push(match self.layout.attributes {
+                        Attributes::Managed { .. } => (0, 8, array),
+                        _ => (8, 8, array - 1),
+                    });
+                }
+                _ => {
+                    let inline = OBJECT + 16;
+                    let n = values.len() as u64;
+                    // Capacity, size, embedded, valid.
+                    fields.extend([(inline, 1, n), (inline + 1, 1, n), (inline + 2, 1, 1)]);
+                    fields.push((inline + 3, 1, 1));
+                    fields.extend(values_fields(values, inline + 8));
+                }
+            }
+            self.object(OBJECT as usize + 24 + 8 * values.len(), &fields) + OBJECT
+        }
+    }
+
+    fn values_fields(values: &[u64], start: u64) -> Vec<(u64, usize, u64)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(at, v)| (start + at as u64 * 8, 8, *v))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::Fake;
+    use super::*;
+
+    #[test]
+    fn only_non_negative_ints_of_64_bits_are_read() {
+        for minor in [7, 11, 12, 13] {
+            let mut fake = Fake::new(minor);
+            let mut memory = fake.memory();
+            let mut read = |digits: &[u32]| {
+                let address = fake.int(digits);
+                unsigned(&mut memory, fake.layout, address)
+            };
+            assert_eq!(read(&[]), Some(0));
+            assert_eq!(read(&[5, 1]), Some((1 << 30) + 5));
+            assert_eq!(read(&[0, 0, 0xf]), Some(0xf << 60));
+            // 2^64 and more, or more digits than a pthread_t takes.
+            assert_eq!(read(&[0, 0, 0x10]), None);
+            assert_eq!(read(&[1, 1, 1, 1]), None);
+        }
+        let mut fake = Fake::new(11);
+        let negative = fake.object(40, &[(OB_SIZE, 8, -1i64 as u64), (24, 4, 7)]);
+        assert_eq!(unsigned(&mut fake.memory(), fake.layout, negative), None);
+        let mut fake = Fake::new(12);
+        let negative = fake.object(40, &[(OB_SIZE, 8, (1 << 3) | 2), (24, 4, 7)]);
+        assert_eq!(unsigned(&mut fake.memory(), fake.layout, negative), None);
+    }
+
+    #[test]
+    fn dicts_that_claim_too_much_are_read_within_bounds() {
+        let mut fake = Fake::new(10);
+        let key = fake.string("threading");
+        // 2^62 slots overflow the index's size; 2^40 entries are cut at `max`.
+        let slots = fake.object(48, &[(8, 8, 1 << 62), (32, 8, 1)]);
+        let huge = fake.object(48, &[(DICT_KEYS, 8, slots)]);
+        let keys = fake.keys(&[(key, key)], 1 << 40, false);
+        let many = fake.object(48, &[(DICT_KEYS, 8, keys)]);
+        let mut memory = fake.memory();
+        assert_eq!(lookup(&mut memory, fake.layout, huge, "threading", 8), None);
+        assert_eq!(
+            lookup(&mut memory, fake.layout, many, "threading", 1),
+            Some(key)
+        );
+        assert_eq!(items(&mut memory, fake.layout, many, 1), [(key, key)]);
+        // A key of the right length but other characters.
+        assert_eq!(lookup(&mut memory, fake.layout, many, "threadinG", 1), None);
+    }
+}
