@@ -67,8 +67,13 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
                     .iter()
                     .filter(|t| t.wait != "running")
                     .map(|t| {
+                        let name = t
+                            .python_thread
+                            .as_deref()
+                            .map(|name| format!(" \"{}\"", escape(name)))
+                            .unwrap_or_default();
                         format!(
-                            "<br><small>tid {} · {} · {:.0} s</small>{}",
+                            "<br><small>tid {}{name} · {} · {:.0} s</small>{}",
                             t.tid,
                             t.wait,
                             t.blocked_seconds,
