@@ -78,10 +78,7 @@ fn is_string(memory: &mut Memory, layout: &Layout, address: u64, text: &str) -> 
 /// A non-negative `int` that fits 64 bits (a `pthread_t`, as `threading` keys its
 /// threads).
 pub fn unsigned(memory: &mut Memory, layout: &Layout, address: u64) -> Option<u64> {
-    let bytes = memory
-        .bytes(address, (INT_DIGITS + MAX_INT_DIGITS * 4) as usize)
-        .ok()?;
-    let size = int_at::<8>(&bytes, OB_SIZE)?;
+    let size = memory.word(address.wrapping_add(OB_SIZE)).ok()?;
     let digits = if layout.attributes.tagged_ints() {
         // The sign in the low 2 bits (2 is negative), the number of digits above 3.
         if size & 3 == 2 {
@@ -98,8 +95,12 @@ pub fn unsigned(memory: &mut Memory, layout: &Layout, address: u64) -> Option<u6
     if digits > MAX_INT_DIGITS {
         return None;
     }
+    // Only the digits the int has: the object may end right after them.
+    let bytes = memory
+        .bytes(address.wrapping_add(INT_DIGITS), (digits * 4) as usize)
+        .ok()?;
     let value = (0..digits).try_fold(0u128, |value, at| {
-        let digit = int_at::<4>(&bytes, INT_DIGITS + at * 4)?;
+        let digit = int_at::<4>(&bytes, at * 4)?;
         Some(value | u128::from(digit) << (DIGIT_BITS * at as u32))
     })?;
     u64::try_from(value).ok()
