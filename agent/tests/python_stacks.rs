@@ -5,7 +5,7 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{compile_c, programs_dir, pyenv_python, Agent, Subject};
+use common::{compile_c, exitwatch, programs_dir, pyenv_python, Agent, Subject};
 use exitwatch::{
     graph::Kind,
     incidents::{Frame, FrameKind, Incident, IncidentThread, State},
@@ -170,10 +170,13 @@ fn pipe_deadlock_on_3_6_has_native_frames_only() {
 /// Whether a thread of `pid` other than its main thread runs `run` (`Timer.run`, as 3.11
 /// and later name it) of threading.py.
 fn has_timer_thread(incident: &Incident, pid: i32, run: &str) -> bool {
-    let Some(process) = incident.processes.iter().find(|p| p.pid == pid) else {
-        return false;
-    };
-    process.threads.iter().filter(|t| t.tid != pid).any(|t| {
+    timer_thread(incident, pid, run).is_some()
+}
+
+/// The thread of `pid` other than its main thread that runs `run` of threading.py.
+fn timer_thread<'a>(incident: &'a Incident, pid: i32, run: &str) -> Option<&'a IncidentThread> {
+    let process = incident.processes.iter().find(|p| p.pid == pid)?;
+    process.threads.iter().filter(|t| t.tid != pid).find(|t| {
         python_frames(incident, pid, t.tid.as_raw())
             .iter()
             .any(|f| {
@@ -182,10 +185,16 @@ fn has_timer_thread(incident: &Incident, pid: i32, run: &str) -> bool {
     })
 }
 
+/// The name `threading` gives thread `tid` of `pid`, as `incident` reports it.
+fn python_thread(incident: &Incident, pid: i32, tid: i32) -> Option<&str> {
+    thread(incident, pid, tid)?.python_thread.as_deref()
+}
+
 /// The re-arming Timer keeps the interpreter's exit (`threading._shutdown`) waiting: the
 /// main thread's frames say so, and so do those of the timer thread it waits for (not
 /// stuck itself: each timer lives half a second). Before 3.11 the timer thread is told
-/// apart through its C library thread descriptor (see `stacks::python`).
+/// apart through its C library thread descriptor (see `stacks::python`). Both threads
+/// carry their `threading` names: the timer's is `Thread-N`, which no OS tool shows.
 fn timer_hang_shows_shutdown_and_the_timer(minor: &str, run: &str) {
     let agent = Agent::start();
     let subject = Subject::python_with(&pyenv_python(minor), "seed_timer_exit.py", &[]);
@@ -205,6 +214,14 @@ fn timer_hang_shows_shutdown_and_the_timer(minor: &str, run: &str) {
             .is_some_and(|f| f.ends_with("/threading.py"))),
         "the exit runs nothing but threading's shutdown: {main:#?}"
     );
+    assert_eq!(
+        python_thread(&incident, pid, pid),
+        Some("MainThread"),
+        "{incident:#?}"
+    );
+    let timer = timer_thread(&incident, pid, run).expect("the timer thread");
+    let name = timer.python_thread.as_deref().unwrap_or_default();
+    assert!(name.starts_with("Thread-"), "{timer:#?}");
 }
 
 #[test]
@@ -261,4 +278,95 @@ fn a_hostile_fake_interpreter_gives_bounded_frames() {
         assert_eq!(frame.line, Some(7), "{frame:?}");
     }
     assert!(agent.metric(r#"exitwatch_stack_captures_total{result="partial"}"#) >= 1.0);
+}
+
+/// A non-daemon thread the program named `getter` blocks the exit in `Queue.get()`: on
+/// every CPython exitwatch reads, the incident, `explain`'s sentence and its stack name
+/// the thread by its `threading` name, and the main thread as `MainThread`.
+fn named_thread_is_named(minor: &str) {
+    let agent = Agent::start();
+    let subject = Subject::python_with(&pyenv_python(minor), "queue_get_thread.py", &[]);
+    let pid = subject.pid("pid");
+    let getter = |i: &Incident| {
+        let process = i.processes.iter().find(|p| p.pid == pid)?;
+        process
+            .threads
+            .iter()
+            .find(|t| t.tid != pid && t.python_thread.is_some())
+            .map(|t| t.tid.as_raw())
+    };
+    let incident = agent.wait_for(WITHIN, "exit hang with the getter's name", |i| {
+        i.kind == Kind::ExitBlockedOnThreads
+            && i.state == State::Active
+            && python_thread(i, pid, pid).is_some()
+            && getter(i).is_some()
+    });
+    let tid = getter(&incident).expect("the getter thread");
+    assert_eq!(
+        python_thread(&incident, pid, tid),
+        Some("getter"),
+        "{incident:#?}"
+    );
+    assert_eq!(
+        python_thread(&incident, pid, pid),
+        Some("MainThread"),
+        "{incident:#?}"
+    );
+    // Where the summary describes the thread, and where its exit phase says what it runs.
+    for named in [
+        format!("thread {tid} (\"getter\") of "),
+        format!("thread {tid} (\"getter\") is still in"),
+    ] {
+        let summary = &incident.summary;
+        assert!(summary.contains(&named), "{named} not in: {summary}");
+    }
+}
+
+#[test]
+fn named_thread_on_3_7() {
+    named_thread_is_named("3.7");
+}
+
+#[test]
+fn named_thread_on_3_8() {
+    named_thread_is_named("3.8");
+}
+
+#[test]
+fn named_thread_on_3_9() {
+    named_thread_is_named("3.9");
+}
+
+#[test]
+fn named_thread_on_3_10() {
+    named_thread_is_named("3.10");
+}
+
+#[test]
+fn named_thread_on_3_11() {
+    named_thread_is_named("3.11");
+}
+
+#[test]
+fn named_thread_on_3_12() {
+    named_thread_is_named("3.12");
+}
+
+#[test]
+fn named_thread_on_3_13() {
+    named_thread_is_named("3.13");
+}
+
+/// `explain` prints each thread's Python name with its tid.
+#[test]
+fn explain_names_python_threads() {
+    let subject = Subject::python_with(&pyenv_python("3.13"), "queue_get_thread.py", &[]);
+    let pid = subject.pid("pid").to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = exitwatch(&["explain", &pid, "--hang-after", "1s"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let main = format!("tid {pid} (Python thread \"MainThread\"): ");
+    assert!(text.contains(&main), "{main} not in: {text}");
+    assert!(text.contains(" (Python thread \"getter\"): "), "{text}");
 }

@@ -149,7 +149,13 @@ fn describe(snapshot: &Snapshot, process: &Process) -> String {
         } else {
             format!(" [{}]", thread.wchan)
         };
-        out.push_str(&format!("  tid {}: {what}{wchan}\n", thread.tid));
+        let name = thread
+            .stack
+            .as_ref()
+            .and_then(|stack| stack.python_thread.as_deref())
+            .map(|name| format!(" (Python thread \"{}\")", printable(name)))
+            .unwrap_or_default();
+        out.push_str(&format!("  tid {}{name}: {what}{wchan}\n", thread.tid));
         if let Some(stack) = &thread.stack {
             for (depth, frame) in stack.frames.iter().enumerate() {
                 out.push_str(&format!(

@@ -5,7 +5,7 @@ use super::{
     analyze::{Finding, Kind, Link},
     model::{ChildTarget, Pid, Snapshot, Wait},
     orphan::exited_children,
-    phase::{self, Found},
+    phase::{self, thread_name, Found},
 };
 use crate::stacks::Stack;
 
@@ -173,12 +173,18 @@ fn exit_fix(found: Option<Found>, reasons: u32) -> String {
 }
 
 fn clause(snapshot: &Snapshot, link: &Link) -> String {
+    let stack = stack_of(snapshot, link.pid, link.tid);
     let thread = if link.tid == link.pid {
         who(snapshot, link.pid)
     } else {
-        format!("thread {} of {}", link.tid, who(snapshot, link.pid))
+        let name = stack.and_then(|s| s.python_thread.as_deref());
+        format!(
+            "{} of {}",
+            thread_name(link.tid, name),
+            who(snapshot, link.pid)
+        )
     };
-    let code = stack_of(snapshot, link.pid, link.tid)
+    let code = stack
         .and_then(Stack::user_call)
         .map(|(call, source)| format!(" in `{call}`{source}"))
         .unwrap_or_default();

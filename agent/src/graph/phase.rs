@@ -34,7 +34,17 @@ pub enum Phase {
 #[derive(Clone, Copy, Debug)]
 pub struct Doing<'a> {
     pub tid: Pid,
+    /// Its name in Python's `threading`, when its stack could tell.
+    pub name: Option<&'a str>,
     pub frame: &'a Frame,
+}
+
+/// `thread 21`, or `thread 21 ("uploader")` when the thread's Python name is known.
+pub fn thread_name(tid: Pid, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("thread {tid} ({name:?})"),
+        None => format!("thread {tid}"),
+    }
 }
 
 /// What multiprocessing's exit function is joining.
@@ -85,18 +95,23 @@ pub fn classify<'a>(snapshot: &'a Snapshot, finding: &Finding) -> Option<Found<'
         .find_map(of_process)
 }
 
-/// Each thread's Python frames (innermost first), for the threads with a stack.
-type PythonStacks<'a> = Vec<(Pid, Vec<&'a Frame>)>;
+/// Each thread's Python name and frames (innermost first), for the threads with a stack.
+type PythonStacks<'a> = Vec<(Pid, Option<&'a str>, Vec<&'a Frame>)>;
 
 fn of_process(process: &Process) -> Option<Found<'_>> {
     let python: PythonStacks = process
         .threads
         .iter()
         .filter_map(|thread| {
-            let frames = thread.stack.as_deref()?.frames.iter();
+            let stack = thread.stack.as_deref()?;
             Some((
                 thread.tid,
-                frames.filter(|f| f.kind == FrameKind::Python).collect(),
+                stack.python_thread.as_deref(),
+                stack
+                    .frames
+                    .iter()
+                    .filter(|f| f.kind == FrameKind::Python)
+                    .collect(),
             ))
         })
         .collect();
@@ -107,8 +122,8 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
         .or_else(|| process.thread(process.pid));
     let frames = python
         .iter()
-        .find(|(tid, _)| driver.is_some_and(|d| d.tid == *tid))
-        .map(|(_, frames)| frames.as_slice())
+        .find(|(tid, _, _)| driver.is_some_and(|d| d.tid == *tid))
+        .map(|(_, _, frames)| frames.as_slice())
         .unwrap_or_default();
     if let Some(found) = driver.and_then(|d| python_exit_function(&python, d.tid, frames)) {
         return Some(found);
@@ -123,8 +138,8 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
         .map(|exit| exit.exit_tid);
     let shutdown = python
         .iter()
-        .find(|(_, frames)| frames.iter().any(|f| is_asyncio_executor_shutdown(f)))
-        .map(|(tid, _)| *tid)
+        .find(|(_, _, frames)| frames.iter().any(|f| is_asyncio_executor_shutdown(f)))
+        .map(|(tid, _, _)| *tid)
         .or(marked);
     if let Some(shutdown) = shutdown {
         return Some(Found::AsyncioShutdown {
@@ -180,15 +195,17 @@ fn python_exit_function<'a>(
         return Some(Found::MultiprocessingExit { joins });
     }
     if on_stack("threading.py", "_shutdown") {
-        let joined = python
-            .iter()
-            .filter(|(tid, _)| *tid != driver)
-            .find_map(|(tid, frames)| {
-                Some(Doing {
-                    tid: *tid,
-                    frame: doing(frames)?,
-                })
-            });
+        let joined =
+            python
+                .iter()
+                .filter(|(tid, _, _)| *tid != driver)
+                .find_map(|(tid, name, frames)| {
+                    Some(Doing {
+                        tid: *tid,
+                        name: *name,
+                        frame: doing(frames)?,
+                    })
+                });
         return Some(Found::ThreadingShutdown { joined });
     }
     None
@@ -199,13 +216,14 @@ fn python_exit_function<'a>(
 fn executor_task<'a>(python: &PythonStacks<'a>, besides: Pid) -> Option<Doing<'a>> {
     python
         .iter()
-        .filter(|(tid, _)| *tid != besides)
-        .find_map(|(tid, frames)| {
+        .filter(|(tid, _, _)| *tid != besides)
+        .find_map(|(tid, name, frames)| {
             let run = frames
                 .iter()
                 .position(|f| is(f, "concurrent/futures/thread.py", "run"))?;
             Some(Doing {
                 tid: *tid,
+                name: *name,
                 frame: frames.get(run.checked_sub(1)?)?,
             })
         })
@@ -269,7 +287,7 @@ impl Found<'_> {
                 "It is in threading._shutdown(), which joins every non-daemon thread{}.",
                 match joined {
                     Some(joined) =>
-                        format!(": thread {} is still in {}", joined.tid, at(joined.frame)),
+                        format!(": {} is still in {}", joined.thread(), at(joined.frame)),
                     None => ", and one never ends".to_string(),
                 }
             ),
@@ -305,8 +323,8 @@ impl Found<'_> {
                  thread's stack).",
                 match task {
                     Some(task) => format!(
-                        ", and worker thread {} still runs the job {}",
-                        task.tid,
+                        ", and worker {} still runs the job {}",
+                        task.thread(),
                         at(task.frame)
                     ),
                     None => String::new(),
@@ -385,6 +403,12 @@ impl Found<'_> {
     }
 }
 
+impl Doing<'_> {
+    fn thread(&self) -> String {
+        thread_name(self.tid, self.name)
+    }
+}
+
 /// `` `Timer.run` at threading.py:1002 ``
 fn at(frame: &Frame) -> String {
     format!("`{}`{}", frame.name(), frame.source())
@@ -393,8 +417,8 @@ fn at(frame: &Frame) -> String {
 fn running(task: Option<Doing>) -> String {
     match task {
         Some(task) => format!(
-            ": worker thread {} still runs its task {}",
-            task.tid,
+            ": worker {} still runs its task {}",
+            task.thread(),
             at(task.frame)
         ),
         None => String::new(),

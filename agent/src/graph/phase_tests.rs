@@ -56,6 +56,7 @@ fn with_stack(mut thread: Thread, frames: Vec<Frame>) -> Thread {
     thread.stack = Some(Arc::new(Stack {
         frames,
         complete: true,
+        python_thread: None,
     }));
     thread
 }
@@ -141,6 +142,31 @@ fn the_seed_timer_is_threading_shutdown_joining_timer_run() {
         ],
     );
     assert_eq!(finding.kind, Kind::ExitBlockedOnThreads);
+}
+
+/// A thread whose Python name is known is called by it too.
+#[test]
+fn a_joined_thread_is_called_by_its_python_name() {
+    let main = with_stack(
+        waiting(20, FUTEX),
+        vec![
+            lib("Thread.join", "threading.py"),
+            lib("_shutdown", "threading.py"),
+        ],
+    );
+    let mut worker = with_stack(stuck(21, FUTEX), thread_entry("Thread.run"));
+    let stack = worker
+        .stack
+        .as_mut()
+        .and_then(Arc::get_mut)
+        .expect("the worker's stack");
+    stack.python_thread = Some("uploader \"eu\"".into());
+    finalizing(
+        vec![main, worker],
+        30,
+        Some(Phase::ThreadingShutdown),
+        &[r#"thread 21 ("uploader \"eu\"") is still in `Thread.run`"#],
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use crate::{
     clock::Clock,
     daemon::Config,
-    incidents::{rfc3339, Incident, State},
+    incidents::{rfc3339, Incident, IncidentThread, State},
     stacks::Stack,
 };
 
@@ -66,15 +66,7 @@ fn section(html: &mut String, clock: &Clock, title: &str, incidents: &[&Incident
                     .threads
                     .iter()
                     .filter(|t| t.wait != "running")
-                    .map(|t| {
-                        format!(
-                            "<br><small>tid {} · {} · {:.0} s</small>{}",
-                            t.tid,
-                            t.wait,
-                            t.blocked_seconds,
-                            t.stack.as_ref().map(stack_details).unwrap_or_default()
-                        )
-                    })
+                    .map(thread_wait)
                     .collect();
                 waits.extend(more(p.threads_omitted, "thread"));
                 // A workload all processes share is shown once, above them.
@@ -162,6 +154,22 @@ fn more(count: usize, thing: &str) -> Option<String> {
     (count > 0).then(|| format!("<br><small>… and {count} more {thing}{plural}</small>"))
 }
 
+/// A waiting thread: its tid (and Python name), wait and time, then its stack.
+fn thread_wait(t: &IncidentThread) -> String {
+    let name = t
+        .python_thread
+        .as_deref()
+        .map(|name| format!(" \"{}\"", escape(name)))
+        .unwrap_or_default();
+    format!(
+        "<br><small>tid {}{name} · {} · {:.0} s</small>{}",
+        t.tid,
+        t.wait,
+        t.blocked_seconds,
+        t.stack.as_ref().map(stack_details).unwrap_or_default()
+    )
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -171,7 +179,8 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{more, stack_details, Stack};
+    use super::{more, stack_details, thread_wait, IncidentThread, Stack};
+    use crate::pid::Pid;
 
     #[test]
     fn stacks_are_collapsed_and_their_names_escaped() {
@@ -187,6 +196,7 @@ mod tests {
         let stack = Stack {
             frames: vec![frame("<script>alert(1)</script>"), frame("main")],
             complete: false,
+            python_thread: None,
         };
         let html = stack_details(&stack);
         assert!(html.starts_with("<details><summary>"), "{html}");
@@ -210,5 +220,30 @@ mod tests {
             more(2, "thread").as_deref(),
             Some("<br><small>… and 2 more threads</small>")
         );
+    }
+
+    #[test]
+    fn a_threads_python_name_is_shown_escaped() {
+        let mut thread = IncidentThread {
+            tid: Pid::from_raw(21),
+            wait: "futex".into(),
+            state: "S".into(),
+            wchan: "futex_do_wait".into(),
+            blocked_seconds: 4.0,
+            pipe: None,
+            fd: None,
+            target_pid: None,
+            timed: Some(false),
+            stuck: true,
+            python_thread: Some("<b>uploader</b>".into()),
+            stack: None,
+        };
+        let html = thread_wait(&thread);
+        assert!(
+            html.contains("tid 21 \"&lt;b&gt;uploader&lt;/b&gt;\" · futex"),
+            "{html}"
+        );
+        thread.python_thread = None;
+        assert!(thread_wait(&thread).contains("tid 21 · futex"));
     }
 }

@@ -135,6 +135,10 @@ pub struct IncidentThread {
     pub timed: Option<bool>,
     /// Blocked past the threshold with no progress.
     pub stuck: bool,
+    /// The thread's name in Python's `threading` (`"MainThread"`, `"Thread-1 (run)"`,
+    /// or the name the program gave it), read with its stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_thread: Option<String>,
     /// Where a stuck thread's code is, innermost frame first, when it could be captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<crate::stacks::Stack>,

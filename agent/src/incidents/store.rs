@@ -345,6 +345,10 @@ pub(crate) fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProces
                         _ => None,
                     },
                     stuck: thread.stuck,
+                    python_thread: thread
+                        .stack
+                        .as_ref()
+                        .and_then(|stack| stack.python_thread.clone()),
                     stack: thread.stack.as_deref().cloned(),
                 }
             })

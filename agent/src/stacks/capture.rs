@@ -126,6 +126,7 @@ impl Captures {
                 ))
             })?,
             complete,
+            python_thread: None,
         };
         Ok(match python {
             None | Some(Some(None)) => native,
@@ -197,10 +198,14 @@ fn read_python_until(
 /// The native frames up to the innermost interpreter loop (the C code the Python code
 /// called into, down to the kernel), then the Python frames, [`MAX_FRAMES`] at most.
 /// Complete when the Python walk reached the outermost frame, the native walk either
-/// reached the loop or was complete itself, and nothing was cut.
+/// reached the loop or was complete itself, and nothing was cut. The thread's Python name
+/// is kept either way.
 fn merge(native: Stack, python: PythonStack) -> Stack {
     if python.frames.is_empty() {
-        return native;
+        return Stack {
+            python_thread: python.thread_name,
+            ..native
+        };
     }
     let eval = native.frames.iter().position(is_eval_loop);
     let mut frames = native.frames;
@@ -209,7 +214,11 @@ fn merge(native: Stack, python: PythonStack) -> Stack {
     let complete =
         python.complete && (eval.is_some() || native.complete) && frames.len() <= MAX_FRAMES;
     frames.truncate(MAX_FRAMES);
-    Stack { frames, complete }
+    Stack {
+        frames,
+        complete,
+        python_thread: python.thread_name,
+    }
 }
 
 /// The interpreter's loop over a Python frame's bytecode.
@@ -255,6 +264,7 @@ mod tests {
             .map(|name| frame(FrameKind::Native, name))
             .to_vec(),
             complete,
+            python_thread: None,
         };
         let python = |complete| PythonStack {
             frames: vec![
@@ -262,6 +272,7 @@ mod tests {
                 frame(FrameKind::Python, "<module>"),
             ],
             complete,
+            thread_name: Some("uploader".into()),
         };
         let merged = merge(native(false), python(true));
         assert_eq!(
@@ -270,9 +281,18 @@ mod tests {
         );
         // The native walk's end past the loop does not matter; the Python walk's does.
         assert!(merged.complete);
+        assert_eq!(merged.python_thread.as_deref(), Some("uploader"));
         assert!(!merge(native(true), python(false)).complete);
         let nothing = PythonStack::default();
         assert_eq!(merge(native(false), nothing), native(false));
+        // A thread in no Python code (yet) keeps its native frames, and its name.
+        let named = PythonStack {
+            thread_name: Some("MainThread".into()),
+            ..PythonStack::default()
+        };
+        let merged = merge(native(false), named);
+        assert_eq!(merged.frames, native(false).frames);
+        assert_eq!(merged.python_thread.as_deref(), Some("MainThread"));
     }
 
     #[test]
@@ -280,10 +300,12 @@ mod tests {
         let native = Stack {
             frames: vec![frame(FrameKind::Native, "exit"); 10],
             complete: true,
+            python_thread: None,
         };
         let python = PythonStack {
             frames: vec![frame(FrameKind::Python, "f"); MAX_FRAMES],
             complete: true,
+            thread_name: None,
         };
         let merged = merge(native, python);
         assert_eq!(merged.frames.len(), MAX_FRAMES);

@@ -8,6 +8,10 @@ pub struct Stack {
     /// False when the walk stopped before the outermost frame: a frame it could not
     /// unwind, the frame cap, or the time budget.
     pub complete: bool,
+    /// The thread's name in Python's `threading`, when it runs CPython and the name could
+    /// be read (incidents show it with the thread, not with its frames).
+    #[serde(skip)]
+    pub python_thread: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -219,6 +223,7 @@ mod tests {
                 python("<module>", "/home/me/build.py", 41),
             ],
             complete: true,
+            python_thread: None,
         };
         assert_eq!(stack.user_frame(), Some(&stack.frames[5]));
         assert_eq!(
@@ -229,6 +234,7 @@ mod tests {
         let own = Stack {
             frames: stack.frames[5..].to_vec(),
             complete: true,
+            python_thread: None,
         };
         assert_eq!(
             own.user_call(),
@@ -241,6 +247,7 @@ mod tests {
                 1590,
             )],
             complete: true,
+            python_thread: None,
         };
         assert_eq!(exiting.user_call(), None);
         assert_eq!(
@@ -258,6 +265,7 @@ mod tests {
                 native("exit", "libc.so.6"),
             ],
             complete: true,
+            python_thread: None,
         };
         assert_eq!(
             stack.user_call(),

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use super::{
-    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE, STRING_LENGTH, STRING_STATE, TP_NAME},
+    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE, TP_NAME},
     lines,
     memory::{int_at, Memory, ReadError},
+    objects,
 };
 use crate::stacks::{
     model::{Frame, FrameKind},
@@ -25,11 +26,13 @@ const CODE_TYPE_NAME: &[u8] = b"code\0";
 /// Frames the C stack owns (3.12 and 3.13): the interpreter's entry shims.
 const OWNED_BY_CSTACK: u8 = 3;
 
-/// One thread's Python frames, and whether the walk reached the outermost one.
+/// One thread's Python frames, whether the walk reached the outermost one, and the
+/// thread's name in `threading`, when it could be read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PythonStack {
     pub frames: Vec<Frame>,
     pub complete: bool,
+    pub thread_name: Option<String>,
 }
 
 /// What a code object says about its frames.
@@ -163,6 +166,10 @@ impl<'m> Reader<'m> {
         code
     }
 
+    fn string(&mut self, address: u64) -> Option<String> {
+        objects::string(self.memory, self.layout, address, MAX_STRING_BYTES)
+    }
+
     fn read_code(&mut self, address: u64) -> Option<Code> {
         let head = self.memory.bytes(address, CODE_HEAD_BYTES).ok()?;
         let field = |at| int_at::<8>(&head, at);
@@ -192,37 +199,6 @@ impl<'m> Reader<'m> {
             .is_ok_and(|name| name == CODE_TYPE_NAME);
         self.code_types.insert(address, is_code);
         is_code
-    }
-
-    /// A compact `str` (what code objects hold), decoded lossily and cut at
-    /// [`MAX_STRING_BYTES`].
-    fn string(&mut self, address: u64) -> Option<String> {
-        let head = self.memory.bytes(address, STRING_STATE as usize + 4).ok()?;
-        let length = int_at::<8>(&head, STRING_LENGTH)?;
-        let state = int_at::<4>(&head, STRING_STATE)?;
-        let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-        if compact == 0 || !matches!(kind, 1 | 2 | 4) {
-            return None;
-        }
-        let data = if ascii == 1 {
-            self.layout.ascii_data
-        } else {
-            self.layout.compact_data
-        };
-        let bytes = length.min(MAX_STRING_BYTES / kind) * kind;
-        let raw = self
-            .memory
-            .bytes(address.wrapping_add(data), bytes as usize)
-            .ok()?;
-        let text = raw
-            .chunks_exact(kind as usize)
-            .map(|unit| {
-                let mut word = [0; 4];
-                word[..unit.len()].copy_from_slice(unit);
-                char::from_u32(u32::from_le_bytes(word)).unwrap_or(char::REPLACEMENT_CHARACTER)
-            })
-            .collect();
-        Some(text)
     }
 
     /// A `bytes` object's contents, if at most [`MAX_LINE_TABLE_BYTES`].

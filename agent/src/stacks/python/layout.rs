@@ -90,6 +90,53 @@ pub struct Layout {
     /// after `PyCompactUnicodeObject` otherwise.
     pub ascii_data: u64,
     pub compact_data: u64,
+    /// In `PyInterpreterState`: `sys.modules` (`imports.modules` from 3.12).
+    pub modules: u64,
+    /// Where an object keeps its attributes (and how dicts and ints are laid out).
+    pub attributes: Attributes,
+}
+
+/// Where instances of Python classes keep their attributes. From 3.11 a class's instances
+/// share the keys of their attributes (`ht_cached_keys` in the class, at `cached_keys`)
+/// and keep only the values until something asks for their `__dict__`; dicts then keep
+/// the keys' indices' size as a power of two and store `str` keys without their hash, and
+/// from 3.12 an int's size is in `lv_tag`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attributes {
+    /// Up to 3.10: a dict at the class's `tp_dictoffset` in the instance.
+    DictOffset,
+    /// 3.11: the values 4 words before the instance, else its dict 3 words before.
+    Managed { cached_keys: u64 },
+    /// 3.12: 3 words before the instance, the values (tagged by their low bit) or a dict.
+    Tagged { cached_keys: u64 },
+    /// 3.13: the values right after the instance (at the class's `tp_basicsize`, behind
+    /// a header) while they are valid, else a dict 3 words before.
+    Inline { cached_keys: u64 },
+}
+
+impl Attributes {
+    /// Where a class keeps its instances' shared keys, from 3.11.
+    pub fn cached_keys(self) -> Option<u64> {
+        match self {
+            Attributes::DictOffset => None,
+            Attributes::Managed { cached_keys }
+            | Attributes::Tagged { cached_keys }
+            | Attributes::Inline { cached_keys } => Some(cached_keys),
+        }
+    }
+
+    /// Bytes before a dict's (or an instance's) values: 3.13's `PyDictValues` header.
+    pub fn values_header(self) -> u64 {
+        match self {
+            Attributes::Inline { .. } => 8,
+            _ => 0,
+        }
+    }
+
+    /// Whether an int states its size in `lv_tag` (3.12 and later), not `ob_size`.
+    pub fn tagged_ints(self) -> bool {
+        matches!(self, Attributes::Tagged { .. } | Attributes::Inline { .. })
+    }
 }
 
 /// `ob_size` of a variable-size object (`PyBytesObject`'s length), its bytes, and a
@@ -99,8 +146,17 @@ pub const OB_SIZE: u64 = 16;
 pub const BYTES_DATA: u64 = 32;
 pub const STRING_LENGTH: u64 = 16;
 pub const STRING_STATE: u64 = 32;
-/// A type object's `tp_name`.
+/// A type object's `tp_name`, `tp_basicsize`, `tp_flags` and `tp_dictoffset`, the
+/// same in every version here.
 pub const TP_NAME: u64 = 24;
+pub const TP_BASICSIZE: u64 = 32;
+pub const TP_FLAGS: u64 = 168;
+pub const TP_DICTOFFSET: u64 = 288;
+/// A module's `md_dict`.
+pub const MODULE_DICT: u64 = 16;
+/// A dict's `ma_keys` and `ma_values`.
+pub const DICT_KEYS: u64 = 32;
+pub const DICT_VALUES: u64 = 40;
 
 /// Frame objects up to 3.9: `f_lasti` counts bytes.
 const OBJECTS_TO_3_9: Frames = Frames::Objects {
@@ -117,7 +173,8 @@ pub fn layout(version: Version) -> Option<&'static Layout> {
     }
     Some(match version.minor {
         7 => &V3_7,
-        8 | 9 => &V3_8,
+        8 => &V3_8,
+        9 => &V3_9,
         10 => &V3_10,
         11 => &V3_11,
         12 => &V3_12,
@@ -144,6 +201,8 @@ static V3_7: Layout = Layout {
     lines: LineTable::Lnotab,
     ascii_data: 48,
     compact_data: 72,
+    modules: 40,
+    attributes: Attributes::DictOffset,
 };
 
 static V3_8: Layout = Layout {
@@ -153,7 +212,13 @@ static V3_8: Layout = Layout {
     name: 112,
     first_line: 40,
     line_table: 120,
+    modules: 56,
     ..V3_7
+};
+
+static V3_9: Layout = Layout {
+    modules: 856,
+    ..V3_8
 };
 
 static V3_10: Layout = Layout {
@@ -164,7 +229,7 @@ static V3_10: Layout = Layout {
         lasti_in_units: true,
     },
     lines: LineTable::Linetable310,
-    ..V3_8
+    ..V3_9
 };
 
 static V3_11: Layout = Layout {
@@ -187,6 +252,8 @@ static V3_11: Layout = Layout {
     first_line: 72,
     line_table: 136,
     lines: LineTable::Locations,
+    modules: 888,
+    attributes: Attributes::Managed { cached_keys: 872 },
     ..V3_10
 };
 
@@ -206,6 +273,8 @@ static V3_12: Layout = Layout {
     first_line: 68,
     ascii_data: 40,
     compact_data: 56,
+    modules: 944,
+    attributes: Attributes::Tagged { cached_keys: 880 },
     ..V3_11
 };
 
@@ -223,6 +292,8 @@ static V3_13: Layout = Layout {
         owner: 70,
         code_start: 200,
     },
+    modules: 7656,
+    attributes: Attributes::Inline { cached_keys: 880 },
     ..V3_12
 };
 
@@ -247,6 +318,8 @@ pub fn debug_offsets_3_13() -> Vec<(usize, u64)> {
         // `interpreters.head`, just before `interpreters.main`.
         (5, layout.main_interpreter - 8),
         (9, layout.threads_head),
+        // `imports.modules`.
+        (11, layout.modules),
         (21, layout.next),
         (22, layout.interp),
         (23, layout.current_frame[0]),

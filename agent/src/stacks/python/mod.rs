@@ -5,12 +5,15 @@
 //! 3.11 a thread state holds only the thread's `pthread_t`, which is the main thread's
 //! (`_PyRuntime.main_thread`) or else is matched to a kernel thread id through where the
 //! C library keeps that id in its thread descriptor, found from the main thread's.
+//! Each thread's `threading` name comes with its frames (see [`names`]).
 //! Everything read is bounded (see [`memory`]), and any of it may be garbage.
 mod frames;
 mod interpreter;
 mod layout;
 mod lines;
 mod memory;
+mod names;
+mod objects;
 
 use std::{collections::BTreeMap, path::Path, time::Instant};
 
@@ -90,10 +93,25 @@ pub fn stacks(
             }
         };
         if let Some(tid) = tid.filter(|tid| tids.contains(tid)) {
-            stacks.insert(tid, reader.stack(state.address));
+            stacks.insert(tid, (state.pthread, reader.stack(state.address)));
         }
     }
-    Ok(stacks)
+    // Names after every stack: the frames matter more, should time run out.
+    let pthreads: Vec<u64> = stacks.values().map(|(pthread, _)| *pthread).collect();
+    let mut names = names::thread_names(reader.memory(), layout, main_interpreter, &pthreads);
+    Ok(stacks
+        .into_iter()
+        .map(|(tid, (pthread, stack))| {
+            let thread_name = names.remove(&pthread);
+            (
+                tid,
+                PythonStack {
+                    thread_name,
+                    ..stack
+                },
+            )
+        })
+        .collect())
 }
 
 struct ThreadState {
