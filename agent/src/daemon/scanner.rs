@@ -18,9 +18,11 @@ use crate::{
 
 /// Scans run every interval, and in between when a wait that can make a finding turns
 /// the threshold old (its time is known from the scan before): a hang is then reported
-/// the threshold plus one scan after it began, not up to an interval later. Such wake-ups
-/// come at least half an interval after the scan before, so a host where many waits turn
-/// old scans at most twice an interval.
+/// the threshold plus one scan after it began, not up to an interval later. Waits that
+/// turn old within a quarter interval after it are waited for: the waits of one hang
+/// begin close together, and one scan then sees them all. Wake-ups come at least half an
+/// interval after the scan before, so a host where many waits turn old scans at most
+/// twice an interval.
 pub async fn run(shared: Arc<Shared>) {
     let interval = shared.config.scan_interval;
     let mut ticks = tokio::time::interval(interval);
@@ -151,8 +153,11 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
     state.note_live(&scan, &analysis.live_by, &involved_pids, clock.monotonic_ns);
     let records = state.records(&involved_pids);
     let due = state
-        .next_wake(options.hang_after_ns)
-        .filter(|&due| due > clock.monotonic_ns)
+        .next_wake(
+            options.hang_after_ns,
+            clock.monotonic_ns,
+            options.lookahead_ns / 4,
+        )
         .into_iter()
         .chain(exit_due)
         .min();
