@@ -36,6 +36,12 @@ const MAX_RELEASER_ROUNDS: usize = 3;
 /// Records verified for the first time per scan. At start-up on a big host every idle
 /// thread is new; the newest waits go first, so a fresh hang is never behind the backlog.
 const MAX_NEW_VERDICTS: usize = 2048;
+/// Holders of one end of a pipe read in full. An end held by more (an output pipe that
+/// every worker of a supervisor inherited) is read only up to the first holder that can
+/// run: that one keeps whatever waits on the pipe live, and the analysis counts holders
+/// not read as able to run. No orphan holds such a pipe (`graph::orphan` needs every
+/// writer read), and a deadlock over it has every holder read, all of them stuck.
+const MAX_HOLDERS_READ: usize = 64;
 
 /// What scans learn and later scans reuse.
 #[derive(Default)]
@@ -745,6 +751,14 @@ impl Builder<'_> {
             .any(|wait| !wait.pipes().is_empty() || matches!(wait, Wait::Child { .. }))
     }
 
+    /// Whether the analysis counts `pid` as able to run: a thread of it is not stuck, or
+    /// it was not read.
+    fn can_run(&self, pid: Pid) -> bool {
+        self.processes
+            .get(&pid)
+            .is_none_or(|process| process.threads.iter().any(|t| !t.stuck))
+    }
+
     /// Whether `pid` has exited and waits to be reaped.
     fn exited(&self, pid: Pid) -> bool {
         self.procfs
@@ -847,13 +861,28 @@ impl Builder<'_> {
                     .into_iter()
                     .filter(|&child| !self.processes.contains_key(&child) && self.exited(child)),
             );
+            let mut crowded: Vec<Vec<Pid>> = Vec::new();
             for pipe in wanted_pipes {
                 let ends = ends.remove(&pipe).unwrap_or_default();
-                releasers.extend(ends.readers.iter().chain(&ends.writers));
+                for holders in [&ends.readers, &ends.writers] {
+                    if holders.len() > MAX_HOLDERS_READ {
+                        crowded.push(holders.iter().copied().collect());
+                    } else {
+                        releasers.extend(holders);
+                    }
+                }
                 pipes.insert(pipe, ends);
             }
             for pid in releasers {
                 self.add(pid);
+            }
+            for holders in crowded {
+                for pid in holders {
+                    self.add(pid);
+                    if self.can_run(pid) {
+                        break;
+                    }
+                }
             }
         }
         pipes
