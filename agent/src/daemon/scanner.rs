@@ -18,23 +18,24 @@ use crate::{
 
 /// Scans run every interval, and in between when a wait that can make a finding turns
 /// the threshold old (its time is known from the scan before): a hang is then reported
-/// the threshold plus one scan after it began, not up to an interval later. Such wake-ups
-/// come at least half an interval after the scan before, so a host where many waits turn
-/// old scans at most twice an interval.
+/// the threshold plus one scan after it began, not up to an interval later. Waits that
+/// turn old within a quarter interval after it are waited for: the waits of one hang
+/// begin close together, and one scan then sees them all. One wake-up at most comes
+/// between two ticks, so a host where many waits turn old scans at most twice an
+/// interval; a wait that turns old after it is found by the next tick.
 pub async fn run(shared: Arc<Shared>) {
     let interval = shared.config.scan_interval;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wake: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = sleep_until(wake), if wake.is_some() => {}
-        }
-        let started = tokio::time::Instant::now();
+        let ticked = tokio::select! {
+            _ = ticks.tick() => true,
+            () = sleep_until(wake), if wake.is_some() => false,
+        };
         let scanning = shared.clone();
         wake = match tokio::task::spawn_blocking(move || scan_once(&scanning)).await {
-            Ok(due) => due.map(|due| (started + interval / 2).max(due)),
+            Ok(due) => due.filter(|_| ticked),
             Err(error) => {
                 shared.metrics.scan_failed();
                 log::error!("scan failed: {error}");
@@ -151,8 +152,11 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
     state.note_live(&scan, &analysis.live_by, &involved_pids, clock.monotonic_ns);
     let records = state.records(&involved_pids);
     let due = state
-        .next_wake(options.hang_after_ns)
-        .filter(|&due| due > clock.monotonic_ns)
+        .next_wake(
+            options.hang_after_ns,
+            clock.monotonic_ns,
+            options.lookahead_ns / 4,
+        )
         .into_iter()
         .chain(exit_due)
         .min();

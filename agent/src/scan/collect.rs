@@ -36,6 +36,12 @@ const MAX_RELEASER_ROUNDS: usize = 3;
 /// Records verified for the first time per scan. At start-up on a big host every idle
 /// thread is new; the newest waits go first, so a fresh hang is never behind the backlog.
 const MAX_NEW_VERDICTS: usize = 2048;
+/// Holders of one end of a pipe read in full. An end held by more (an output pipe that
+/// every worker of a supervisor inherited) is read only up to the first holder that can
+/// run: that one keeps whatever waits on the pipe live, and the analysis counts holders
+/// not read as able to run. No orphan holds such a pipe (`graph::orphan` needs every
+/// writer read), and a deadlock over it has every holder read, all of them stuck.
+const MAX_HOLDERS_READ: usize = 64;
 
 /// What scans learn and later scans reuse.
 #[derive(Default)]
@@ -93,10 +99,12 @@ impl ScanState {
             .collect()
     }
 
-    /// When the next wait that can make a finding by itself turns `hang_after_ns` old, if
-    /// its time is known.
-    pub fn next_wake(&self, hang_after_ns: u64) -> Option<u64> {
-        Some(self.pending.next_wake()? + hang_after_ns)
+    /// When the next wait that can make a finding by itself turns `hang_after_ns` old
+    /// after `now_ns`, if its time is known; waits that turn old within `together_ns`
+    /// of it are waited for (see [`Pending::next_wake`]).
+    pub fn next_wake(&self, hang_after_ns: u64, now_ns: u64, together_ns: u64) -> Option<u64> {
+        let from = (now_ns + 1).saturating_sub(hang_after_ns);
+        Some(self.pending.next_wake(from, together_ns)? + hang_after_ns)
     }
 
     /// Waits judged, and waits not judged yet.
@@ -171,8 +179,9 @@ pub enum Fresh<'a> {
     /// The waits of these (open incidents: that is how they end). Their pipe holders
     /// cannot have changed while they all stay blocked.
     Only(&'a BTreeSet<Pid>),
-    /// As `Only`, and every process's pipe holders: a new finding must not rest on an
-    /// index entry that misses a live holder.
+    /// As `Only`, and every process's pipe holders and parent when a wait of theirs is
+    /// released by pipe holders or children: a new finding must not rest on an index
+    /// entry that misses a live holder.
     Confirm(&'a BTreeSet<Pid>),
 }
 
@@ -184,7 +193,7 @@ impl Fresh<'_> {
         }
     }
 
-    fn all_holders(&self) -> bool {
+    fn confirms(&self) -> bool {
         matches!(self, Fresh::All | Fresh::Confirm(_))
     }
 }
@@ -729,6 +738,34 @@ impl Builder<'_> {
         Ok(thread)
     }
 
+    /// Whether a stuck wait of a fresh process is released by the holders of a pipe or
+    /// by children, which come from the index. A finding whose waits are all futexes
+    /// (threads of an exit waiting on each other) rests on no index entry.
+    fn fresh_rest_on_holders(&self) -> bool {
+        self.processes
+            .values()
+            .filter(|process| self.fresh.contains(process.pid))
+            .flat_map(|process| &process.threads)
+            .filter(|thread| thread.stuck)
+            .filter_map(|thread| thread.wait.as_ref())
+            .any(|wait| !wait.pipes().is_empty() || matches!(wait, Wait::Child { .. }))
+    }
+
+    /// Whether the analysis counts `pid` as able to run: a thread of it is not stuck, or
+    /// it was not read.
+    fn can_run(&self, pid: Pid) -> bool {
+        self.processes
+            .get(&pid)
+            .is_none_or(|process| process.threads.iter().any(|t| !t.stuck))
+    }
+
+    /// Whether `pid` has exited and waits to be reaped.
+    fn exited(&self, pid: Pid) -> bool {
+        self.procfs
+            .stat(pid, pid)
+            .is_ok_and(|stat| stat.state == 'Z')
+    }
+
     fn wchan(&self, pid: Pid, tid: Pid) -> String {
         if !self.fresh.contains(pid) {
             return String::new();
@@ -737,10 +774,11 @@ impl Builder<'_> {
     }
 
     /// Adds every process that could release a stuck thread: holders of the other end
-    /// of its pipes, and the children of waiters and readers. Again while newly added
-    /// processes bring new pipes (a poller found among the holders). Holders and children
-    /// come from `index`, brought up to date once (rereading the processes in `reread`),
-    /// and rebuilt whole if it contradicts a blocked thread.
+    /// of its pipes, the children of waiters, and the exited children of readers. Again
+    /// while newly added processes bring new pipes (a poller found among the holders).
+    /// Holders and children come from `index`, brought up to date once (rereading the
+    /// processes in `reread`), and read whole when a finding is confirmed and rests on it
+    /// or when it contradicts a blocked thread.
     fn add_releasers(
         &mut self,
         index: &mut HolderIndex,
@@ -748,8 +786,7 @@ impl Builder<'_> {
     ) -> BTreeMap<u64, PipeEnds> {
         let mut pipes: BTreeMap<u64, PipeEnds> = BTreeMap::new();
         let mut waiters_done: BTreeSet<Pid> = BTreeSet::new();
-        let mut refreshed = false;
-        let mut rebuilt = false;
+        let (mut refreshed, mut refreshed_all) = (false, false);
         for _ in 0..MAX_RELEASER_ROUNDS {
             let stuck: Vec<(Pid, Wait)> = self
                 .processes
@@ -757,10 +794,22 @@ impl Builder<'_> {
                 .flat_map(|p| p.threads.iter().filter(|t| t.stuck).map(|t| (p.pid, t)))
                 .filter_map(|(pid, t)| Some((pid, t.wait.clone()?)))
                 .collect();
+            // A process added by an earlier round may be the first to need the whole index:
+            // what earlier rounds resolved from the index as it was is resolved again.
+            let all = self.fresh.confirms() && self.fresh_rest_on_holders();
+            if all && refreshed && !refreshed_all {
+                pipes.clear();
+                waiters_done.clear();
+            }
             let wanted_pipes: BTreeSet<u64> = stuck
                 .iter()
                 .flat_map(|(_, w)| w.pipes())
                 .filter(|pipe| !pipes.contains_key(pipe))
+                .collect();
+            let waits_for_child: BTreeSet<Pid> = stuck
+                .iter()
+                .filter(|(_, w)| matches!(w, Wait::Child { .. }))
+                .map(|(pid, _)| *pid)
                 .collect();
             // A pipe reader's children too: one that exited unreaped tells a parent reading
             // its child's output to EOF (see `graph::orphan`).
@@ -778,16 +827,16 @@ impl Builder<'_> {
             if wanted_pipes.is_empty() && waiters.is_empty() {
                 break;
             }
-            if !refreshed {
-                let all = self.fresh.all_holders();
+            if !refreshed || (all && !refreshed_all) {
                 index.refresh(self.procfs, self.now_ns, reread, all, &mut self.errors);
                 refreshed = true;
+                refreshed_all = all;
             }
             let mut ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
-            if !rebuilt && contradicts(&stuck, &wanted_pipes, &ends) {
+            if !refreshed_all && contradicts(&stuck, &wanted_pipes, &ends) {
                 index.refresh(self.procfs, self.now_ns, reread, true, &mut self.errors);
                 ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
-                rebuilt = true;
+                refreshed_all = true;
             }
             waiters_done.extend(&waiters);
             let mut releasers: BTreeSet<Pid> = stuck
@@ -799,14 +848,41 @@ impl Builder<'_> {
                     _ => None,
                 })
                 .collect();
-            releasers.extend(index.children(&waiters));
+            let (parents, readers): (BTreeSet<Pid>, BTreeSet<Pid>) = waiters
+                .iter()
+                .partition(|pid| waits_for_child.contains(pid));
+            releasers.extend(index.children(&parents));
+            // A reader's live children release nothing (its pipe's writers do, and are
+            // added as such), and a supervisor reading a pipe may have thousands of them,
+            // each a full read of its threads: only exited ones are added.
+            releasers.extend(
+                index
+                    .children(&readers)
+                    .into_iter()
+                    .filter(|&child| !self.processes.contains_key(&child) && self.exited(child)),
+            );
+            let mut crowded: Vec<Vec<Pid>> = Vec::new();
             for pipe in wanted_pipes {
                 let ends = ends.remove(&pipe).unwrap_or_default();
-                releasers.extend(ends.readers.iter().chain(&ends.writers));
+                for holders in [&ends.readers, &ends.writers] {
+                    if holders.len() > MAX_HOLDERS_READ {
+                        crowded.push(holders.iter().copied().collect());
+                    } else {
+                        releasers.extend(holders);
+                    }
+                }
                 pipes.insert(pipe, ends);
             }
             for pid in releasers {
                 self.add(pid);
+            }
+            for holders in crowded {
+                for pid in holders {
+                    self.add(pid);
+                    if self.can_run(pid) {
+                        break;
+                    }
+                }
             }
         }
         pipes

@@ -32,9 +32,24 @@ impl Pending {
         }
     }
 
-    /// The earliest start of an entry that wakes the scanner.
-    pub fn next_wake(&self) -> Option<u64> {
-        self.waking.first().map(|(since_ns, _)| *since_ns)
+    /// When to wake the scanner, as the start of an entry: the earliest one at `from_ns`
+    /// or later, or the last of those that begin within `together_ns` of it. The waits of
+    /// one hang begin close together (a parent's `wait4`, its child's `write` once the
+    /// child has started), and a scan at the first finds nothing the next wake-up, half
+    /// an interval later, would not. Entries before `from_ns` are overdue (left for a
+    /// later scan by the budget of a start-up backlog): they must not hide the next ones.
+    pub fn next_wake(&self, from_ns: u64, together_ns: u64) -> Option<u64> {
+        let mut waking = self
+            .waking
+            .range((from_ns, 0)..)
+            .map(|(since_ns, _)| *since_ns);
+        let first = waking.next()?;
+        Some(
+            waking
+                .take_while(|&since_ns| since_ns - first <= together_ns)
+                .last()
+                .unwrap_or(first),
+        )
     }
 
     /// The newest entry that began no later than `latest_ns` and comes before `after`
@@ -68,7 +83,14 @@ mod tests {
         pending.insert(2, 30, true);
         pending.insert(3, 20, true);
         pending.insert(4, 50, false);
-        assert_eq!(pending.next_wake(), Some(20));
+        assert_eq!(pending.next_wake(0, 0), Some(20));
+        assert_eq!(pending.next_wake(0, 10), Some(30), "waits begun together");
+        assert_eq!(pending.next_wake(0, 9), Some(20));
+        assert_eq!(
+            pending.next_wake(21, 0),
+            Some(30),
+            "overdue entries hide none"
+        );
         let first = pending.next_due(40, None);
         assert_eq!(first, Some((30, 2)));
         // Rescheduled past the bound while walking: not met again.
@@ -76,7 +98,7 @@ mod tests {
         let second = pending.next_due(40, first);
         assert_eq!(second, Some((20, 3)));
         pending.remove(3);
-        assert_eq!(pending.next_wake(), None);
+        assert_eq!(pending.next_wake(0, 10), None);
         assert_eq!(pending.next_due(40, second), Some((10, 1)));
         assert_eq!(pending.next_due(40, Some((10, 1))), None);
         assert_eq!(pending.len(), 3);
