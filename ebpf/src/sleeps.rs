@@ -15,12 +15,15 @@ use exitwatch_common::{
 };
 
 use crate::maps::{
-    add, bump, current_ids, mark_changed, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTOGRAM,
+    add, bump, current_ids, jiffies, mark_changed, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTOGRAM,
 };
 
-/// How stale `BLOCKED` may get for a thread that keeps re-sleeping in the same wait: far
-/// below any hang threshold, and it spares the hash update on most sleeps.
-const REFRESH_NS: u64 = 100_000_000;
+/// How stale `BLOCKED` may get for a thread that keeps re-sleeping in the same wait, in
+/// scheduler ticks (`jiffies`): 25 ms at `HZ=1000`, 100 ms at 250, 250 ms at 100, far
+/// below any hang threshold, and it spares the hash update on most sleeps. Ticks, not
+/// nanoseconds: the verifier inlines `bpf_jiffies64()` into one load, so a repeated sleep
+/// reads no clock at all.
+const REFRESH_TICKS: u64 = 25;
 
 /// Non-zero when the agent runs with `--wait-histogram`; set at load time. It lives in
 /// `.rodata`, which the loader freezes, so the verifier knows its value and rewrites the
@@ -96,19 +99,23 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     if !is_tracked_sleep(syscall, &args) {
         return Ok(());
     }
-    let now = if now == 0 { now_ns() } else { now };
     let Some(wait) = TASK_WAIT.get_or_create_ptr_mut(task) else {
         return Ok(());
     };
     // SAFETY: the value of the task going to sleep, which runs nothing else meanwhile;
     // see `complete_wait`.
     let wait = unsafe { &mut *wait };
-    wait.since_ns = now;
-    let same = wait.syscall == syscall && wait.args == args && wait.published_ns != 0;
-    if same && now.saturating_sub(wait.published_ns) < REFRESH_NS {
+    let histogram = WAIT_HISTOGRAM_ON.load() != 0;
+    if histogram {
+        wait.since_ns = if now == 0 { now_ns() } else { now };
+    }
+    let tick = jiffies();
+    let same = wait.syscall == syscall && wait.args == args && wait.published_tick != 0;
+    if same && tick.wrapping_sub(wait.published_tick) < REFRESH_TICKS {
         wait.unpublished_sleeps += 1;
         return Ok(());
     }
+    let now = if histogram { wait.since_ns } else { now_ns() };
     let (tgid, tid) = current_ids();
     if same {
         if let Some(entry) = BLOCKED.get_ptr_mut(tid) {
@@ -117,7 +124,7 @@ fn record_sleep(now: u64) -> Result<(), i32> {
             let entry = unsafe { &mut *entry };
             entry.last_ns = now;
             entry.sleeps += wait.unpublished_sleeps + 1;
-            wait.published_ns = now;
+            wait.published_tick = tick;
             wait.unpublished_sleeps = 0;
             mark_changed(tid);
             return Ok(());
@@ -150,7 +157,7 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     wait.syscall = syscall;
     wait.class = wait_histogram::class(syscall);
     wait.args = args;
-    wait.published_ns = now;
+    wait.published_tick = tick;
     wait.unpublished_sleeps = 0;
     mark_changed(tid);
     Ok(())
