@@ -1,6 +1,7 @@
 //! `sched_switch`: the hottest path in the kernel. A thread that is not going to sleep
-//! voluntarily costs one compare; a sleep outside the tracked syscalls costs one
-//! register read more. The wake-up side (timing completed waits) runs only with
+//! voluntarily, or is exiting, costs one compare; a sleep outside the tracked syscalls
+//! costs one register read more; a repeated sleep in the same wait, a task-local lookup
+//! and no clock read. The wake-up side (timing completed waits) runs only with
 //! `--wait-histogram`.
 use aya_ebpf::{
     bindings::{pt_regs, task_struct},
@@ -32,6 +33,11 @@ const REFRESH_TICKS: u64 = 25;
 #[unsafe(no_mangle)]
 static WAIT_HISTOGRAM_ON: Global<u32> = Global::new(0);
 
+/// `TASK_DEAD` in `prev_state` (`include/linux/sched.h`, the same bit since 4.14): a
+/// thread's last switch as it exits, never a wait. Thread and process churn pay one
+/// switch of these per thread.
+const TASK_DEAD: u64 = 0x80;
+
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // tp_btf args: (bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)
@@ -41,8 +47,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         0
     };
     let preempt: u64 = ctx.arg(0);
-    let prev_state: u64 = ctx.arg(3);
-    if (preempt & 0xff) != 0 || (prev_state & 0xffff_ffff) == 0 {
+    let prev_state = ctx.arg::<u64>(3) & 0xffff_ffff;
+    if (preempt & 0xff) != 0 || prev_state == 0 || prev_state & TASK_DEAD != 0 {
         return 0;
     }
     // A failed register read only means this sleep goes unrecorded.
