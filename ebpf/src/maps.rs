@@ -59,8 +59,9 @@ pub static WAIT_HISTOGRAM: PerCpuArray<u64> = PerCpuArray::with_max_entries(wait
 pub struct TaskWait {
     /// When the current tracked sleep began; 0 while the task runs.
     pub since_ns: u64,
-    /// When this wait was last written to `BLOCKED`.
-    pub published_ns: u64,
+    /// The tick (`jiffies`) this wait was last written to `BLOCKED`; 0 before that (the
+    /// tick count starts far from 0 and does not wrap).
+    pub published_tick: u64,
     /// Sleeps in this wait not yet added to `BLOCKED`.
     pub unpublished_sleeps: u64,
     pub args: [u64; 4],
@@ -121,4 +122,10 @@ pub fn current_ids() -> (u32, u32) {
 pub fn now_ns() -> u64 {
     // SAFETY: no preconditions.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+/// The scheduler tick count; the verifier turns the call into one load.
+pub fn jiffies() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_jiffies64() }
 }

@@ -1,6 +1,7 @@
 //! `sched_switch`: the hottest path in the kernel. A thread that is not going to sleep
-//! voluntarily costs one compare; a sleep outside the tracked syscalls costs one
-//! register read more. The wake-up side (timing completed waits) runs only with
+//! voluntarily, or is exiting, costs one compare; a sleep outside the tracked syscalls
+//! costs one register read more; a repeated sleep in the same wait, a task-local lookup
+//! and no clock read. The wake-up side (timing completed waits) runs only with
 //! `--wait-histogram`.
 use aya_ebpf::{
     bindings::{pt_regs, task_struct},
@@ -15,12 +16,15 @@ use exitwatch_common::{
 };
 
 use crate::maps::{
-    add, bump, current_ids, mark_changed, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTOGRAM,
+    add, bump, current_ids, jiffies, mark_changed, now_ns, BLOCKED, TASK_WAIT, WAIT_HISTOGRAM,
 };
 
-/// How stale `BLOCKED` may get for a thread that keeps re-sleeping in the same wait: far
-/// below any hang threshold, and it spares the hash update on most sleeps.
-const REFRESH_NS: u64 = 100_000_000;
+/// How stale `BLOCKED` may get for a thread that keeps re-sleeping in the same wait, in
+/// scheduler ticks (`jiffies`): 25 ms at `HZ=1000`, 100 ms at 250, 250 ms at 100, far
+/// below any hang threshold, and it spares the hash update on most sleeps. Ticks, not
+/// nanoseconds: the verifier inlines `bpf_jiffies64()` into one load, so a repeated sleep
+/// reads no clock at all.
+const REFRESH_TICKS: u64 = 25;
 
 /// Non-zero when the agent runs with `--wait-histogram`; set at load time. It lives in
 /// `.rodata`, which the loader freezes, so the verifier knows its value and rewrites the
@@ -28,6 +32,11 @@ const REFRESH_NS: u64 = 100_000_000;
 /// gone from the program, not skipped at run time.
 #[unsafe(no_mangle)]
 static WAIT_HISTOGRAM_ON: Global<u32> = Global::new(0);
+
+/// `TASK_DEAD` in `prev_state` (`include/linux/sched.h`, the same bit since 4.14): a
+/// thread's last switch as it exits, never a wait. Thread and process churn pay one
+/// switch of these per thread.
+const TASK_DEAD: u64 = 0x80;
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
@@ -38,8 +47,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         0
     };
     let preempt: u64 = ctx.arg(0);
-    let prev_state: u64 = ctx.arg(3);
-    if (preempt & 0xff) != 0 || (prev_state & 0xffff_ffff) == 0 {
+    let prev_state = ctx.arg::<u64>(3) & 0xffff_ffff;
+    if (preempt & 0xff) != 0 || prev_state == 0 || prev_state & TASK_DEAD != 0 {
         return 0;
     }
     // A failed register read only means this sleep goes unrecorded.
@@ -96,19 +105,23 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     if !is_tracked_sleep(syscall, &args) {
         return Ok(());
     }
-    let now = if now == 0 { now_ns() } else { now };
     let Some(wait) = TASK_WAIT.get_or_create_ptr_mut(task) else {
         return Ok(());
     };
     // SAFETY: the value of the task going to sleep, which runs nothing else meanwhile;
     // see `complete_wait`.
     let wait = unsafe { &mut *wait };
-    wait.since_ns = now;
-    let same = wait.syscall == syscall && wait.args == args && wait.published_ns != 0;
-    if same && now.saturating_sub(wait.published_ns) < REFRESH_NS {
+    let histogram = WAIT_HISTOGRAM_ON.load() != 0;
+    if histogram {
+        wait.since_ns = if now == 0 { now_ns() } else { now };
+    }
+    let tick = jiffies();
+    let same = wait.syscall == syscall && wait.args == args && wait.published_tick != 0;
+    if same && tick.wrapping_sub(wait.published_tick) < REFRESH_TICKS {
         wait.unpublished_sleeps += 1;
         return Ok(());
     }
+    let now = if histogram { wait.since_ns } else { now_ns() };
     let (tgid, tid) = current_ids();
     if same {
         if let Some(entry) = BLOCKED.get_ptr_mut(tid) {
@@ -117,7 +130,7 @@ fn record_sleep(now: u64) -> Result<(), i32> {
             let entry = unsafe { &mut *entry };
             entry.last_ns = now;
             entry.sleeps += wait.unpublished_sleeps + 1;
-            wait.published_ns = now;
+            wait.published_tick = tick;
             wait.unpublished_sleeps = 0;
             mark_changed(tid);
             return Ok(());
@@ -150,7 +163,7 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     wait.syscall = syscall;
     wait.class = wait_histogram::class(syscall);
     wait.args = args;
-    wait.published_ns = now;
+    wait.published_tick = tick;
     wait.unpublished_sleeps = 0;
     mark_changed(tid);
     Ok(())
