@@ -121,7 +121,7 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
             let stack = thread.stack.as_deref()?;
             Some(PythonThread {
                 tid: thread.tid,
-                name: stack.python_thread.as_deref(),
+                name: thread.python_name(),
                 frames: stack
                     .frames
                     .iter()
