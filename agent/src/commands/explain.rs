@@ -150,9 +150,7 @@ fn describe(snapshot: &Snapshot, process: &Process) -> String {
             format!(" [{}]", thread.wchan)
         };
         let name = thread
-            .stack
-            .as_ref()
-            .and_then(|stack| stack.python_thread.as_deref())
+            .python_name()
             .map(|name| format!(" (Python thread \"{}\")", printable(name)))
             .unwrap_or_default();
         out.push_str(&format!("  tid {}{name}: {what}{wchan}\n", thread.tid));

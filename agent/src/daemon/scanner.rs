@@ -19,8 +19,9 @@ use crate::{
 /// Scans run every interval, and in between when a wait that can make a finding turns
 /// the threshold old (its time is known from the scan before): a hang is then reported
 /// the threshold plus one scan after it began, not up to an interval later. Waits that
-/// turn old within a quarter interval after it are waited for: the waits of one hang
-/// begin close together, and one scan then sees them all. One wake-up at most comes
+/// turn old within a quarter interval after it are waited for (a hang is then reported
+/// up to that much later): the waits of one hang begin close together, and one scan
+/// then sees them all. One wake-up at most comes
 /// between two ticks, so a host where many waits turn old scans at most twice an
 /// interval; a wait that turns old after it is found by the next tick.
 pub async fn run(shared: Arc<Shared>) {

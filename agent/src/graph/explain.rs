@@ -3,7 +3,7 @@ use exitwatch_common::exit_reason;
 
 use super::{
     analyze::{Finding, Kind, Link},
-    model::{ChildTarget, Pid, Snapshot, Wait},
+    model::{ChildTarget, Pid, Snapshot, Thread, Wait},
     orphan::exited_children,
     phase::{self, thread_name, Found},
 };
@@ -173,26 +173,26 @@ fn exit_fix(found: Option<Found>, reasons: u32) -> String {
 }
 
 fn clause(snapshot: &Snapshot, link: &Link) -> String {
-    let stack = stack_of(snapshot, link.pid, link.tid);
+    let waiting = snapshot
+        .processes
+        .get(&link.pid)
+        .and_then(|p| p.thread(link.tid));
     let thread = if link.tid == link.pid {
         who(snapshot, link.pid)
     } else {
-        let name = stack.and_then(|s| s.python_thread.as_deref());
         format!(
             "{} of {}",
-            thread_name(link.tid, name),
+            thread_name(link.tid, waiting.and_then(Thread::python_name)),
             who(snapshot, link.pid)
         )
     };
-    let code = stack
+    let code = waiting
+        .and_then(|t| t.stack.as_deref())
         .and_then(Stack::user_call)
         .map(|(call, source)| format!(" in `{call}`{source}"))
         .unwrap_or_default();
     // Only a stuck thread's sleep is timed: others re-block as they go.
-    let blocked = snapshot
-        .processes
-        .get(&link.pid)
-        .and_then(|p| p.thread(link.tid))
+    let blocked = waiting
         .filter(|t| t.stuck)
         .map(|t| {
             let blocked = seconds(snapshot.now_ns.saturating_sub(t.since_ns));
@@ -221,10 +221,6 @@ fn clause(snapshot: &Snapshot, link: &Link) -> String {
         Wait::Futex { .. } | Wait::Other { .. } => format!("is {}", link.wait),
     };
     format!("{thread}{code}{blocked} {what}")
-}
-
-fn stack_of(snapshot: &Snapshot, pid: Pid, tid: Pid) -> Option<&Stack> {
-    snapshot.processes.get(&pid)?.thread(tid)?.stack.as_deref()
 }
 
 fn pipe_fix(chain: &[Link]) -> &'static str {

@@ -120,6 +120,13 @@ pub struct Thread {
     pub stack: Option<std::sync::Arc<crate::stacks::Stack>>,
 }
 
+impl Thread {
+    /// Its name in Python's `threading`, when its captured stack could tell.
+    pub fn python_name(&self) -> Option<&str> {
+        self.stack.as_deref()?.python_thread.as_deref()
+    }
+}
+
 /// A process's exit phase as the kernel probes saw it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitPhase {

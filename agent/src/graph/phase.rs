@@ -95,24 +95,39 @@ pub fn classify<'a>(snapshot: &'a Snapshot, finding: &Finding) -> Option<Found<'
         .find_map(of_process)
 }
 
-/// Each thread's Python name and frames (innermost first), for the threads with a stack.
-type PythonStacks<'a> = Vec<(Pid, Option<&'a str>, Vec<&'a Frame>)>;
+/// A thread with a stack: its Python name and frames (innermost first).
+struct PythonThread<'a> {
+    tid: Pid,
+    name: Option<&'a str>,
+    frames: Vec<&'a Frame>,
+}
+
+impl<'a> PythonThread<'a> {
+    /// This thread, doing what `frame` shows.
+    fn at(&self, frame: &'a Frame) -> Doing<'a> {
+        Doing {
+            tid: self.tid,
+            name: self.name,
+            frame,
+        }
+    }
+}
 
 fn of_process(process: &Process) -> Option<Found<'_>> {
-    let python: PythonStacks = process
+    let python: Vec<PythonThread> = process
         .threads
         .iter()
         .filter_map(|thread| {
             let stack = thread.stack.as_deref()?;
-            Some((
-                thread.tid,
-                stack.python_thread.as_deref(),
-                stack
+            Some(PythonThread {
+                tid: thread.tid,
+                name: thread.python_name(),
+                frames: stack
                     .frames
                     .iter()
                     .filter(|f| f.kind == FrameKind::Python)
                     .collect(),
-            ))
+            })
         })
         .collect();
     // The thread driving the exit; a multiprocessing child has no exit marker, and runs
@@ -122,8 +137,8 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
         .or_else(|| process.thread(process.pid));
     let frames = python
         .iter()
-        .find(|(tid, _, _)| driver.is_some_and(|d| d.tid == *tid))
-        .map(|(_, _, frames)| frames.as_slice())
+        .find(|thread| driver.is_some_and(|d| d.tid == thread.tid))
+        .map(|thread| thread.frames.as_slice())
         .unwrap_or_default();
     if let Some(found) = driver.and_then(|d| python_exit_function(&python, d.tid, frames)) {
         return Some(found);
@@ -138,8 +153,13 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
         .map(|exit| exit.exit_tid);
     let shutdown = python
         .iter()
-        .find(|(_, _, frames)| frames.iter().any(|f| is_asyncio_executor_shutdown(f)))
-        .map(|(tid, _, _)| *tid)
+        .find(|thread| {
+            thread
+                .frames
+                .iter()
+                .any(|f| is_asyncio_executor_shutdown(f))
+        })
+        .map(|thread| thread.tid)
         .or(marked);
     if let Some(shutdown) = shutdown {
         return Some(Found::AsyncioShutdown {
@@ -174,7 +194,7 @@ fn of_process(process: &Process) -> Option<Found<'_>> {
 /// The exit functions of the standard library on the `frames` of `driver`, the thread
 /// driving the exit.
 fn python_exit_function<'a>(
-    python: &PythonStacks<'a>,
+    python: &[PythonThread<'a>],
     driver: Pid,
     frames: &[&'a Frame],
 ) -> Option<Found<'a>> {
@@ -195,17 +215,10 @@ fn python_exit_function<'a>(
         return Some(Found::MultiprocessingExit { joins });
     }
     if on_stack("threading.py", "_shutdown") {
-        let joined =
-            python
-                .iter()
-                .filter(|(tid, _, _)| *tid != driver)
-                .find_map(|(tid, name, frames)| {
-                    Some(Doing {
-                        tid: *tid,
-                        name: *name,
-                        frame: doing(frames)?,
-                    })
-                });
+        let joined = python
+            .iter()
+            .filter(|thread| thread.tid != driver)
+            .find_map(|thread| Some(thread.at(doing(&thread.frames)?)));
         return Some(Found::ThreadingShutdown { joined });
     }
     None
@@ -213,19 +226,16 @@ fn python_exit_function<'a>(
 
 /// The task a `concurrent.futures` worker runs (the frame `_WorkItem.run` called), on
 /// a thread other than `besides`: stuck workers are the ones an exit waits for.
-fn executor_task<'a>(python: &PythonStacks<'a>, besides: Pid) -> Option<Doing<'a>> {
+fn executor_task<'a>(python: &[PythonThread<'a>], besides: Pid) -> Option<Doing<'a>> {
     python
         .iter()
-        .filter(|(tid, _, _)| *tid != besides)
-        .find_map(|(tid, name, frames)| {
-            let run = frames
+        .filter(|thread| thread.tid != besides)
+        .find_map(|thread| {
+            let run = thread
+                .frames
                 .iter()
                 .position(|f| is(f, "concurrent/futures/thread.py", "run"))?;
-            Some(Doing {
-                tid: *tid,
-                name: *name,
-                frame: frames.get(run.checked_sub(1)?)?,
-            })
+            Some(thread.at(thread.frames.get(run.checked_sub(1)?).copied()?))
         })
 }
 

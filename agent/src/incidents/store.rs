@@ -345,10 +345,7 @@ pub(crate) fn describe(snapshot: &Snapshot, process: &Process) -> IncidentProces
                         _ => None,
                     },
                     stuck: thread.stuck,
-                    python_thread: thread
-                        .stack
-                        .as_ref()
-                        .and_then(|stack| stack.python_thread.clone()),
+                    python_thread: thread.python_name().map(str::to_string),
                     stack: thread.stack.as_deref().cloned(),
                 }
             })

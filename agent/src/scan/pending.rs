@@ -35,21 +35,15 @@ impl Pending {
     /// When to wake the scanner, as the start of an entry: the earliest one at `from_ns`
     /// or later, or the last of those that begin within `together_ns` of it. The waits of
     /// one hang begin close together (a parent's `wait4`, its child's `write` once the
-    /// child has started), and a scan at the first finds nothing the next wake-up, half
-    /// an interval later, would not. Entries before `from_ns` are overdue (left for a
-    /// later scan by the budget of a start-up backlog): they must not hide the next ones.
+    /// child has started), and the scanner wakes once at most between two ticks: a scan
+    /// at the first would leave the others to the next tick. Entries before `from_ns` are
+    /// overdue (left for a later scan by the budget of a start-up backlog): they must not
+    /// hide the next ones.
     pub fn next_wake(&self, from_ns: u64, together_ns: u64) -> Option<u64> {
-        let mut waking = self
-            .waking
-            .range((from_ns, 0)..)
-            .map(|(since_ns, _)| *since_ns);
-        let first = waking.next()?;
-        Some(
-            waking
-                .take_while(|&since_ns| since_ns - first <= together_ns)
-                .last()
-                .unwrap_or(first),
-        )
+        let &(first, _) = self.waking.range((from_ns, 0)..).next()?;
+        let last = (first.saturating_add(together_ns), u32::MAX);
+        let &(since_ns, _) = self.waking.range(..=last).next_back()?;
+        Some(since_ns)
     }
 
     /// The newest entry that began no later than `latest_ns` and comes before `after`
