@@ -144,6 +144,7 @@ fn explain_names_the_orphan_that_holds_a_readers_pipe() {
     require_root();
     let subject = Subject::python("orphan_holds_pipe.py", &[]);
     let (reader, orphan) = (subject.pid("reader"), subject.pid("orphan"));
+    subject.wait_in_syscall("reader", libc::SYS_poll as u32);
     std::thread::sleep(Duration::from_millis(1500));
     let output = exitwatch(&["explain", &reader.to_string(), "--hang-after", "1s"]);
     assert!(output.status.success(), "{}", stderr(&output));

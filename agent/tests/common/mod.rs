@@ -489,6 +489,25 @@ impl Subject {
     pub fn kill(&mut self) {
         self.0.kill();
     }
+
+    /// Waits until the main thread of the process READY named `key` sleeps in syscall
+    /// `nr`: READY can come before the wait begins (a helper thread prints it), and a
+    /// test that ages the wait must count from its start.
+    pub fn wait_in_syscall(&self, key: &str, nr: u32) {
+        let path = format!("/proc/{}/syscall", self.pid(key));
+        let until = Instant::now() + READY_WITHIN;
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.split_whitespace().next() == Some(nr.to_string().as_str()) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{key} did not enter syscall {nr} within {READY_WITHIN:?}: {path} says {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Debian's interpreter (statically linked libpython, what a fresh machine has), else
