@@ -56,7 +56,9 @@ fn has_python_frame(incident: &Incident, pid: i32, file: &str, function: &str) -
 
 /// `asyncio.run()` whose default executor runs a job that never ends: no exit marker
 /// fires (the interpreter has not begun to finalize), and still an exit hang, with the
-/// thread that joins the executor (`_do_shutdown`) in its stacks.
+/// thread that joins the executor (`_do_shutdown`) in its stacks, and the coroutine the
+/// loop awaits (`shutdown_default_executor`, suspended: on no thread's stack) as an
+/// awaited frame above the main thread's `run_until_complete`.
 fn asyncio_default_executor_never_finishes(python: &Path) {
     let agent = Agent::start();
     let subject = Subject::python_with(python, "asyncio_executor_stuck.py", &[]);
@@ -70,7 +72,36 @@ fn asyncio_default_executor_never_finishes(python: &Path) {
             "`blocking_forever` at asyncio_executor_stuck.py:",
             "make the run_in_executor() job return",
         ],
-        |i| has_python_frame(i, pid, "asyncio/base_events.py", "_do_shutdown"),
+        |i| {
+            has_python_frame(i, pid, "asyncio/base_events.py", "_do_shutdown")
+                && has_python_frame(
+                    i,
+                    pid,
+                    "asyncio/base_events.py",
+                    "shutdown_default_executor",
+                )
+        },
+    );
+    let main = process_of(&incident, pid)
+        .threads
+        .iter()
+        .find(|t| t.tid == Pid::from_raw(pid))
+        .and_then(|t| t.stack.as_ref())
+        .unwrap_or_else(|| panic!("the main thread's stack: {incident:#?}"));
+    let functions: Vec<&str> = main
+        .frames
+        .iter()
+        .filter_map(|f| f.function.as_deref())
+        .collect();
+    let awaited = functions
+        .iter()
+        .position(|f| *f == "await BaseEventLoop.shutdown_default_executor");
+    let run = functions
+        .iter()
+        .position(|f| *f == "BaseEventLoop.run_until_complete");
+    assert!(
+        matches!((awaited, run), (Some(a), Some(r)) if a + 1 == r),
+        "the awaited coroutine right above run_until_complete: {functions:?}"
     );
     let process = process_of(&incident, pid);
     assert_eq!(process.exiting, ["asyncio_shutdown"], "{incident:#?}");

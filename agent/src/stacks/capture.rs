@@ -104,16 +104,7 @@ impl Captures {
         let walk = procfs.bounded(pid, move |root| {
             Ok(walk(root, pid, &walk_maps, regs, &stack, started + LOADING))
         })?;
-        // `None` without CPython, `Some(None)` when its frames ran out of time.
-        let python = if maps.iter().any(python::may_be_interpreter) {
-            let tids = &self.tids;
-            let read = self.python.get_or_insert_with(|| {
-                read_python_until(procfs, pid, maps.clone(), tids, started + PYTHON_READ)
-            });
-            Some(read.as_mut().map(|stacks| stacks.remove(&tid)))
-        } else {
-            None
-        };
+        let python = self.python_of(procfs, &maps, tid, started);
         let complete = walk.complete;
         let native = Stack {
             frames: procfs.bounded(pid, move |root| {
@@ -137,6 +128,40 @@ impl Captures {
                 ..native
             },
         })
+    }
+
+    /// The Python frames alone of thread `tid`, one of those whose frames are read
+    /// together, for a thread that runs CPython in no wait the probes recorded (an
+    /// event loop waiting in `epoll_wait`): no registers, so no native frames.
+    pub fn python_only(&mut self, procfs: &ProcFs, tid: Pid) -> Result<Stack, CaptureError> {
+        let maps = self.maps(procfs)?;
+        let python = self.python_of(procfs, &maps, tid, Instant::now());
+        let python = python.flatten().flatten().unwrap_or_default();
+        Ok(Stack {
+            frames: python.frames,
+            complete: python.complete,
+            python_thread: python.thread_name,
+        })
+    }
+
+    /// The Python frames of thread `tid`, from the process's one read of them (made now,
+    /// at the first capture since `started`): `None` without CPython, `Some(None)` when
+    /// its frames ran out of time.
+    fn python_of(
+        &mut self,
+        procfs: &ProcFs,
+        maps: &Arc<[Mapping]>,
+        tid: Pid,
+        started: Instant,
+    ) -> Option<Option<Option<PythonStack>>> {
+        if !maps.iter().any(python::may_be_interpreter) {
+            return None;
+        }
+        let (pid, tids) = (self.pid, &self.tids);
+        let read = self.python.get_or_insert_with(|| {
+            read_python_until(procfs, pid, maps.clone(), tids, started + PYTHON_READ)
+        });
+        Some(read.as_mut().map(|stacks| stacks.remove(&tid)))
     }
 
     /// The process's maps, read at the first capture (a zombie's are empty: its memory

@@ -10,16 +10,17 @@ mod tables;
 mod unwind;
 
 use std::{
-    collections::{btree_map::Entry, BTreeMap},
+    collections::{btree_map::Entry, BTreeMap, BTreeSet},
     fs::Metadata,
     path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use exitwatch_common::BlockedWait;
+use exitwatch_common::{exit_reason, BlockedWait};
 
 pub(crate) use capture::read_python;
+use capture::CaptureError;
 pub use capture::Captures;
 pub use model::Stack;
 pub(crate) use python::may_be_interpreter;
@@ -83,7 +84,17 @@ impl Stacks {
             waits
                 .get(tid)
                 .is_some_and(|w| w.first_ns == captured.first_ns)
+                || captured.first_ns == AWAITING
         });
+        // An event loop's frames are kept as long as a wait of its process is.
+        let waiting: BTreeSet<Pid> = self
+            .captured
+            .iter()
+            .filter(|(_, captured)| captured.first_ns != AWAITING)
+            .map(|((pid, _), _)| *pid)
+            .collect();
+        self.captured
+            .retain(|(pid, _), captured| captured.first_ns != AWAITING || waiting.contains(pid));
         let mut budget = Budget::new(MAX_CAPTURES_PER_SCAN, SCAN_CAPTURE_TIME);
         for finding in findings.iter_mut() {
             let mut attached = false;
@@ -150,7 +161,12 @@ impl Stacks {
         counted: &mut impl FnMut(&'static str, Duration),
     ) -> bool {
         let pid = process.pid;
-        let chosen: Vec<bool> = process.threads.iter().map(&mut wanted).collect();
+        let awaiting = awaiting_loop(process);
+        let chosen: Vec<bool> = process
+            .threads
+            .iter()
+            .map(|t| wanted(t) || Some(t.tid) == awaiting)
+            .collect();
         // Waits found in /proc before the probes ran may lack registers.
         let wait_of = |tid: &Pid| waits.get(tid).filter(|w| w.ip != 0);
         // The threads the budget may capture, whose Python frames are read together.
@@ -159,7 +175,9 @@ impl Stacks {
             .iter()
             .zip(&chosen)
             .filter(|(t, chosen)| {
-                **chosen && wait_of(&t.tid).is_some() && !self.captured.contains_key(&(pid, t.tid))
+                **chosen
+                    && (wait_of(&t.tid).is_some() || Some(t.tid) == awaiting)
+                    && !self.captured.contains_key(&(pid, t.tid))
             })
             .map(|(t, _)| t.tid)
             .take(budget.captures)
@@ -167,15 +185,23 @@ impl Stacks {
         let mut captures = Captures::new(pid, to_capture);
         let mut attached = false;
         for (thread, _) in process.threads.iter_mut().zip(chosen).filter(|(_, c)| *c) {
-            let Some(wait) = wait_of(&thread.tid) else {
+            let tid = thread.tid;
+            let wait = wait_of(&tid);
+            if wait.is_none() && Some(tid) != awaiting {
                 continue;
-            };
-            let captured = match self.captured.entry((pid, thread.tid)) {
+            }
+            let captured = match self.captured.entry((pid, tid)) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(_) if !budget.spend() => continue,
-                Entry::Vacant(entry) => entry.insert(Captured {
-                    first_ns: wait.first_ns,
-                    stack: capture_counted(procfs, &mut captures, pid, thread.tid, wait, counted),
+                Entry::Vacant(entry) => entry.insert(match wait {
+                    Some(wait) => Captured {
+                        first_ns: wait.first_ns,
+                        stack: capture_counted(procfs, &mut captures, pid, tid, wait, counted),
+                    },
+                    None => Captured {
+                        first_ns: AWAITING,
+                        stack: python_counted(procfs, &mut captures, pid, tid, counted),
+                    },
                 }),
             };
             thread.stack = captured.stack.clone();
@@ -183,6 +209,18 @@ impl Stacks {
         }
         attached
     }
+}
+
+/// What a capture of an event loop's Python frames alone is remembered for in place
+/// of a wait's start: no wait starts at 0.
+const AWAITING: u64 = 0;
+
+/// The main thread of a process found in `asyncio.run()`'s teardown: its event loop
+/// waits in `epoll_wait`, where the probes record no wait, and its Python frames show
+/// what the loop awaits.
+fn awaiting_loop(process: &Process) -> Option<Pid> {
+    let exit = process.exit?;
+    (exit.reasons & exit_reason::ASYNCIO_SHUTDOWN != 0).then_some(process.pid)
 }
 
 /// Captures left, and until when new ones may start.
@@ -230,7 +268,19 @@ fn capture_counted(
         bp: wait.bp,
     };
     let started = Instant::now();
-    match captures.capture(procfs, tid, regs) {
+    let result = captures.capture(procfs, tid, regs);
+    counted_result(pid, tid, result, started, counted)
+}
+
+/// A capture's stack, its result counted and logged.
+fn counted_result(
+    pid: Pid,
+    tid: Pid,
+    result: Result<Stack, CaptureError>,
+    started: Instant,
+    counted: &mut impl FnMut(&'static str, Duration),
+) -> Option<Arc<Stack>> {
+    match result {
         Ok(stack) => {
             counted(
                 if stack.complete { "ok" } else { "partial" },
@@ -249,6 +299,19 @@ fn capture_counted(
             None
         }
     }
+}
+
+/// [`Captures::python_only`], counted like the other captures.
+fn python_counted(
+    procfs: &ProcFs,
+    captures: &mut Captures,
+    pid: Pid,
+    tid: Pid,
+    counted: &mut impl FnMut(&'static str, Duration),
+) -> Option<Arc<Stack>> {
+    let started = Instant::now();
+    let result = captures.python_only(procfs, tid);
+    counted_result(pid, tid, result, started, counted)
 }
 
 /// A mapping's file name for display: the last part of the name `maps` printed (the

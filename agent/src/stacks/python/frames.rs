@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE, TP_NAME},
+    awaits,
+    layout::{Frames, Layout, BYTES_DATA, OB_SIZE, OB_TYPE},
     lines,
     memory::{int_at, Memory, ReadError},
     objects,
@@ -67,6 +68,10 @@ impl<'m> Reader<'m> {
         self.memory
     }
 
+    pub fn layout(&self) -> &'static Layout {
+        self.layout
+    }
+
     /// The frames of the thread whose state is at `thread_state`.
     pub fn stack(&mut self, thread_state: u64) -> PythonStack {
         let mut stack = PythonStack::default();
@@ -86,6 +91,10 @@ impl<'m> Reader<'m> {
             let Ok((found, previous)) = self.frame(frame) else {
                 break;
             };
+            if found.as_ref().is_some_and(awaits::is_run_until_complete) {
+                let awaited = awaits::awaited(self, frame);
+                stack.frames.extend(awaited);
+            }
             stack.frames.extend(found);
             frame = previous;
         }
@@ -94,7 +103,7 @@ impl<'m> Reader<'m> {
 
     /// The frame at `address` (`None` for a shim or what is not code) and the next one
     /// out.
-    fn frame(&mut self, address: u64) -> Result<(Option<Frame>, u64), ReadError> {
+    pub fn frame(&mut self, address: u64) -> Result<(Option<Frame>, u64), ReadError> {
         // Up to the last field read: `f_lasti`, or the owner.
         let size = match self.layout.frames {
             Frames::Objects { lasti, .. } => lasti + 4,
@@ -193,10 +202,7 @@ impl<'m> Reader<'m> {
         if let Some(known) = self.code_types.get(&address) {
             return *known;
         }
-        let name = self.memory.word(address.wrapping_add(TP_NAME));
-        let is_code = name
-            .and_then(|name| self.memory.bytes(name, CODE_TYPE_NAME.len()))
-            .is_ok_and(|name| name == CODE_TYPE_NAME);
+        let is_code = objects::type_named(self.memory, address, CODE_TYPE_NAME);
         self.code_types.insert(address, is_code);
         is_code
     }

@@ -2,6 +2,7 @@
 //! per minor version, for 64-bit builds without `Py_DEBUG` (the layouts of
 //! `_PyRuntimeState`, `PyInterpreterState`, `PyThreadState`, the frame and code objects
 //! in CPython's headers; they change between minor versions, not patch releases).
+use super::awaits::Awaits;
 
 /// A CPython version, as `PY_VERSION_HEX` states it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -94,6 +95,8 @@ pub struct Layout {
     pub modules: u64,
     /// Where an object keeps its attributes (and how dicts and ints are laid out).
     pub attributes: Attributes,
+    /// What `asyncio` tasks and coroutines keep where, from 3.11.
+    pub awaits: Option<Awaits>,
 }
 
 /// Where instances of Python classes keep their attributes. From 3.11 a class's instances
@@ -203,6 +206,7 @@ static V3_7: Layout = Layout {
     compact_data: 72,
     modules: 40,
     attributes: Attributes::DictOffset,
+    awaits: None,
 };
 
 static V3_8: Layout = Layout {
@@ -254,6 +258,11 @@ static V3_11: Layout = Layout {
     lines: LineTable::Locations,
     modules: 888,
     attributes: Attributes::Managed { cached_keys: 872 },
+    awaits: Some(Awaits {
+        task_coro: 136,
+        frame_state: 75,
+        frame: 80,
+    }),
     ..V3_10
 };
 
@@ -275,6 +284,11 @@ static V3_12: Layout = Layout {
     compact_data: 56,
     modules: 944,
     attributes: Attributes::Tagged { cached_keys: 880 },
+    awaits: Some(Awaits {
+        task_coro: 136,
+        frame_state: 67,
+        frame: 72,
+    }),
     ..V3_11
 };
 
@@ -294,6 +308,11 @@ static V3_13: Layout = Layout {
     },
     modules: 7656,
     attributes: Attributes::Inline { cached_keys: 880 },
+    awaits: Some(Awaits {
+        task_coro: 120,
+        frame_state: 67,
+        frame: 72,
+    }),
     ..V3_12
 };
 

@@ -7,6 +7,7 @@
 //! C library keeps that id in its thread descriptor, found from the main thread's.
 //! Each thread's `threading` name comes with its frames (see [`names`]).
 //! Everything read is bounded (see [`memory`]), and any of it may be garbage.
+mod awaits;
 mod frames;
 mod interpreter;
 mod layout;

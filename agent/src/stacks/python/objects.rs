@@ -5,7 +5,7 @@
 use super::{
     layout::{
         Attributes, Layout, DICT_KEYS, DICT_VALUES, OB_SIZE, OB_TYPE, STRING_LENGTH, STRING_STATE,
-        TP_BASICSIZE, TP_DICTOFFSET, TP_FLAGS,
+        TP_BASICSIZE, TP_DICTOFFSET, TP_FLAGS, TP_NAME,
     },
     memory::{int_at, Memory},
 };
@@ -62,7 +62,7 @@ pub fn string(
 
 /// Whether the object at `address` is the ASCII `str` `text` (names of modules and
 /// attributes are): its length is compared before its characters are read.
-fn is_string(memory: &mut Memory, layout: &Layout, address: u64, text: &str) -> bool {
+pub fn is_string(memory: &mut Memory, layout: &Layout, address: u64, text: &str) -> bool {
     let Ok(head) = memory.bytes(address, STRING_STATE as usize + 4) else {
         return false;
     };
@@ -73,6 +73,15 @@ fn is_string(memory: &mut Memory, layout: &Layout, address: u64, text: &str) -> 
         && memory
             .bytes(address.wrapping_add(layout.ascii_data), text.len())
             .is_ok_and(|chars| chars == text.as_bytes())
+}
+
+/// Whether the type object at `class` is named `name` (its `tp_name`, with the
+/// terminating NUL).
+pub fn type_named(memory: &mut Memory, class: u64, name: &[u8]) -> bool {
+    memory
+        .word(class.wrapping_add(TP_NAME))
+        .and_then(|tp_name| memory.bytes(tp_name, name.len()))
+        .is_ok_and(|bytes| bytes == name)
 }
 
 /// A non-negative `int` that fits 64 bits (a `pthread_t`, as `threading` keys its
@@ -323,6 +332,19 @@ pub(super) mod fake {
             let address = bytes.as_ptr() as u64;
             self.objects.push(bytes);
             address
+        }
+
+        /// Overwrites the word at `address`, in an object made before.
+        pub fn set(&mut self, address: u64, value: u64) {
+            let object = self
+                .objects
+                .iter_mut()
+                .find(|o| {
+                    (o.as_ptr() as u64..o.as_ptr() as u64 + o.len() as u64).contains(&address)
+                })
+                .expect("an address in a fake object");
+            let at = (address - object.as_ptr() as u64) as usize;
+            object[at..at + 8].copy_from_slice(&value.to_le_bytes());
         }
 
         /// An ASCII `str` claiming `length` characters (its text is `text`).
