@@ -8,6 +8,7 @@
 mod deadline;
 mod mapped;
 mod parse;
+mod sched_clock;
 
 use std::fs;
 use std::io;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use deadline::Deadline;
 pub(crate) use deadline::DEADLINE;
 pub use mapped::{fs_type, open_mapping, Refusal, MAX_FILE_BYTES};
+pub use sched_clock::SchedClock;
 
 use crate::pid::Pid;
 
@@ -101,6 +103,8 @@ pub struct TaskStat {
     pub pgrp: Pid,
     pub start_ticks: u64,
     pub num_threads: i64,
+    /// The CPU it last ran on.
+    pub cpu: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,8 +247,8 @@ impl ProcFs {
     /// monotonic clock: it leaves out time spent in interrupts and stolen by a hypervisor,
     /// which adds up with uptime (2.4 s after an hour on a 2-CPU VM). Measured on the
     /// calling thread, which is running, so its `exec_start` is "now" on that clock (to
-    /// within a tick); each CPU's clock lags by its own amount, which this cannot tell
-    /// apart (0.12 s between the two CPUs of that VM). 0 where `sched` is not exposed.
+    /// within a tick), for the CPU it runs on: each CPU lags by its own amount (see
+    /// [`SchedClock`]). 0 where `sched` is not exposed.
     pub fn sched_clock_lag_ns(&self) -> u64 {
         let path = self.root.join("thread-self").join("sched");
         let Ok(bytes) = fs::read(&path) else {

@@ -44,6 +44,7 @@ pub(super) fn stat(text: &str) -> Result<TaskStat, String> {
         pgrp: num(field(5)?, "pgrp")?,
         num_threads: num(field(20)?, "num_threads")?,
         start_ticks: num(field(22)?, "starttime")?,
+        cpu: num(field(39)?, "processor")?,
     })
 }
 

@@ -27,8 +27,7 @@ use super::{
 use crate::{
     graph::{ChildTarget, ExitPhase, PipeEnds, Process, Snapshot, Thread, Wait},
     pid::Pid,
-    procfs::ProcFs,
-    procfs::Syscall,
+    procfs::{ProcFs, SchedClock, Syscall},
 };
 
 /// Chains of pollers through pipes are short; this bounds the passes over `/proc`.
@@ -321,7 +320,7 @@ pub fn collect(
     let mut builder = Builder {
         procfs,
         now_ns,
-        sched_lag_ns: procfs.sched_clock_lag_ns(),
+        sched_clock: SchedClock::new(procfs),
         hang_after_ns,
         cmdlines,
         fresh,
@@ -610,8 +609,8 @@ fn verify(
 struct Builder<'a> {
     procfs: &'a ProcFs,
     now_ns: u64,
-    /// Added to `se.exec_start` to put it on the monotonic clock.
-    sched_lag_ns: u64,
+    /// Puts `se.exec_start` on the monotonic clock.
+    sched_clock: SchedClock<'a>,
     hang_after_ns: u64,
     cmdlines: bool,
     /// Only these get the details that incidents show and analysis does not need
@@ -721,7 +720,7 @@ impl Builder<'_> {
                     let last_ran = self
                         .procfs
                         .sched_exec_start_ns(pid, tid)?
-                        .map(|ns| ns.saturating_add(self.sched_lag_ns));
+                        .map(|ns| self.sched_clock.monotonic_ns(ns, stat.cpu));
                     thread.since_ns = last_ran.map_or(self.now_ns, |ns| ns.min(self.now_ns));
                     // The probes do not track polls; not having run since is the proof
                     // of no progress (and without that proof, it is not stuck).

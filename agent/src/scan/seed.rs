@@ -1,17 +1,18 @@
 //! Start-up: threads that were already blocked before the probes were attached.
 use exitwatch_common::{is_tracked_sleep, BlockedWait};
 
-use crate::procfs::{ProcFs, Syscall};
+use crate::procfs::{ProcFs, SchedClock, Syscall};
 
 /// Every thread now sleeping in a tracked wait, as the kernel probe would have recorded
 /// it. The sleep's start is estimated from the scheduler's last run of the thread
-/// (`se.exec_start`, put on the monotonic clock), or `now_ns` where that is not exposed.
+/// (`se.exec_start`, put on the monotonic clock by the lag of the CPU it ran on), or
+/// `now_ns` where that is not exposed.
 pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)> {
     let mut found = Vec::new();
     let Ok(pids) = procfs.pids() else {
         return found;
     };
-    let lag_ns = procfs.sched_clock_lag_ns();
+    let clock = SchedClock::new(procfs);
     for pid in pids {
         for tid in procfs.tids(pid).unwrap_or_default() {
             // Threads that vanish or deny access while we look are simply not seeded.
@@ -28,11 +29,12 @@ pub fn blocked_from_proc(procfs: &ProcFs, now_ns: u64) -> Vec<(u32, BlockedWait)
             if !is_tracked_sleep(syscall, &args) {
                 continue;
             }
-            let since = procfs
-                .sched_exec_start_ns(pid, tid)
-                .ok()
-                .flatten()
-                .map_or(now_ns, |ns| ns.saturating_add(lag_ns).min(now_ns));
+            let ran = procfs.sched_exec_start_ns(pid, tid).ok().flatten();
+            let cpu = procfs.stat(pid, tid).map(|stat| stat.cpu);
+            let since = match (ran, cpu) {
+                (Some(ns), Ok(cpu)) => clock.monotonic_ns(ns, cpu).min(now_ns),
+                _ => now_ns,
+            };
             found.push((
                 key,
                 BlockedWait {
