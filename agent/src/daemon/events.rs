@@ -1,5 +1,6 @@
 //! Lifecycle events from the ring buffer: uprobe discovery on exec, exit-phase counts.
 use std::{
+    collections::BTreeSet,
     sync::{
         mpsc::{sync_channel, SyncSender, TrySendError},
         Arc,
@@ -20,19 +21,13 @@ use crate::probes::{Streams, UprobeStats};
 const DRAIN_BUSY: Duration = Duration::from_millis(20);
 const DRAIN_IDLE: Duration = Duration::from_millis(100);
 
-/// When to look at a freshly exec'd process: right away for the executable, and again
-/// once the dynamic loader has surely mapped its libraries (settled).
-const DISCOVERY_DELAYS: [(Duration, bool); 2] = [
-    (Duration::from_millis(20), false),
-    (Duration::from_millis(280), true),
-];
-/// Pids waiting for uprobe discovery; beyond this, exec events are dropped (and counted)
-/// rather than queued without bound.
+/// Exec'd pids on their way to uprobe discovery, which schedules its own looks at them;
+/// beyond this, exec events are dropped (and counted) rather than queued without bound.
 const DISCOVERY_QUEUE: usize = 1024;
 
 /// Where exec'd pids go for uprobe discovery, which runs on its own thread.
 struct Discovery {
-    pids: SyncSender<(Pid, bool)>,
+    pids: SyncSender<Pid>,
     stats: Arc<UprobeStats>,
 }
 
@@ -44,10 +39,10 @@ pub async fn run(shared: Arc<Shared>, streams: Streams) {
     } = streams;
     tokio::spawn(forward_probe_logs(logger));
     let (pids, queue) = sync_channel(DISCOVERY_QUEUE);
-    let discovery = Arc::new(Discovery {
+    let discovery = Discovery {
         pids,
         stats: uprobes.stats(),
-    });
+    };
     let started = std::thread::Builder::new()
         .name("exitwatch-uprobes".into())
         .spawn(move || uprobes.run(queue));
@@ -90,8 +85,12 @@ pub async fn run(shared: Arc<Shared>, streams: Streams) {
 }
 
 /// Handles every queued event; returns how many there were.
-fn drain(shared: &Arc<Shared>, discovery: &Arc<Discovery>, ring: &mut RingBuf<MapData>) -> usize {
+fn drain(shared: &Arc<Shared>, discovery: &Discovery, ring: &mut RingBuf<MapData>) -> usize {
     let mut drained = 0;
+    // Processes that exec'd in this batch and are still alive at its end. Most processes
+    // of an exec-heavy host (`true`, `cc` wrappers, shell pipelines) exit within one
+    // batch: they get no uprobe discovery at all, since nothing is left to look at.
+    let mut execs = BTreeSet::new();
     while let Some(item) = ring.next() {
         drained += 1;
         if item.len() < std::mem::size_of::<Event>() {
@@ -99,12 +98,18 @@ fn drain(shared: &Arc<Shared>, discovery: &Arc<Discovery>, ring: &mut RingBuf<Ma
         }
         // SAFETY: the kernel wrote a whole `Event`; the read tolerates misalignment.
         let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        handle(shared, discovery, &event);
+        handle(shared, &mut execs, &event);
+    }
+    // No task or timer per exec: discovery queues its looks itself.
+    for pid in execs {
+        if let Err(TrySendError::Full(_)) = discovery.pids.try_send(pid) {
+            discovery.stats.drop_one();
+        }
     }
     drained
 }
 
-fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
+fn handle(shared: &Arc<Shared>, execs: &mut BTreeSet<Pid>, event: &Event) {
     match event.kind {
         event_kind::EXEC => {
             // An id the kernel cannot have handed out names no process to look at.
@@ -112,22 +117,13 @@ fn handle(shared: &Arc<Shared>, discovery: &Arc<Discovery>, event: &Event) {
                 return;
             };
             shared.lifecycle().changed(pid);
-            let discovery = discovery.clone();
-            tokio::spawn(async move {
-                for (delay, settled) in DISCOVERY_DELAYS {
-                    tokio::time::sleep(delay).await;
-                    match discovery.pids.try_send((pid, settled)) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => discovery.stats.drop_one(),
-                        Err(TrySendError::Disconnected(_)) => return,
-                    }
-                }
-            });
+            execs.insert(pid);
         }
         event_kind::EXIT => {
             if let Ok(pid) = Pid::try_from(event.pid) {
                 shared.lifecycle().changed(pid);
                 shared.zombies().exited(pid, event.ts_ns);
+                execs.remove(&pid);
             }
         }
         event_kind::EXIT_PHASE => {

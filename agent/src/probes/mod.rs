@@ -2,6 +2,7 @@
 mod batch;
 mod changed;
 mod error;
+mod schedule;
 mod tracefs;
 mod uprobes;
 mod waits;

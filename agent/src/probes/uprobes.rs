@@ -37,7 +37,7 @@ use aya::{
 };
 use exitwatch_common::names;
 
-use super::{program, ProbeError};
+use super::{program, schedule::Schedule, ProbeError};
 use crate::{
     elf::{Elf, ElfError},
     pid::Pid,
@@ -66,6 +66,8 @@ const INSTALL_DIRS: [&str; 6] = [
 
 /// How often targets are checked for processes still using them.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How much earlier than due a look may be taken.
+const LOOK_SLACK: Duration = Duration::from_millis(5);
 /// Users tracked per target; a target with more is kept attached for good.
 const MAX_USERS: usize = 4096;
 /// Files known not to qualify, remembered so that every exec does not reopen them.
@@ -212,16 +214,33 @@ impl Uprobes {
         }
     }
 
-    /// Serves discovery requests (pids that just exec'd, and whether their dynamic
-    /// loader is surely done) until the sender goes away, detaching targets that no
-    /// process maps any more.
-    pub fn run(mut self, pids: Receiver<(Pid, bool)>) {
+    /// Serves discovery requests (pids as they exec) until the sender goes away: each is
+    /// looked at once soon and, if its program was new, again once its dynamic loader is
+    /// surely done. Detaches targets that no process maps any more.
+    pub fn run(mut self, execs: Receiver<Pid>) {
+        let mut schedule = Schedule::default();
         let mut swept = Instant::now();
         loop {
-            match pids.recv_timeout(SWEEP_EVERY) {
-                Ok((pid, settled)) => self.discover(pid, settled),
+            let sweep_at = swept + SWEEP_EVERY;
+            let wake = schedule
+                .next_due()
+                .map_or(sweep_at, |due| due.min(sweep_at));
+            match execs.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(pid) => {
+                    if !schedule.exec(pid, Instant::now()) {
+                        self.stats.drop_one();
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Looks due a moment later are taken now: execs arrive in bursts (the ring is
+            // drained on a timer), and this wakes the thread once per burst, not per exec.
+            let now = Instant::now() + LOOK_SLACK;
+            while let Some((pid, settled, exec_at)) = schedule.pop_due(now) {
+                if self.discover(pid, settled) && !schedule.settle(pid, exec_at) {
+                    self.stats.drop_one();
+                }
             }
             if swept.elapsed() >= SWEEP_EVERY {
                 self.sweep();
@@ -232,13 +251,21 @@ impl Uprobes {
 
     /// Looks at the interpreter-like files `pid` maps: new trusted ones get the probe,
     /// attached ones record `pid` as a user. `settled`: its dynamic loader is done, so
-    /// what it maps now can be remembered for its program.
-    pub fn discover(&mut self, pid: Pid, settled: bool) {
-        let Ok(start) = self.procfs.stat(pid, pid).map(|s| s.start_ticks) else {
-            return;
-        };
+    /// what it maps now can be remembered for its program. Returns whether `pid` wants
+    /// a settled look later: its program was not known yet (a known program, or a
+    /// process that is gone, needs none).
+    pub fn discover(&mut self, pid: Pid, settled: bool) -> bool {
+        // The executable first: most execs run a known program that maps no
+        // interpreter, which then costs this one `statx` and nothing else.
         let program = exe_id(pid);
-        if let Some(files) = program.and_then(|p| self.programs.get(&p)) {
+        let known = program.and_then(|p| self.programs.get(&p));
+        if known.is_some_and(Vec::is_empty) {
+            return false;
+        }
+        let Ok(start) = self.procfs.stat(pid, pid).map(|s| s.start_ticks) else {
+            return false;
+        };
+        if let Some(files) = known {
             if files
                 .iter()
                 .all(|f| self.refused.contains(f) || self.targets.contains_key(f))
@@ -246,13 +273,16 @@ impl Uprobes {
                 for file in files.clone() {
                     self.add_user(file, (pid, start));
                 }
-                return;
+                return false;
             }
         }
         let maps = match self.procfs.mappings(pid) {
             Ok(maps) => maps,
-            Err(ProcError::Timeout { .. }) => return self.stats.refuse("timeout"),
-            Err(_) => return,
+            Err(ProcError::Timeout { .. }) => {
+                self.stats.refuse("timeout");
+                return !settled;
+            }
+            Err(_) => return false,
         };
         let mut looked_at = BTreeSet::new();
         for mapping in &maps {
@@ -280,6 +310,7 @@ impl Uprobes {
             self.programs
                 .insert(program, looked_at.into_iter().collect());
         }
+        !settled
     }
 
     fn add_user(&mut self, file: FileId, user: (Pid, u64)) {
