@@ -4,7 +4,7 @@
 //! module's build id in hex: nothing a process or a file's author names is opened (a
 //! debug link's file name is theirs, so links are never followed).
 use std::{
-    fs::{File, OpenOptions},
+    fs::{File, Metadata, OpenOptions},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::PathBuf,
 };
@@ -16,8 +16,8 @@ const BUILD_ID_DIR: &str = "/usr/lib/debug/.build-id";
 const MAX_NOTE_BYTES: u64 = 1024;
 const NT_GNU_BUILD_ID: u32 = 3;
 
-/// The debug file installed for build id `id`, if root installed one.
-pub fn open(id: &[u8]) -> Option<File> {
+/// The debug file installed for build id `id`, and its metadata, if root installed one.
+pub fn open(id: &[u8]) -> Option<(File, Metadata)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -28,7 +28,7 @@ pub fn open(id: &[u8]) -> Option<File> {
         && meta.uid() == 0
         && meta.mode() & 0o022 == 0
         && meta.len() <= MAX_FILE_BYTES;
-    trusted.then_some(file)
+    trusted.then_some((file, meta))
 }
 
 fn path(id: &[u8]) -> PathBuf {

@@ -5,6 +5,7 @@ mod capture;
 mod debug_file;
 pub mod model;
 mod python;
+mod remembered;
 mod symbolize;
 mod tables;
 mod unwind;
@@ -12,6 +13,7 @@ mod unwind;
 use std::{
     collections::{btree_map::Entry, BTreeMap, BTreeSet},
     fs::Metadata,
+    os::unix::fs::MetadataExt,
     path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -342,6 +344,24 @@ impl FileVersion {
         Self {
             file: mapping.file_id(),
             offset: mapping.offset,
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn file_id(&self) -> FileId {
+        self.file
+    }
+
+    /// A file opened by the agent itself, whose metadata is `meta`, as a whole.
+    pub fn of_file(meta: &Metadata) -> Self {
+        Self {
+            file: (
+                (libc::major(meta.dev()), libc::minor(meta.dev())),
+                meta.ino(),
+            ),
+            offset: 0,
             modified: meta.modified().ok(),
             len: meta.len(),
         }

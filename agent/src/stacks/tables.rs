@@ -3,7 +3,6 @@
 //! and mapping offset, not at every capture: the tables are the largest read a capture
 //! makes, and the same libraries are on every stack.
 use std::{
-    collections::{BTreeMap, VecDeque},
     fs::{File, Metadata},
     ops::Range,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -11,7 +10,7 @@ use std::{
 
 use framehop::ExplicitModuleSectionInfo;
 
-use super::{debug_file, FileVersion};
+use super::{debug_file, remembered::Remembered, FileVersion};
 use crate::{
     elf::{Elf, ElfError},
     procfs::Mapping,
@@ -47,6 +46,9 @@ pub struct Tables {
     pub symbols: bool,
     /// The file's DWARF may be read (see [`super::unwind::Loaded::dwarf`]).
     pub dwarf: bool,
+    /// The bytes of the symbol tables, and of the DWARF if it may be read: what naming
+    /// from this file holds in memory (see [`super::symbolize`]).
+    pub symbol_bytes: u64,
     pub build_id: Option<Vec<u8>>,
 }
 
@@ -89,7 +91,8 @@ pub fn of(file: &File, meta: &Metadata, mapping: &Mapping) -> Option<Arc<Tables>
         Err(_) => None,
         Ok(tables) => tables.map(Arc::new),
     };
-    cache().insert(version, tables.clone());
+    let bytes = tables.as_deref().map_or(0, Tables::bytes);
+    cache().insert(version, tables.clone(), bytes);
     tables
 }
 
@@ -111,7 +114,7 @@ fn read(file: &File, offset: u64) -> Result<Option<Tables>, ElfError> {
         None => section(".debug_frame")?,
         Some(_) => None,
     };
-    let (symbols, dwarf) = readable(&elf);
+    let (symbols, dwarf, symbol_bytes) = readable(&elf);
     Ok(Some(Tables {
         stated,
         text: elf.section_range(".text"),
@@ -123,67 +126,39 @@ fn read(file: &File, offset: u64) -> Result<Option<Tables>, ElfError> {
         debug_frame,
         symbols,
         dwarf,
+        symbol_bytes,
         build_id: debug_file::build_id(&elf),
     }))
 }
 
-/// Whether blazesym may read `elf`'s symbol tables, and its DWARF. Sizes are those the
-/// section headers state, not the address ranges they claim (a range that overflows
-/// would otherwise count as nothing).
-fn readable(elf: &Elf) -> (bool, bool) {
-    let symbols = [".symtab", ".strtab", ".dynsym", ".dynstr"]
+/// Whether blazesym may read `elf`'s symbol tables, and its DWARF, and the bytes of
+/// those it may. Sizes are those the section headers state, not the address ranges they
+/// claim (a range that overflows would otherwise count as nothing).
+fn readable(elf: &Elf) -> (bool, bool, u64) {
+    let symbol_bytes = [".symtab", ".strtab", ".dynsym", ".dynstr"]
         .iter()
         .map(|name| elf.sections_size(name))
-        .fold(0, u64::saturating_add)
-        <= MAX_SYMBOL_BYTES;
+        .fold(0, u64::saturating_add);
+    let dwarf_bytes = elf.sections_size(".debug_");
+    let symbols = symbol_bytes <= MAX_SYMBOL_BYTES;
     let links = [".gnu_debuglink", ".gnu_debugaltlink", ".debug_sup"];
     let dwarf = symbols
         && !links.iter().any(|name| elf.has_section(name))
-        && elf.sections_size(".debug_") <= MAX_DWARF_BYTES;
-    (symbols, dwarf)
+        && dwarf_bytes <= MAX_DWARF_BYTES;
+    let bytes = match (symbols, dwarf) {
+        (false, _) => 0,
+        (true, false) => symbol_bytes,
+        (true, true) => symbol_bytes + dwarf_bytes,
+    };
+    (symbols, dwarf, bytes)
 }
 
-/// The files read, oldest first. The lock is held for lookups and insertions only, never
-/// over a read: a file on a stalled file system must not hold up other captures.
-#[derive(Default)]
-struct Cache {
-    files: BTreeMap<FileVersion, Option<Arc<Tables>>>,
-    order: VecDeque<FileVersion>,
-    bytes: u64,
-}
+/// The files read. The lock is held for lookups and insertions only, never over a read:
+/// a file on a stalled file system must not hold up other captures.
+static CACHE: Mutex<Remembered<Option<Arc<Tables>>>> =
+    Mutex::new(Remembered::new(MAX_FILES, MAX_BYTES));
 
-impl Cache {
-    fn get(&self, version: &FileVersion) -> Option<&Option<Arc<Tables>>> {
-        self.files.get(version)
-    }
-
-    /// Remembers `tables`, dropping the oldest files to make room; tables larger than
-    /// all the room are not remembered.
-    fn insert(&mut self, version: FileVersion, tables: Option<Arc<Tables>>) {
-        let bytes = tables.as_deref().map_or(0, Tables::bytes);
-        if bytes > MAX_BYTES || self.files.contains_key(&version) {
-            return;
-        }
-        while self.files.len() >= MAX_FILES || self.bytes + bytes > MAX_BYTES {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            let dropped = self.files.remove(&oldest).flatten();
-            self.bytes -= dropped.as_deref().map_or(0, Tables::bytes);
-        }
-        self.files.insert(version, tables);
-        self.order.push_back(version);
-        self.bytes += bytes;
-    }
-}
-
-static CACHE: Mutex<Cache> = Mutex::new(Cache {
-    files: BTreeMap::new(),
-    order: VecDeque::new(),
-    bytes: 0,
-});
-
-fn cache() -> MutexGuard<'static, Cache> {
+fn cache() -> MutexGuard<'static, Remembered<Option<Arc<Tables>>>> {
     CACHE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -203,7 +178,8 @@ mod tests {
             elf.has_section(".gnu_debuglink"),
             "Debian's libc links its debug file"
         );
-        assert_eq!(readable(&elf), (true, false));
+        let (symbols, dwarf, _) = readable(&elf);
+        assert_eq!((symbols, dwarf), (true, false));
     }
 
     #[test]
@@ -215,26 +191,20 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again), "read once");
         assert!(first.bytes() > 0, "libc has unwind tables");
 
-        let mut cache = Cache::default();
+        let mut cache = Remembered::<()>::new(MAX_FILES, MAX_BYTES);
         let version = |inode| FileVersion {
             file: (libc.dev, inode),
             ..FileVersion::of(&libc, &meta)
         };
         for inode in 0..MAX_FILES as u64 + 1 {
-            cache.insert(version(inode), None);
+            cache.insert(version(inode), (), 0);
         }
-        assert_eq!(cache.files.len(), MAX_FILES);
+        assert_eq!(cache.len(), MAX_FILES);
         assert!(cache.get(&version(0)).is_none(), "the oldest was dropped");
-        let big = |len| {
-            Some(Arc::new(Tables {
-                eh_frame: Some(vec![0; len].into()),
-                ..Tables::default()
-            }))
-        };
-        cache.insert(version(1000), big(MAX_BYTES as usize / 2));
-        cache.insert(version(1001), big(MAX_BYTES as usize / 2));
-        cache.insert(version(1002), big(1));
-        assert!(cache.bytes <= MAX_BYTES);
+        cache.insert(version(1000), (), MAX_BYTES / 2);
+        cache.insert(version(1001), (), MAX_BYTES / 2);
+        cache.insert(version(1002), (), 1);
+        assert!(cache.bytes() <= MAX_BYTES);
         assert!(cache.get(&version(1000)).is_none(), "dropped for room");
         assert!(cache.get(&version(1002)).is_some());
     }

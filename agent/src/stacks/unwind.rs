@@ -2,7 +2,12 @@
 //! `.debug_frame` where there is none) of the modules the walk actually passes through,
 //! frame pointers where a module has no unwind table. Modules are opened only through
 //! their mappings ([`open_mapping`]); their tables come from [`tables`].
-use std::{collections::BTreeMap, fs::File, path::Path, time::Instant};
+use std::{
+    collections::BTreeMap,
+    fs::{File, Metadata},
+    path::Path,
+    time::Instant,
+};
 
 use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
@@ -12,6 +17,7 @@ use framehop::{
 use super::{
     debug_file,
     tables::{self, Data},
+    FileVersion,
 };
 use crate::{
     pid::Pid,
@@ -50,6 +56,7 @@ impl StackCopy {
 /// A module file opened for one capture, and where it is loaded.
 pub struct Loaded {
     pub file: File,
+    pub version: FileVersion,
     /// Added to an address the file states to get the address in the process.
     pub bias: u64,
     /// The file's symbol tables are small enough to be read.
@@ -58,8 +65,10 @@ pub struct Loaded {
     /// link's name is the file author's choice, and would be opened by path), and it
     /// is small enough.
     pub dwarf: bool,
-    /// Root's separate debug file for it, if one is installed.
-    pub debug: Option<File>,
+    /// What naming from the file holds in memory (see [`tables::Tables::symbol_bytes`]).
+    pub symbol_bytes: u64,
+    /// Root's separate debug file for it, if one is installed, and its metadata.
+    pub debug: Option<(File, Metadata)>,
 }
 
 /// The walk's return addresses (innermost first: the instruction pointer, then return
@@ -158,6 +167,7 @@ fn load(
 ) -> Option<(Module<Data>, Loaded)> {
     let (file, meta) = open_mapping(root, pid, mapping).ok()?;
     let tables = tables::of(&file, &meta, mapping)?;
+    let version = FileVersion::of(mapping, &meta);
     let bias = mapping.start.wrapping_sub(tables.stated);
     let info = match room.checked_sub(tables.bytes()) {
         Some(left) => {
@@ -172,9 +182,11 @@ fn load(
         module,
         Loaded {
             file,
+            version,
             bias,
             symbols: tables.symbols,
             dwarf: tables.dwarf,
+            symbol_bytes: tables.symbol_bytes,
             debug: tables.build_id.as_deref().and_then(debug_file::open),
         },
     ))

@@ -6,7 +6,6 @@ use std::{
     collections::BTreeMap,
     path::Path,
     sync::{Mutex, MutexGuard, PoisonError},
-    time::SystemTime,
 };
 
 use super::{
@@ -17,7 +16,8 @@ use super::{
 use crate::{
     elf::{Elf, ElfError},
     pid::Pid,
-    procfs::{open_mapping, FileId, Mapping},
+    procfs::{open_mapping, Mapping},
+    stacks::FileVersion,
 };
 
 /// Modules looked into at most: a `python` executable and a libpython or two.
@@ -110,12 +110,7 @@ enum Dated {
 /// capture tries again).
 fn module(root: &Path, pid: Pid, mapping: &Mapping) -> Option<Module> {
     let (file, meta) = open_mapping(root, pid, mapping).ok()?;
-    let key = ModuleKey {
-        file: mapping.file_id(),
-        offset: mapping.offset,
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    };
+    let key = FileVersion::of(mapping, &meta);
     if let Some(known) = modules().get(&key) {
         return *known;
     }
@@ -132,23 +127,13 @@ fn module(root: &Path, pid: Pid, mapping: &Mapping) -> Option<Module> {
     module
 }
 
-/// A module file as mapped: its modification time and length too, so that a file
-/// rewritten in place (same inode) is read again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct ModuleKey {
-    file: FileId,
-    offset: u64,
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
 /// What each module file's symbols said: a symbol search reads the whole string table
 /// and streams the symbols, so it is made once per file, not once per capture. The lock
 /// is held for lookups only, never over a read: a file on a stalled file system must
 /// not hold up the captures of other processes.
-static MODULES: Mutex<BTreeMap<ModuleKey, Option<Module>>> = Mutex::new(BTreeMap::new());
+static MODULES: Mutex<BTreeMap<FileVersion, Option<Module>>> = Mutex::new(BTreeMap::new());
 
-fn modules() -> MutexGuard<'static, BTreeMap<ModuleKey, Option<Module>>> {
+fn modules() -> MutexGuard<'static, BTreeMap<FileVersion, Option<Module>>> {
     MODULES.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -230,7 +215,7 @@ mod tests {
         assert!(module(Path::new("/proc"), pid, &libc).is_none());
         let remembered = modules()
             .iter()
-            .any(|(key, module)| key.file == libc.file_id() && module.is_none());
+            .any(|(key, module)| key.file_id() == libc.file_id() && module.is_none());
         assert!(remembered, "libc's symbols were not remembered");
     }
 }
