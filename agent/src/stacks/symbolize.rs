@@ -35,8 +35,10 @@ use crate::procfs::Mapping;
 const MAX_NAME_CHARS: usize = 256;
 /// Files whose parsed symbols are kept, and the bytes of their symbol tables and DWARF
 /// together (what blazesym maps and indexes); the oldest are dropped first. Each kept
-/// file holds a descriptor and a mapping of the file.
-const MAX_SOURCES: usize = 32;
+/// file holds a descriptor and a mapping of the file: with the workers given up on (each
+/// keeps its own until its thread ends), this stays well inside the descriptors the agent
+/// keeps for itself (`http/fd_budget.rs`).
+const MAX_SOURCES: usize = 16;
 const MAX_SOURCE_BYTES: u64 = 128 << 20;
 
 thread_local! {
