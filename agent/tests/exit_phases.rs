@@ -182,3 +182,46 @@ fn seed_timer_is_threading_shutdown() {
         &["threading._shutdown()", "`Timer.run`"],
     );
 }
+
+/// An interpreter the `Py_FinalizeEx` probe may not be attached to (a copy owned by a
+/// user, who could rewrite it under the probe) still hangs in `threading._shutdown()`
+/// like any other: the agent finds `Py_FinalizeEx` on its main thread's stack instead.
+#[test]
+fn an_interpreter_without_the_finalize_probe_is_found_from_its_stack() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    const NOBODY: u32 = 65534;
+
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let copy = dir.path().join("python3");
+    std::fs::copy(python(), &copy).expect("copying the interpreter");
+    chown(&copy, Some(NOBODY), Some(NOBODY)).expect("giving the copy to nobody");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+        .expect("making the copy executable");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("opening the directory");
+
+    let agent = Agent::start();
+    let mut command = std::process::Command::new(&copy);
+    // The copy's own directory holds no standard library.
+    command
+        .env("PYTHONHOME", "/usr")
+        .arg(common::programs_dir().join("queue_get_thread.py"));
+    let subject = Subject::spawn("queue_get_thread.py", command);
+    let pid = subject.pid("pid");
+    incident_in(
+        &agent,
+        pid,
+        (Kind::ExitBlockedOnThreads, Phase::ThreadingShutdown),
+        &["threading._shutdown()"],
+        |_| true,
+    );
+    let log = agent.log();
+    let copy_refused = format!("no Py_FinalizeEx probe on {} ", copy.display());
+    assert!(
+        log.lines()
+            .any(|line| line.contains(&copy_refused) && line.ends_with("untrusted_owner")),
+        "the probe was not refused for the copy:\n{log}"
+    );
+    let on_stack = format!("pid {pid} is in its exit phase (py_finalize, found on its stack)");
+    assert!(log.contains(&on_stack), "{on_stack:?} not logged:\n{log}");
+}

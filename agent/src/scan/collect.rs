@@ -16,7 +16,7 @@ use super::{
     asyncio_stack::AsyncioShutdown,
     cmdline::shown,
     exit_search::{Search, Sign},
-    exit_stack::LibcExit,
+    exit_stack::{LibcExit, PyFinalize},
     holders::HolderIndex,
     lifecycle::Changed,
     pending::Pending,
@@ -50,6 +50,7 @@ pub struct ScanState {
     holders: HolderIndex,
     quiet: QuietSeeds,
     libc_exits: Search<LibcExit>,
+    py_finalizes: Search<PyFinalize>,
     asyncio_exits: Search<AsyncioShutdown>,
 }
 
@@ -128,10 +129,12 @@ impl ScanState {
                 self.asyncio_exits.sign.forget(&pids);
             }
             Changed::All => {
-                // What was read of libc files stays true.
+                // What was read of module files stays true.
                 let libc_exits = std::mem::take(&mut self.libc_exits);
+                let py_finalizes = std::mem::take(&mut self.py_finalizes);
                 *self = ScanState {
                     libc_exits,
+                    py_finalizes,
                     ..ScanState::default()
                 };
             }
@@ -289,10 +292,14 @@ pub fn collect(
     let libc = state
         .libc_exits
         .find(procfs, &state.verdicts, &mut exiting, dropped);
+    let finalizing = state
+        .py_finalizes
+        .find(procfs, &state.verdicts, &mut exiting, dropped);
     let asyncio = state
         .asyncio_exits
         .find(procfs, &state.verdicts, &mut exiting, dropped);
     let exits_found = found(LibcExit::REASON, libc)
+        .chain(found(PyFinalize::REASON, finalizing))
         .chain(found(AsyncioShutdown::REASON, asyncio))
         .collect();
     let stack_exits = exiting.len() - marked;
@@ -451,6 +458,7 @@ fn verify_all(
         verdicts,
         pending,
         libc_exits,
+        py_finalizes,
         asyncio_exits,
         ..
     } = state;
@@ -545,6 +553,7 @@ fn verify_all(
                     // Each new stuck wait is looked at once for the exit phases that
                     // no probe marks.
                     libc_exits.offer(pid, tid, record.last_ns);
+                    py_finalizes.offer(pid, tid, record.last_ns);
                     asyncio_exits.offer(pid, tid, record.last_ns);
                 }
                 // What /proc says now is what later scans start from.

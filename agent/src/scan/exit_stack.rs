@@ -1,7 +1,11 @@
-//! C programs in their exit phase, found without a probe on every process exit: a thread
-//! that blocks inside `exit()` (in an `atexit` handler or a static destructor) has a
-//! return address into libc's `exit` on its stack.
-use std::{collections::BTreeMap, ops::Range};
+//! Programs in their exit phase, found without a probe on every process exit: a main
+//! thread that blocks inside libc's `exit()` (in an `atexit` handler or a static
+//! destructor), or inside CPython's `Py_FinalizeEx` (joining threads at interpreter
+//! shutdown), has a return address into that function on its stack. The probe on
+//! `Py_FinalizeEx` marks the same phase as it begins, but it is attached only to
+//! root-owned interpreters, and only once discovery has seen the process: an interpreter
+//! that hangs within milliseconds of starting, or one a user built, is found here.
+use std::{collections::BTreeMap, marker::PhantomData, ops::Range};
 
 use exitwatch_common::exit_reason;
 
@@ -10,49 +14,100 @@ use crate::{
     elf::Elf,
     pid::Pid,
     procfs::{open_mapping, Mapping, ProcFs},
-    stacks::{module_name, FileVersion},
+    stacks::{may_be_interpreter, module_name, FileVersion},
 };
 
 /// How much of a stack above its pointer is searched: exit handlers sit near the top of
 /// a short call chain.
 const STACK_WINDOW: u64 = 64 * 1024;
-/// Distinct libc files remembered; any process can make more (a file named libc.so.6).
-const MAX_LIBCS: usize = 256;
+/// Distinct module files remembered; any process can make more (a file named libc.so.6).
+const MAX_MODULES: usize = 256;
+/// Modules of one process searched for the function: a program maps one libc, and one
+/// interpreter (its executable or its libpython).
+const MAX_MODULES_PER_PROCESS: usize = 4;
 
-#[derive(Default)]
-pub struct LibcExit {
-    /// `exit`'s address range relative to the library's load base, per libc file;
-    /// `None` where the file has no such symbol or cannot be read.
-    exit_ranges: BTreeMap<FileVersion, Option<Range<u64>>>,
+/// The function a thread runs inside in its exit phase, and the modules that define it.
+pub trait ExitFunction {
+    /// The `exitwatch_common::exit_reason` bit of a process inside it.
+    const REASON: u32;
+    const SYMBOL: &'static str;
+    fn defined_in(mapping: &Mapping) -> bool;
 }
 
-impl Sign for LibcExit {
+pub struct Libc;
+
+impl ExitFunction for Libc {
     const REASON: u32 = exit_reason::LIBC_EXIT;
+    const SYMBOL: &'static str = "exit";
+    fn defined_in(mapping: &Mapping) -> bool {
+        is_libc(mapping)
+    }
+}
+
+pub struct Interpreter;
+
+impl ExitFunction for Interpreter {
+    const REASON: u32 = exit_reason::PY_FINALIZE;
+    const SYMBOL: &'static str = "Py_FinalizeEx";
+    fn defined_in(mapping: &Mapping) -> bool {
+        may_be_interpreter(mapping)
+    }
+}
+
+pub type LibcExit = InFunction<Libc>;
+pub type PyFinalize = InFunction<Interpreter>;
+
+pub struct InFunction<F> {
+    /// The function's address range relative to the module's load base, per module file;
+    /// `None` where the file has no such symbol or cannot be read.
+    ranges: BTreeMap<FileVersion, Option<Range<u64>>>,
+    function: PhantomData<F>,
+}
+
+impl<F> Default for InFunction<F> {
+    fn default() -> Self {
+        Self {
+            ranges: BTreeMap::new(),
+            function: PhantomData,
+        }
+    }
+}
+
+impl<F: ExitFunction> Sign for InFunction<F> {
+    const REASON: u32 = F::REASON;
     const MAX_SEARCHES: usize = 256;
 
-    /// Only main threads, where `exit` runs when `main` returns: on a host of idle thread
-    /// pools, every pool thread's stack would be read once per wait for nothing.
+    /// Only main threads, where `exit` runs when `main` returns and the interpreter
+    /// finalizes: on a host of idle thread pools, every pool thread's stack would be
+    /// read once per wait for nothing.
     fn candidate(&self, pid: Pid, tid: Pid, thread: &Verified) -> bool {
         tid == pid && thread.stuck
     }
 
-    /// Whether the thread is running inside libc's `exit`.
+    /// Whether the thread is running inside the function.
     fn search(&mut self, procfs: &ProcFs, pid: Pid, _: Pid, thread: &Verified) -> Option<bool> {
         let maps = procfs.mappings(pid).ok()?;
-        let Some(libc) = maps.iter().find(|m| m.offset == 0 && is_libc(m)) else {
+        let mut inside = Vec::new();
+        for module in maps
+            .iter()
+            .filter(|m| m.offset == 0 && F::defined_in(m))
+            .take(MAX_MODULES_PER_PROCESS)
+        {
+            let Some(range) = self.range(procfs, pid, module)? else {
+                continue;
+            };
+            // The range comes from a file anyone may have written: past the end of the
+            // address space, no return address can be in it.
+            if let (Some(low), Some(high)) = (
+                module.start.checked_add(range.start),
+                module.start.checked_add(range.end),
+            ) {
+                inside.push(low..=high);
+            }
+        }
+        if inside.is_empty() {
             return Some(false);
-        };
-        let Some(range) = self.exit_range(procfs, pid, libc)? else {
-            return Some(false);
-        };
-        // The range comes from a file anyone may have written: past the end of the address
-        // space, no return address can be in it.
-        let (Some(low), Some(high)) = (
-            libc.start.checked_add(range.start),
-            libc.start.checked_add(range.end),
-        ) else {
-            return Some(false);
-        };
+        }
         let Some(words) = procfs
             .stack_above(pid, &maps, thread.sp, STACK_WINDOW)
             .ok()?
@@ -65,37 +120,34 @@ impl Sign for LibcExit {
             ]);
             // `exit` ends with its call into the (noreturn) exit handlers, so the return
             // address may be exactly its end.
-            (low..=high).contains(&value)
+            inside.iter().any(|range| range.contains(&value))
         }))
     }
 }
 
-impl LibcExit {
+impl<F: ExitFunction> InFunction<F> {
     /// From the cache, else from the file behind the mapping (opened either way, to tell
     /// a file rewritten in place); `None` if that could not be read (a timeout or a
     /// mapping that changed, not remembered: a later scan tries again), `Some(None)` if
-    /// it has no usable `exit`.
-    fn exit_range(
-        &mut self,
-        procfs: &ProcFs,
-        pid: Pid,
-        libc: &Mapping,
-    ) -> Option<Option<Range<u64>>> {
-        let mapping = libc.clone();
+    /// it has no usable function.
+    fn range(&mut self, procfs: &ProcFs, pid: Pid, module: &Mapping) -> Option<Option<Range<u64>>> {
+        let mapping = module.clone();
         let (file, version) = procfs
             .bounded(pid, move |root| {
                 let (file, meta) = open_mapping(root, pid, &mapping)?;
                 Ok((file, FileVersion::of(&mapping, &meta)))
             })
             .ok()?;
-        if let Some(range) = self.exit_ranges.get(&version) {
+        if let Some(range) = self.ranges.get(&version) {
             return Some(range.clone());
         }
-        let range = procfs.bounded(pid, move |_| Ok(exit_range(&file))).ok()?;
-        if self.exit_ranges.len() >= MAX_LIBCS {
-            self.exit_ranges.clear();
+        let range = procfs
+            .bounded(pid, move |_| Ok(function_range(&file, F::SYMBOL)))
+            .ok()?;
+        if self.ranges.len() >= MAX_MODULES {
+            self.ranges.clear();
         }
-        self.exit_ranges.insert(version, range.clone());
+        self.ranges.insert(version, range.clone());
         Some(range)
     }
 }
@@ -105,17 +157,17 @@ fn is_libc(mapping: &Mapping) -> bool {
     name.starts_with("libc.so") || name.starts_with("libc-")
 }
 
-/// `exit`'s range from the symbol tables, relative to the lowest loaded address (where
+/// `symbol`'s range from the symbol tables, relative to the lowest loaded address (where
 /// the mapping at file offset 0 starts).
-fn exit_range(file: &std::fs::File) -> Option<Range<u64>> {
+fn function_range(file: &std::fs::File, symbol: &str) -> Option<Range<u64>> {
     let elf = Elf::parse(file).ok()?;
     let base = elf.load_base()?;
-    let exit = elf.function("exit").ok()??;
-    if exit.size == 0 {
+    let function = elf.function(symbol).ok()??;
+    if function.size == 0 {
         return None;
     }
-    let start = exit.address.checked_sub(base)?;
-    Some(start..start.checked_add(exit.size)?)
+    let start = function.address.checked_sub(base)?;
+    Some(start..start.checked_add(function.size)?)
 }
 
 #[cfg(test)]
@@ -158,7 +210,7 @@ mod tests {
         let (_, meta) = open_mapping(std::path::Path::new("/proc"), pid, mapped)
             .expect("opening this process's libc");
         let mut libc = LibcExit::default();
-        libc.exit_ranges.insert(
+        libc.ranges.insert(
             FileVersion::of(mapped, &meta),
             Some(u64::MAX - 16..u64::MAX),
         );
