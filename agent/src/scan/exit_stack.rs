@@ -97,9 +97,14 @@ impl<F: ExitFunction> Sign for InFunction<F> {
                 continue;
             };
             // The range comes from a file anyone may have written: past the end of the
-            // address space, no return address can be in it.
+            // address space, no return address can be in it. A call returns after the
+            // function's first instruction, so its first byte is left out: that value on
+            // a stack is a pointer to the function (as `atexit` keeps), not a return.
             if let (Some(low), Some(high)) = (
-                module.start.checked_add(range.start),
+                module
+                    .start
+                    .checked_add(range.start)
+                    .and_then(|a| a.checked_add(1)),
                 module.start.checked_add(range.end),
             ) {
                 inside.push(low..=high);
@@ -175,11 +180,12 @@ mod tests {
     use super::*;
     use crate::graph::Wait;
 
-    /// This thread, as if stuck in a futex wait right here.
-    fn this_thread() -> (ProcFs, Pid, Verified) {
+    /// This thread, as if stuck in a futex wait with its stack pointer at `local`: a
+    /// local of the test itself, so that the search's own frames (below it) are not
+    /// read as the stack.
+    fn this_thread(local: &u64) -> (ProcFs, Pid, Verified) {
         let pid = Pid::try_from(std::process::id()).expect("a pid");
-        let local = 0u64;
-        let sp = std::ptr::addr_of!(local) as u64;
+        let sp = std::ptr::from_ref(local) as u64;
         let thread = Verified::stuck_in(Wait::Futex { timed: false }, 7, sp);
         (ProcFs::default(), pid, thread)
     }
@@ -189,7 +195,8 @@ mod tests {
         let mut libc = LibcExit::default();
         // The fixture maps libc and a stack but has no map_files: the ELF lookup fails.
         let fixture = ProcFs::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/proc"));
-        let (proc, pid, thread) = this_thread();
+        let local = 0u64;
+        let (proc, pid, thread) = this_thread(&local);
         let fixture_thread = Verified::stuck_in(Wait::Futex { timed: false }, 7, 0x7ffd_a5bf_0000);
         let fixture_pid = Pid::from_raw(100);
         assert_eq!(
@@ -201,7 +208,8 @@ mod tests {
 
     #[test]
     fn an_exit_range_past_the_address_space_is_no_exit() {
-        let (proc, pid, thread) = this_thread();
+        let local = 0u64;
+        let (proc, pid, thread) = this_thread(&local);
         let maps = proc.mappings(pid).expect("this process's maps");
         let mapped = maps
             .iter()
