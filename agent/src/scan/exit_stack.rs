@@ -5,7 +5,7 @@
 //! `Py_FinalizeEx` marks the same phase as it begins, but it is attached only to
 //! root-owned interpreters, and only once discovery has seen the process: an interpreter
 //! that hangs within milliseconds of starting, or one a user built, is found here.
-use std::{collections::BTreeMap, marker::PhantomData, ops::Range};
+use std::{marker::PhantomData, ops::Range};
 
 use exitwatch_common::exit_reason;
 
@@ -14,13 +14,14 @@ use crate::{
     elf::Elf,
     pid::Pid,
     procfs::{open_mapping, Mapping, ProcFs},
-    stacks::{may_be_interpreter, module_name, FileVersion},
+    stacks::{may_be_interpreter, module_name, FileVersion, Remembered},
 };
 
 /// How much of a stack above its pointer is searched: exit handlers sit near the top of
 /// a short call chain.
 const STACK_WINDOW: u64 = 64 * 1024;
-/// Distinct module files remembered; any process can make more (a file named libc.so.6).
+/// Distinct module files remembered, the oldest dropped first; any process can make more
+/// (a file named libc.so.6).
 const MAX_MODULES: usize = 256;
 /// Modules of one process searched for the function: a program maps one libc, and one
 /// interpreter (its executable or its libpython).
@@ -60,14 +61,15 @@ pub type PyFinalize = InFunction<Interpreter>;
 pub struct InFunction<F> {
     /// The function's address range relative to the module's load base, per module file;
     /// `None` where the file has no such symbol or cannot be read.
-    ranges: BTreeMap<FileVersion, Option<Range<u64>>>,
+    ranges: Remembered<Option<Range<u64>>>,
     function: PhantomData<F>,
 }
 
 impl<F> Default for InFunction<F> {
     fn default() -> Self {
         Self {
-            ranges: BTreeMap::new(),
+            // A range is a few bytes: the count bounds them.
+            ranges: Remembered::new(MAX_MODULES, u64::MAX),
             function: PhantomData,
         }
     }
@@ -149,10 +151,7 @@ impl<F: ExitFunction> InFunction<F> {
         let range = procfs
             .bounded(pid, move |_| Ok(function_range(&file, F::SYMBOL)))
             .ok()?;
-        if self.ranges.len() >= MAX_MODULES {
-            self.ranges.clear();
-        }
-        self.ranges.insert(version, range.clone());
+        self.ranges.insert(version, range.clone(), 0);
         Some(range)
     }
 }
@@ -221,6 +220,7 @@ mod tests {
         libc.ranges.insert(
             FileVersion::of(mapped, &meta),
             Some(u64::MAX - 16..u64::MAX),
+            0,
         );
         assert_eq!(libc.search(&proc, pid, pid, &thread), Some(false));
     }

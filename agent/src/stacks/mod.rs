@@ -26,6 +26,7 @@ use capture::CaptureError;
 pub use capture::Captures;
 pub use model::Stack;
 pub(crate) use python::may_be_interpreter;
+pub(crate) use remembered::Remembered;
 pub use unwind::Registers;
 
 use crate::{
