@@ -19,6 +19,7 @@ use crate::{
     graph::{Kind, Snapshot},
     incidents::{EventCounters, Incident},
     probes::{Counters, ProgramStats, WaitHistogram},
+    scan::Backlog,
     text::printable,
 };
 
@@ -46,6 +47,9 @@ const SCAN_ERROR_REASONS: [&str; 6] = [
 /// Results of `exitwatch_stack_captures_total`.
 const STACK_CAPTURE_RESULTS: [&str; 5] = ["ok", "partial", "gone", "timeout", "error"];
 
+/// Labels of `exitwatch_scan_backlog`: the kinds of work per-scan budgets defer.
+const BACKLOG_WORK: [&str; 2] = ["waits", "stack_searches"];
+
 /// The active-incident info series carries pids, so its cardinality is capped.
 const MAX_INFO_SERIES: usize = 50;
 
@@ -67,6 +71,7 @@ pub struct Metrics {
     bpf_run_time: CounterVec,
     bpf_runs: IntCounterVec,
     scan_duration: Histogram,
+    scan_backlog: IntGaugeVec,
     scan_errors: IntCounterVec,
     stack_captures: IntCounterVec,
     stack_capture_duration: Histogram,
@@ -289,6 +294,23 @@ impl Metrics {
                     ]),
                 )?,
             )?,
+            scan_backlog: register(
+                r,
+                with_series(
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "exitwatch_scan_backlog",
+                            "Work left for later scans by the per-scan budgets, by kind \
+                             (waits: recorded waits past the threshold not yet checked in \
+                             /proc; stack_searches: stuck threads whose stacks are still to \
+                             be searched for an exit phase). Non-zero for a while after \
+                             start-up on a big host.",
+                        ),
+                        &["work"],
+                    )?,
+                    BACKLOG_WORK,
+                ),
+            )?,
             scan_errors: register(
                 r,
                 with_series(
@@ -450,6 +472,17 @@ impl Metrics {
 
     pub fn waits_map_read(&self, reason: &str) {
         self.waits_reads.with_label_values(&[reason]).inc();
+    }
+
+    pub fn scan_backlog(&self, backlog: Backlog) {
+        for (work, left) in BACKLOG_WORK
+            .into_iter()
+            .zip([backlog.waits, backlog.stack_searches])
+        {
+            self.scan_backlog
+                .with_label_values(&[work])
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn scan_errors(&self, errors: &BTreeMap<&'static str, u64>) {

@@ -33,8 +33,9 @@ use crate::{
 /// Chains of pollers through pipes are short; this bounds the passes over `/proc`.
 const MAX_RELEASER_ROUNDS: usize = 3;
 /// Records verified for the first time per scan. At start-up on a big host every idle
-/// thread is new; the newest waits go first, so a fresh hang is never behind the backlog.
-const MAX_NEW_VERDICTS: usize = 2048;
+/// thread is new: 20,000 of them take 80 scans, each short, instead of ten long ones. The newest waits go first, so a fresh hang is never
+/// behind the backlog.
+const MAX_NEW_VERDICTS: usize = 256;
 /// Holders of one end of a pipe read in full. An end held by more (an output pipe that
 /// every worker of a supervisor inherited) is read only up to the first holder that can
 /// run: that one keeps whatever waits on the pipe live, and the analysis counts holders
@@ -52,6 +53,15 @@ pub struct ScanState {
     libc_exits: Search<LibcExit>,
     py_finalizes: Search<PyFinalize>,
     asyncio_exits: Search<AsyncioShutdown>,
+}
+
+/// See [`ScanState::backlog`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Recorded waits past the threshold not checked in `/proc` yet.
+    pub waits: usize,
+    /// Stuck threads whose stacks are still to be searched for an exit phase.
+    pub stack_searches: usize,
 }
 
 /// What changed in the kernel's map of recorded waits since the last scan.
@@ -110,6 +120,17 @@ impl ScanState {
     /// Waits judged, and waits not judged yet.
     pub fn sizes(&self) -> (usize, usize) {
         (self.verdicts.len(), self.pending.len())
+    }
+
+    /// Work that per-scan budgets left for later scans: at start-up on a big host, every
+    /// idle wait turns old at once and is checked over many scans.
+    pub fn backlog(&self, hang_after_ns: u64, now_ns: u64) -> Backlog {
+        Backlog {
+            waits: self.pending.overdue(now_ns.saturating_sub(hang_after_ns)),
+            stack_searches: self.libc_exits.backlog()
+                + self.py_finalizes.backlog()
+                + self.asyncio_exits.backlog(),
+        }
     }
 
     /// Processes that exec'd or exited: nothing learnt about them holds any more.

@@ -49,6 +49,12 @@ impl<S: Sign> Search<S> {
         self.offered.insert((since_ns, pid, tid));
     }
 
+    /// Threads offered and not searched yet (the budget of a backlog left them for
+    /// later scans, or a read failed).
+    pub fn backlog(&self) -> usize {
+        self.offered.len()
+    }
+
     /// Marks in `exiting` the processes not marked yet whose stuck threads show the sign,
     /// each from the wait of the thread that shows it; returns those found in this scan.
     /// `dropped` says that some verdicts were dropped since the last call.

@@ -77,7 +77,7 @@ impl<F> Default for InFunction<F> {
 
 impl<F: ExitFunction> Sign for InFunction<F> {
     const REASON: u32 = F::REASON;
-    const MAX_SEARCHES: usize = 256;
+    const MAX_SEARCHES: usize = 64;
 
     /// Only main threads, where `exit` runs when `main` returns and the interpreter
     /// finalizes: on a host of idle thread pools, every pool thread's stack would be

@@ -26,9 +26,12 @@ use crate::{
 /// The oldest an entry gets (see [`age_limit`]), while no more than
 /// [`MAX_AGED_READS`] age out together.
 const MAX_AGE_NS: u64 = 30_000_000_000;
-/// Aged entries reread per refresh: a host's processes all read in one scan (at start,
-/// or after a rebuild) age out over a few scans, not in one.
-const MAX_AGED_READS: usize = 128;
+/// Aged entries reread per refresh. This bounds the index's steady cost per scan
+/// whatever the host's size: a host's processes all read in one scan (at start, or after
+/// a rebuild) age out over many scans, and on a host of more than 16 × 30 s worth of
+/// processes an entry waits longer than its age for its turn (4,000 processes: about
+/// four minutes at one scan a second).
+const MAX_AGED_READS: usize = 16;
 /// How often `/proc` is listed for processes that no event names (forked without exec).
 /// Until then such a process is in the index only once it blocks; a new finding is
 /// confirmed against a full rebuild anyway (see `Fresh::Confirm`).

@@ -13,7 +13,7 @@ mod seed;
 mod verdicts;
 mod wait;
 
-pub use collect::{collect, Fresh, KernelView, Options, ScanState, WaitChanges};
+pub use collect::{collect, Backlog, Fresh, KernelView, Options, ScanState, WaitChanges};
 pub use lifecycle::{Changed, Lifecycle};
 pub use seed::blocked_from_proc;
 

@@ -64,6 +64,12 @@ impl Pending {
     pub fn len(&self) -> usize {
         self.since.len()
     }
+
+    /// Entries that began no later than `latest_ns`: past the threshold when it is
+    /// `now - threshold`, and left for later scans by the budget of a backlog.
+    pub fn overdue(&self, latest_ns: u64) -> usize {
+        self.by_since.range(..=(latest_ns, u32::MAX)).count()
+    }
 }
 
 #[cfg(test)]

@@ -26,8 +26,10 @@ use crate::pid::Pid;
 /// The age at which a finding is looked at again (see [`age_limit`]), while no more than
 /// [`MAX_EXPIRED`] age out together.
 const MAX_AGE_NS: u64 = 60_000_000_000;
-/// Findings that age out per scan, at most.
-const MAX_EXPIRED: usize = 64;
+/// Findings that age out per scan, at most: this bounds what idle readers cost per scan
+/// whatever their number (1,000 of them are each looked at again about every two
+/// minutes at one scan a second).
+const MAX_EXPIRED: usize = 8;
 
 /// A process's blocked waits as the kernel recorded them: `(tid, record)`, by tid.
 pub type Waits = Vec<(u32, BlockedWait)>;

@@ -75,7 +75,7 @@ pub struct Options {
     /// 100,20,10 with --quick].
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     scale_divisors: Vec<u64>,
-    /// Seconds over which the agent is measured at each size of the sweep [default: 30,
+    /// Seconds over which the agent is measured at each size of the sweep [default: 120,
     /// or 10 with --quick].
     #[arg(long)]
     scale_seconds: Option<u64>,
@@ -317,10 +317,12 @@ impl Plan {
             } else {
                 options.scale_divisors.iter().map(|&d| d as usize).collect()
             },
+            // Long enough for the agent's quiet findings (60–120 s) to age out and be
+            // looked at again: the steady cost includes that.
             scale_window: Duration::from_secs(options.scale_seconds.unwrap_or(if quick {
                 10
             } else {
-                30
+                120
             })),
             agent_args: options.agent_args.clone(),
         }

@@ -17,15 +17,34 @@ use crate::system;
 
 /// How long a population may take to start and settle.
 const POPULATE_WITHIN: Duration = Duration::from_secs(300);
+/// How long the agent may take to judge every idle wait of a population once they are
+/// past the threshold (its scans do a bounded share each).
+const STARTUP_WITHIN: Duration = Duration::from_secs(600);
+/// The agent's gauge of recorded waits past the threshold that its per-scan budget left
+/// for later scans. (Its stack searches for exit phases drain more slowly, at a few
+/// `/proc/PID/maps` reads a scan, a small part of the steady cost measured after.)
+const BACKLOG: &str = "exitwatch_scan_backlog{work=\"waits\"}";
 /// The agent's defaults, which the sweep runs at: threshold and scan interval.
 pub const DEFAULT_HANG_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 const SCAN_HISTOGRAM: &str = "exitwatch_scan_duration_seconds";
 
+/// What the agent spent from its start until it had judged every idle wait: at start-up
+/// every idle thread of the host is new to it.
+#[derive(Clone, Debug)]
+pub struct Startup {
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub scans: f64,
+    /// The longest scan, as the bound of its histogram bucket.
+    pub longest_scan: Option<Quantile>,
+}
+
 /// What the agent spent on one population size.
 #[derive(Clone, Debug)]
 pub struct SizeResult {
     pub size: PopulationSize,
+    pub startup: Startup,
     pub window_seconds: f64,
     pub cpu_percent: f64,
     pub scans: f64,
@@ -79,14 +98,19 @@ fn one_size(
         started.elapsed().as_secs_f64()
     ));
     let log = format!("agent-scale-{}.log", size.idle_threads());
+    let started = Instant::now();
     let agent = Agent::start(layout, &[], plan.agent_cpu, &log)?;
-    // Past the threshold every idle wait is a candidate the scans must judge: measure
-    // from then on, not while they are still too young to be looked at.
-    thread::sleep(DEFAULT_HANG_AFTER + 2 * DEFAULT_SCAN_INTERVAL);
-    results.environment.check(&[agent.pid()]);
     let ticks = proc::ticks_per_second();
+    let (startup, before) = start_up(&agent, started, ticks)?;
+    system::say(format!(
+        "  every idle wait judged {:.0} s after the agent started ({:.2} s of CPU); \
+         measuring {} s",
+        startup.seconds,
+        startup.cpu_seconds,
+        plan.scale_window.as_secs()
+    ));
+    results.environment.check(&[agent.pid()]);
     let (host_processes, host_threads) = proc::host_tasks();
-    let before = agent.sample()?;
     let clock = Instant::now();
     thread::sleep(plan.scale_window);
     let after = agent.sample()?;
@@ -108,6 +132,7 @@ fn one_size(
     let buckets = bucket_deltas(&before, &after);
     Ok(SizeResult {
         size,
+        startup,
         window_seconds,
         cpu_percent: 100.0 * after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64
             / ticks
@@ -122,6 +147,38 @@ fn one_size(
         incidents,
         latency: trials,
     })
+}
+
+/// Waits until the population's idle waits are past the threshold and the agent has
+/// judged them all (its backlog of waits is zero); returns what that cost and the sample
+/// the steady window starts from.
+fn start_up(agent: &Agent, started: Instant, ticks: f64) -> Result<(Startup, Sample)> {
+    thread::sleep(DEFAULT_HANG_AFTER + 2 * DEFAULT_SCAN_INTERVAL);
+    let done = loop {
+        let sample = agent.sample()?;
+        let Some(&left) = sample.metrics.get(BACKLOG) else {
+            anyhow::bail!("the agent exports no {BACKLOG}: is it older than the bench?");
+        };
+        if left == 0.0 {
+            break sample;
+        }
+        if started.elapsed() > STARTUP_WITHIN {
+            anyhow::bail!(
+                "the agent still had {left} waits to judge after {} s",
+                STARTUP_WITHIN.as_secs()
+            );
+        }
+        thread::sleep(DEFAULT_SCAN_INTERVAL / 2);
+    };
+    let scans = done.metric(&format!("{SCAN_HISTOGRAM}_count"));
+    let startup = Startup {
+        seconds: started.elapsed().as_secs_f64(),
+        // Everything the agent spent since it was started.
+        cpu_seconds: done.cpu_ticks as f64 / ticks,
+        scans,
+        longest_scan: quantile(&done.buckets(SCAN_HISTOGRAM), 1.0),
+    };
+    Ok((startup, done))
 }
 
 /// Incidents, active or resolved, naming any of `pids`.
