@@ -33,8 +33,10 @@ pub struct AsyncioShutdown {
 
 impl Sign for AsyncioShutdown {
     const REASON: u32 = exit_reason::ASYNCIO_SHUTDOWN;
-    /// Each is a read of the process's maps and of one thread's Python frames.
-    const MAX_SEARCHES: usize = 8;
+    /// Each is a read of the process's maps and, in a CPython process, of one thread's
+    /// Python frames; a host's native thread pools cost one maps read per process, many
+    /// of which fit a scan's time for searches.
+    const MAX_SEARCHES: usize = 64;
 
     /// `_do_shutdown` runs on a thread of its own, never the main thread.
     fn candidate(&self, pid: Pid, tid: Pid, thread: &Verified) -> bool {

@@ -7,6 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ops::Bound,
+    time::{Duration, Instant},
 };
 
 use exitwatch_common::ExitState;
@@ -18,7 +19,7 @@ use crate::{pid::Pid, procfs::ProcFs};
 pub trait Sign {
     /// The `exitwatch_common::exit_reason` bit of a process whose stack shows the sign.
     const REASON: u32;
-    /// Stacks searched per scan at most.
+    /// Stacks searched per scan at most (and for [`SEARCHING_PER_SCAN`] at most).
     const MAX_SEARCHES: usize;
 
     /// Whether thread `tid` of `pid`, stuck as `thread` says, is worth a search: decided
@@ -29,6 +30,12 @@ pub trait Sign {
     /// (no verdict: a later scan looks again).
     fn search(&mut self, procfs: &ProcFs, pid: Pid, tid: Pid, thread: &Verified) -> Option<bool>;
 }
+
+/// Time one sign's searches may take per scan: a search is one read of a process's maps
+/// when they show the sign cannot be there (most of a host's idle threads), a stack
+/// read and walk when they do. Checked between searches, so one walk can end past it
+/// (each has a deadline of its own).
+const SEARCHING_PER_SCAN: Duration = Duration::from_millis(5);
 
 #[derive(Default)]
 pub struct Search<S> {
@@ -73,7 +80,8 @@ impl<S: Sign> Search<S> {
         }
         let mut found = Vec::new();
         let (mut searches, mut cursor) = (0, None);
-        while searches < S::MAX_SEARCHES {
+        let started = Instant::now();
+        while searches < S::MAX_SEARCHES && started.elapsed() < SEARCHING_PER_SCAN {
             let upper = cursor.map_or(Bound::Unbounded, Bound::Excluded);
             let Some(&key) = self.offered.range((Bound::Unbounded, upper)).next_back() else {
                 break;
