@@ -108,6 +108,22 @@ pub const fn is_tracked_sleep(syscall: u32, args: &[u64; 4]) -> bool {
     }
 }
 
+/// Whether a sleep in `syscall` with `args` continues the wait recorded with `recorded`
+/// (the caller also compares the stack pointer, so one call site's sleeps make one
+/// wait). A `futex` wait leaves out the expected value (`args[2]`): it changes every
+/// time a thread waits again on one mutex, condition variable or joined thread's id
+/// word, and a thread that keeps sleeping on one futex word is in one wait; what shows
+/// progress is that it sleeps again, not the value it expects. Every other call compares
+/// all four arguments.
+#[inline(always)]
+pub fn same_wait(syscall: u32, args: &[u64; 4], recorded: &[u64; 4]) -> bool {
+    if syscall == nr::FUTEX {
+        args[0] == recorded[0] && args[1] == recorded[1] && args[3] == recorded[3]
+    } else {
+        args == recorded
+    }
+}
+
 /// `futex(2)` operations that put the caller to sleep, after masking
 /// `FUTEX_PRIVATE_FLAG` and `FUTEX_CLOCK_REALTIME`.
 pub mod futex_op {
@@ -128,8 +144,8 @@ pub mod futex_op {
 
 /// One thread's current (or latest) tracked sleep, keyed by tid in `BLOCKED`.
 ///
-/// A thread that sleeps again in the same syscall with the same arguments keeps
-/// `first_ns` and bumps `sleeps`: a writer that a slow reader lets through bit by bit
+/// A thread that sleeps again in the same wait (see [`same_wait`]; its arguments are
+/// those of the first sleep) keeps `first_ns` and bumps `sleeps`: a writer that a slow reader lets through bit by bit
 /// shows a growing count, a deadlocked one does not.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -274,7 +290,26 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::wait_histogram::{bucket, BUCKETS};
+    use super::{
+        nr, same_wait,
+        wait_histogram::{bucket, BUCKETS},
+    };
+
+    #[test]
+    fn a_futex_wait_is_its_word_op_and_timeout_not_its_expected_value() {
+        let futex = [0x7f00_1000, 128, 41, 0];
+        assert!(same_wait(nr::FUTEX, &[0x7f00_1000, 128, 42, 0], &futex));
+        assert!(!same_wait(nr::FUTEX, &[0x7f00_1008, 128, 41, 0], &futex));
+        assert!(!same_wait(nr::FUTEX, &[0x7f00_1000, 137, 41, 0], &futex));
+        assert!(!same_wait(
+            nr::FUTEX,
+            &[0x7f00_1000, 128, 41, 0x7ffe_0000],
+            &futex
+        ));
+        let read = [3, 0x5000, 4096, 0];
+        assert!(same_wait(nr::READ, &read, &read));
+        assert!(!same_wait(nr::READ, &[3, 0x5000, 4095, 0], &read));
+    }
 
     #[test]
     fn buckets_are_log2_microseconds() {

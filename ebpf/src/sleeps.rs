@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use core::ptr::{addr_of, read_volatile};
 use exitwatch_common::{
-    counter, is_tracked_sleep, is_tracked_syscall, wait_histogram, BlockedWait,
+    counter, is_tracked_sleep, is_tracked_syscall, same_wait, wait_histogram, BlockedWait,
 };
 
 use crate::maps::{
@@ -115,8 +115,13 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     if histogram {
         wait.since_ns = if now == 0 { now_ns() } else { now };
     }
+    // SAFETY: as for `orig_rax` above.
+    let sp = unsafe { read_volatile(addr_of!((*regs).rsp)) };
     let tick = jiffies();
-    let same = wait.syscall == syscall && wait.args == args && wait.published_tick != 0;
+    let same = wait.syscall == syscall
+        && wait.sp == sp
+        && same_wait(syscall, &args, &wait.args)
+        && wait.published_tick != 0;
     if same && tick.wrapping_sub(wait.published_tick) < REFRESH_TICKS {
         wait.unpublished_sleeps += 1;
         return Ok(());
@@ -136,12 +141,11 @@ fn record_sleep(now: u64) -> Result<(), i32> {
             return Ok(());
         }
     }
-    // Only a new wait pays for these three loads: the agent unwinds the stack from them.
+    // Only a new wait pays for these two loads: the agent unwinds the stack from them.
     // SAFETY: as for `orig_rax` above.
-    let (ip, sp, bp) = unsafe {
+    let (ip, bp) = unsafe {
         (
             read_volatile(addr_of!((*regs).rip)),
-            read_volatile(addr_of!((*regs).rsp)),
             read_volatile(addr_of!((*regs).rbp)),
         )
     };
@@ -163,6 +167,7 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     wait.syscall = syscall;
     wait.class = wait_histogram::class(syscall);
     wait.args = args;
+    wait.sp = sp;
     wait.published_tick = tick;
     wait.unpublished_sleeps = 0;
     mark_changed(tid);

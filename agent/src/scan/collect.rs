@@ -10,7 +10,7 @@
 //! new findings, which `/proc` confirms before anything is reported.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use exitwatch_common::{nr, BlockedWait, ExitState};
+use exitwatch_common::{nr, same_wait, BlockedWait, ExitState};
 
 use super::{
     asyncio_stack::AsyncioShutdown,
@@ -616,7 +616,8 @@ fn verify(
     let Syscall::In { nr, args, sp, .. } = procfs.syscall(pid, tid)? else {
         return Ok(None);
     };
-    if nr != i64::from(entry.syscall) || args[..4] != entry.args {
+    let recorded = [args[0], args[1], args[2], args[3]];
+    if nr != i64::from(entry.syscall) || !same_wait(entry.syscall, &recorded, &entry.args) {
         return Ok(None);
     }
     let stat = procfs.stat(pid, tid)?;
