@@ -108,20 +108,29 @@ pub const fn is_tracked_sleep(syscall: u32, args: &[u64; 4]) -> bool {
     }
 }
 
-/// Whether a sleep in `syscall` with `args` continues the wait recorded with `recorded`
-/// (the caller also compares the stack pointer, so one call site's sleeps make one
-/// wait). A `futex` wait leaves out the expected value (`args[2]`): it changes every
-/// time a thread waits again on one mutex, condition variable or joined thread's id
-/// word, and a thread that keeps sleeping on one futex word is in one wait; what shows
-/// progress is that it sleeps again, not the value it expects. Every other call compares
-/// all four arguments.
+/// Whether a sleep in `syscall` (the caller compared it) with `args` continues the wait
+/// recorded with `recorded`: the same arguments, or a `futex` wait on the same word with
+/// the same operation and timeout from the same stack depth (`sp() == recorded_sp`; the
+/// stack pointer is asked for only then) whose expected value (`args[2]`) differs. That
+/// value is a joined thread's id, or a counter, and changes each time a thread waits again
+/// on the same word: a `pthread_join` loop, whose threads reuse one cached descriptor,
+/// sleeps on one word in one wait, not in a new wait per thread. What shows progress is
+/// that the thread sleeps again, not the value it expects. (`futex_wait(2)`, with its
+/// value in `args[1]`, is not relaxed.)
 #[inline(always)]
-pub fn same_wait(syscall: u32, args: &[u64; 4], recorded: &[u64; 4]) -> bool {
-    if syscall == nr::FUTEX {
-        args[0] == recorded[0] && args[1] == recorded[1] && args[3] == recorded[3]
-    } else {
-        args == recorded
-    }
+pub fn same_wait(
+    syscall: u32,
+    args: &[u64; 4],
+    sp: impl FnOnce() -> u64,
+    recorded: &[u64; 4],
+    recorded_sp: u64,
+) -> bool {
+    args == recorded
+        || (syscall == nr::FUTEX
+            && args[0] == recorded[0]
+            && args[1] == recorded[1]
+            && args[3] == recorded[3]
+            && sp() == recorded_sp)
 }
 
 /// `futex(2)` operations that put the caller to sleep, after masking
@@ -154,9 +163,9 @@ pub struct BlockedWait {
     pub syscall: u32,
     /// `rdi`, `rsi`, `rdx`, `r10` at syscall entry.
     pub args: [u64; 4],
-    /// `bpf_ktime_get_ns()` of the first sleep in this syscall.
+    /// `bpf_ktime_get_ns()` of the first sleep in this wait.
     pub first_ns: u64,
-    /// `bpf_ktime_get_ns()` of the latest sleep in this syscall.
+    /// `bpf_ktime_get_ns()` of the latest sleep in this wait.
     pub last_ns: u64,
     pub sleeps: u64,
     /// User `rip`, `rsp` and `rbp` when the wait was published (not refreshed by later
@@ -296,19 +305,20 @@ mod tests {
     };
 
     #[test]
-    fn a_futex_wait_is_its_word_op_and_timeout_not_its_expected_value() {
+    fn a_futex_wait_is_its_word_op_timeout_and_depth_not_its_expected_value() {
         let futex = [0x7f00_1000, 128, 41, 0];
-        assert!(same_wait(nr::FUTEX, &[0x7f00_1000, 128, 42, 0], &futex));
-        assert!(!same_wait(nr::FUTEX, &[0x7f00_1008, 128, 41, 0], &futex));
-        assert!(!same_wait(nr::FUTEX, &[0x7f00_1000, 137, 41, 0], &futex));
-        assert!(!same_wait(
-            nr::FUTEX,
-            &[0x7f00_1000, 128, 41, 0x7ffe_0000],
-            &futex
-        ));
+        let same =
+            |args: [u64; 4], sp: u64| same_wait(nr::FUTEX, &args, || sp, &futex, 0x7ffe_1000);
+        assert!(same([0x7f00_1000, 128, 42, 0], 0x7ffe_1000));
+        assert!(!same([0x7f00_1000, 128, 42, 0], 0x7ffe_2000));
+        assert!(!same([0x7f00_1008, 128, 41, 0], 0x7ffe_1000));
+        assert!(!same([0x7f00_1000, 137, 41, 0], 0x7ffe_1000));
+        assert!(!same([0x7f00_1000, 128, 42, 0x7ffe_0000], 0x7ffe_1000));
+        // The same arguments are the same wait at any depth, as before the relaxation.
+        assert!(same(futex, 0x7ffe_2000));
         let read = [3, 0x5000, 4096, 0];
-        assert!(same_wait(nr::READ, &read, &read));
-        assert!(!same_wait(nr::READ, &[3, 0x5000, 4095, 0], &read));
+        assert!(same_wait(nr::READ, &read, || 1, &read, 2));
+        assert!(!same_wait(nr::READ, &[3, 0x5000, 4095, 0], || 2, &read, 2));
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub struct TaskWait {
     /// Sleeps in this wait not yet added to `BLOCKED`.
     pub unpublished_sleeps: u64,
     pub args: [u64; 4],
-    /// User `rsp` of the published sleep: a sleep from another call site is another wait.
+    /// User `rsp` of the published sleep (see `exitwatch_common::same_wait`).
     pub sp: u64,
     pub syscall: u32,
     /// Histogram class of `syscall`.

@@ -115,13 +115,12 @@ fn record_sleep(now: u64) -> Result<(), i32> {
     if histogram {
         wait.since_ns = if now == 0 { now_ns() } else { now };
     }
-    // SAFETY: as for `orig_rax` above.
-    let sp = unsafe { read_volatile(addr_of!((*regs).rsp)) };
     let tick = jiffies();
+    // SAFETY (the closure): as for `orig_rax` above.
+    let user_sp = || unsafe { read_volatile(addr_of!((*regs).rsp)) };
     let same = wait.syscall == syscall
-        && wait.sp == sp
-        && same_wait(syscall, &args, &wait.args)
-        && wait.published_tick != 0;
+        && wait.published_tick != 0
+        && same_wait(syscall, &args, user_sp, &wait.args, wait.sp);
     if same && tick.wrapping_sub(wait.published_tick) < REFRESH_TICKS {
         wait.unpublished_sleeps += 1;
         return Ok(());
@@ -141,11 +140,12 @@ fn record_sleep(now: u64) -> Result<(), i32> {
             return Ok(());
         }
     }
-    // Only a new wait pays for these two loads: the agent unwinds the stack from them.
+    // Only a new wait pays for these three loads: the agent unwinds the stack from them.
     // SAFETY: as for `orig_rax` above.
-    let (ip, bp) = unsafe {
+    let (ip, sp, bp) = unsafe {
         (
             read_volatile(addr_of!((*regs).rip)),
+            read_volatile(addr_of!((*regs).rsp)),
             read_volatile(addr_of!((*regs).rbp)),
         )
     };

@@ -161,9 +161,7 @@ fn scan_once(shared: &Shared) -> Option<tokio::time::Instant> {
         .into_iter()
         .chain(exit_due)
         .min();
-    shared
-        .metrics
-        .scan_backlog(state.backlog(options.hang_after_ns, clock.monotonic_ns));
+    shared.metrics.scan_backlog(state.backlog());
     drop(state);
     waits.forget(&scan.gone_tids);
     drop(waits);

@@ -300,11 +300,11 @@ impl Metrics {
                     IntGaugeVec::new(
                         Opts::new(
                             "exitwatch_scan_backlog",
-                            "Work left for later scans by the per-scan budgets, by kind \
+                            "Work the last scan's budgets left for later scans, by kind \
                              (waits: recorded waits past the threshold not yet checked in \
                              /proc; stack_searches: stuck threads whose stacks are still to \
-                             be searched for an exit phase). Non-zero for a while after \
-                             start-up on a big host.",
+                             be searched for an exit phase); failed reads tried again are \
+                             not counted. Non-zero for a while after start-up on a big host.",
                         ),
                         &["work"],
                     )?,

@@ -19,7 +19,7 @@ use super::{
     exit_stack::{LibcExit, PyFinalize},
     holders::HolderIndex,
     lifecycle::Changed,
-    pending::Pending,
+    pending::{Order, Pending},
     quiet::{QuietSeeds, Waits},
     verdicts::Verdicts,
     wait::{decode, decode_poll},
@@ -48,6 +48,8 @@ const MAX_HOLDERS_READ: usize = 64;
 pub struct ScanState {
     verdicts: Verdicts,
     pending: Pending,
+    /// Waits past the threshold the last scan's budget left (see [`Backlog`]).
+    waits_left: usize,
     holders: HolderIndex,
     quiet: QuietSeeds,
     libc_exits: Search<LibcExit>,
@@ -58,9 +60,11 @@ pub struct ScanState {
 /// See [`ScanState::backlog`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backlog {
-    /// Recorded waits past the threshold not checked in `/proc` yet.
+    /// Recorded waits past the threshold that the last scan's budget left unchecked in
+    /// `/proc` (a read that failed and is tried again is not counted).
     pub waits: usize,
-    /// Stuck threads whose stacks are still to be searched for an exit phase.
+    /// Stuck threads whose stacks the last scan's budget left unsearched for an exit
+    /// phase (nor is a failed search).
     pub stack_searches: usize,
 }
 
@@ -124,9 +128,9 @@ impl ScanState {
 
     /// Work that per-scan budgets left for later scans: at start-up on a big host, every
     /// idle wait turns old at once and is checked over many scans.
-    pub fn backlog(&self, hang_after_ns: u64, now_ns: u64) -> Backlog {
+    pub fn backlog(&self) -> Backlog {
         Backlog {
-            waits: self.pending.overdue(now_ns.saturating_sub(hang_after_ns)),
+            waits: self.waits_left,
             stack_searches: self.libc_exits.backlog()
                 + self.py_finalizes.backlog()
                 + self.asyncio_exits.backlog(),
@@ -478,6 +482,7 @@ fn verify_all(
     let ScanState {
         verdicts,
         pending,
+        waits_left,
         libc_exits,
         py_finalizes,
         asyncio_exits,
@@ -524,45 +529,63 @@ fn verify_all(
             }
         }
     }
-    // Pending records whose time may have come: the newest first, so that a fresh hang is
-    // never behind a start-up backlog.
-    let mut budget = if matches!(fresh, Fresh::All) {
-        usize::MAX
-    } else {
-        MAX_NEW_VERDICTS
+    // Pending records whose time may have come: most of the budget newest first, so that
+    // a fresh hang is never behind a start-up backlog, the rest oldest first, so that a
+    // backlog that lasts (more waits turning old per scan than the budget) still drains.
+    // A confirming pass takes none: it reads its processes whole.
+    let budget = match fresh {
+        Fresh::All => usize::MAX,
+        Fresh::Only(_) => MAX_NEW_VERDICTS,
+        Fresh::Confirm(_) => 0,
     };
-    let mut cursor = None;
-    while budget > 0 {
-        // Those due before the next scan are looked up too: their exact time is then
-        // known, and the scanner wakes for it (see `Pending::next_wake`).
-        let latest = (now_ns + lookahead_ns).saturating_sub(hang_after_ns);
-        let Some(due) = pending.next_due(latest, cursor) else {
-            break;
-        };
-        cursor = Some(due);
-        let key = due.1;
-        let Some(record) = (kernel.waits)(key) else {
-            pending.remove(key);
-            if let Ok(tid) = Pid::try_from(key) {
-                verdicts.forget(tid);
-            }
-            continue;
-        };
-        // Ids above `i32::MAX` name no thread: nothing to verify, and the entry goes.
-        let (Ok(pid), Ok(tid)) = (Pid::try_from(record.tgid), Pid::try_from(key)) else {
-            pending.remove(key);
-            checked.gone_tids.push(key);
-            continue;
-        };
-        if !old_enough(record.last_ns) {
-            pending.insert(key, record.last_ns, wakes(&record));
-        } else {
-            pending.remove(key);
-            if !exact.contains(&pid) {
-                budget -= 1;
-                wanted.push((key, (pid, tid), record, true));
+    // Those due before the next scan are looked up too: their exact time is then known,
+    // and the scanner wakes for it (see `Pending::next_wake`).
+    let latest = (now_ns + lookahead_ns).saturating_sub(hang_after_ns);
+    let mut left = budget;
+    for (order, share) in [
+        (Order::NewestFirst, budget - budget / 4),
+        (Order::OldestFirst, budget / 4),
+    ] {
+        let mut take = share;
+        let mut cursor = None;
+        while take > 0 {
+            let Some(due) = pending.next_due(latest, cursor, order) else {
+                break;
+            };
+            cursor = Some(due);
+            let key = due.1;
+            let Some(record) = (kernel.waits)(key) else {
+                pending.remove(key);
+                if let Ok(tid) = Pid::try_from(key) {
+                    verdicts.forget(tid);
+                }
+                continue;
+            };
+            // Ids above `i32::MAX` name no thread: nothing to verify, and the entry goes.
+            let (Ok(pid), Ok(tid)) = (Pid::try_from(record.tgid), Pid::try_from(key)) else {
+                pending.remove(key);
+                checked.gone_tids.push(key);
+                continue;
+            };
+            if !old_enough(record.last_ns) {
+                pending.insert(key, record.last_ns, wakes(&record));
+            } else {
+                pending.remove(key);
+                if !exact.contains(&pid) {
+                    take -= 1;
+                    left -= 1;
+                    wanted.push((key, (pid, tid), record, true));
+                }
             }
         }
+    }
+    if !matches!(fresh, Fresh::Confirm(_)) {
+        // What the budget left: failed reads tried again are not a backlog.
+        *waits_left = if left == 0 {
+            pending.overdue(now_ns.saturating_sub(hang_after_ns))
+        } else {
+            0
+        };
     }
     for (key, (pid, tid), record, old) in wanted {
         // Already known stuck (a fresh process read again): nothing new about it.
@@ -616,8 +639,10 @@ fn verify(
     let Syscall::In { nr, args, sp, .. } = procfs.syscall(pid, tid)? else {
         return Ok(None);
     };
-    let recorded = [args[0], args[1], args[2], args[3]];
-    if nr != i64::from(entry.syscall) || !same_wait(entry.syscall, &recorded, &entry.args) {
+    let now = [args[0], args[1], args[2], args[3]];
+    if nr != i64::from(entry.syscall)
+        || !same_wait(entry.syscall, &now, || sp, &entry.args, entry.sp)
+    {
         return Ok(None);
     }
     let stat = procfs.stat(pid, tid)?;

@@ -47,6 +47,8 @@ pub struct Search<S> {
     inside: BTreeMap<(Pid, Pid), u64>,
     /// Threads offered and not searched yet: (latest sleep of the wait, pid, tid).
     offered: BTreeSet<(u64, Pid, Pid)>,
+    /// Offered threads older than the last one searched when the budget ran out.
+    left: usize,
 }
 
 impl<S: Sign> Search<S> {
@@ -56,10 +58,9 @@ impl<S: Sign> Search<S> {
         self.offered.insert((since_ns, pid, tid));
     }
 
-    /// Threads offered and not searched yet (the budget of a backlog left them for
-    /// later scans, or a read failed).
+    /// Threads offered that the last call's budget left unsearched.
     pub fn backlog(&self) -> usize {
-        self.offered.len()
+        self.left
     }
 
     /// Marks in `exiting` the processes not marked yet whose stuck threads show the sign,
@@ -80,10 +81,11 @@ impl<S: Sign> Search<S> {
         }
         let mut found = Vec::new();
         let (mut searches, mut cursor) = (0, None);
-        let started = Instant::now();
+        let (started, mut drained) = (Instant::now(), false);
         while searches < S::MAX_SEARCHES && started.elapsed() < SEARCHING_PER_SCAN {
             let upper = cursor.map_or(Bound::Unbounded, Bound::Excluded);
             let Some(&key) = self.offered.range((Bound::Unbounded, upper)).next_back() else {
+                drained = true;
                 break;
             };
             cursor = Some(key);
@@ -113,6 +115,10 @@ impl<S: Sign> Search<S> {
                 }
             }
         }
+        self.left = match cursor {
+            Some(last) if !drained => self.offered.range(..last).count(),
+            _ => 0,
+        };
         let inside: Vec<(Pid, Pid, u64)> = self
             .inside
             .iter()
@@ -195,14 +201,17 @@ mod tests {
         search.sign.shows = vec![Pid::from_raw(11)];
         let mut verdicts = Verdicts::default();
         let threads = [(10, 10, 1), (10, 11, 2), (20, 20, 3), (30, 30, 4)];
-        let (mut found, mut marked) = (Vec::new(), Vec::new());
+        let (mut found, mut marked, mut left) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
             scan(&mut search, &mut verdicts, &threads);
             let mut exiting = BTreeMap::new();
             found.push(search.find(&ProcFs::default(), &verdicts, &mut exiting, false));
             marked.push(exiting.get(&Pid::from_raw(10)).map(|e| e.exit_tid));
+            left.push(search.backlog());
         }
         assert_eq!(search.sign.searched, [30, 20, 11, 10]);
+        // Two left after the first scan's two searches; none once all were searched.
+        assert_eq!(left, [2, 0, 0]);
         // Found once; marked from then on, by the thread that shows the sign.
         assert_eq!(found, [vec![], vec![10], vec![]]);
         assert_eq!(marked, [None, Some(11), Some(11)]);

@@ -4,6 +4,13 @@
 //! costs a reschedule per scan, and one that sleeps on quietly costs nothing once judged.
 use std::collections::{BTreeSet, HashMap};
 
+/// Which due entries a walk takes first.
+#[derive(Clone, Copy, Debug)]
+pub enum Order {
+    NewestFirst,
+    OldestFirst,
+}
+
 #[derive(Default)]
 pub struct Pending {
     by_since: BTreeSet<(u64, u32)>,
@@ -46,19 +53,26 @@ impl Pending {
         Some(since_ns)
     }
 
-    /// The newest entry that began no later than `latest_ns` and comes before `after`
-    /// (an earlier answer), for walking the due entries newest first while changing them.
-    pub fn next_due(&self, latest_ns: u64, after: Option<(u64, u32)>) -> Option<(u64, u32)> {
-        let bound = after.unwrap_or((latest_ns, u32::MAX));
-        let upper = if after.is_some() {
-            std::ops::Bound::Excluded(bound)
-        } else {
-            std::ops::Bound::Included(bound)
-        };
-        self.by_since
-            .range((std::ops::Bound::Unbounded, upper))
-            .next_back()
-            .copied()
+    /// The next entry that began no later than `latest_ns`, after `after` (an earlier
+    /// answer) in `order`, for walking the due entries while changing them.
+    pub fn next_due(
+        &self,
+        latest_ns: u64,
+        after: Option<(u64, u32)>,
+        order: Order,
+    ) -> Option<(u64, u32)> {
+        use std::ops::Bound::{Excluded, Included};
+        let last = (latest_ns, u32::MAX);
+        match (order, after) {
+            (Order::NewestFirst, None) => self.by_since.range(..=last).next_back(),
+            (Order::NewestFirst, Some(after)) => self.by_since.range(..after).next_back(),
+            (Order::OldestFirst, None) => self.by_since.range(..=last).next(),
+            (Order::OldestFirst, Some(after)) => self
+                .by_since
+                .range((Excluded(after), Included(last)))
+                .next(),
+        }
+        .copied()
     }
 
     pub fn len(&self) -> usize {
@@ -91,16 +105,42 @@ mod tests {
             Some(30),
             "overdue entries hide none"
         );
-        let first = pending.next_due(40, None);
+        assert_eq!(pending.overdue(25), 2);
+        let first = pending.next_due(40, None, Order::NewestFirst);
         assert_eq!(first, Some((30, 2)));
         // Rescheduled past the bound while walking: not met again.
         pending.insert(2, 45, false);
-        let second = pending.next_due(40, first);
+        let second = pending.next_due(40, first, Order::NewestFirst);
         assert_eq!(second, Some((20, 3)));
         pending.remove(3);
         assert_eq!(pending.next_wake(0, 10), None);
-        assert_eq!(pending.next_due(40, second), Some((10, 1)));
-        assert_eq!(pending.next_due(40, Some((10, 1))), None);
+        assert_eq!(
+            pending.next_due(40, second, Order::NewestFirst),
+            Some((10, 1))
+        );
+        assert_eq!(
+            pending.next_due(40, Some((10, 1)), Order::NewestFirst),
+            None
+        );
         assert_eq!(pending.len(), 3);
+    }
+
+    #[test]
+    fn an_oldest_first_walk_stops_at_the_bound() {
+        let mut pending = Pending::default();
+        for (tid, since) in [(1, 10), (2, 20), (3, 40), (4, 41)] {
+            pending.insert(tid, since, false);
+        }
+        let mut walked = Vec::new();
+        let mut cursor = None;
+        while let Some(due) = pending.next_due(40, cursor, Order::OldestFirst) {
+            walked.push(due);
+            cursor = Some(due);
+        }
+        assert_eq!(walked, [(10, 1), (20, 2), (40, 3)]);
+        assert_eq!(
+            pending.next_due(40, Some((40, u32::MAX)), Order::OldestFirst),
+            None
+        );
     }
 }

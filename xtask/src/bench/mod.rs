@@ -317,8 +317,8 @@ impl Plan {
             } else {
                 options.scale_divisors.iter().map(|&d| d as usize).collect()
             },
-            // Long enough for the agent's quiet findings (60–120 s) to age out and be
-            // looked at again: the steady cost includes that.
+            // Long enough for the agent's quiet findings (60–120 s old) to be looked at
+            // again at their steady rate: the steady cost includes that.
             scale_window: Duration::from_secs(options.scale_seconds.unwrap_or(if quick {
                 10
             } else {

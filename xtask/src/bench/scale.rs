@@ -101,7 +101,7 @@ fn one_size(
     let started = Instant::now();
     let agent = Agent::start(layout, &[], plan.agent_cpu, &log)?;
     let ticks = proc::ticks_per_second();
-    let (startup, before) = start_up(&agent, started, ticks)?;
+    let (startup, before, clock) = start_up(&agent, started, ticks)?;
     system::say(format!(
         "  every idle wait judged {:.0} s after the agent started ({:.2} s of CPU); \
          measuring {} s",
@@ -111,8 +111,7 @@ fn one_size(
     ));
     results.environment.check(&[agent.pid()]);
     let (host_processes, host_threads) = proc::host_tasks();
-    let clock = Instant::now();
-    thread::sleep(plan.scale_window);
+    thread::sleep(plan.scale_window.saturating_sub(clock.elapsed()));
     let after = agent.sample()?;
     let window_seconds = clock.elapsed().as_secs_f64();
     let pids = population.pids();
@@ -150,17 +149,21 @@ fn one_size(
 }
 
 /// Waits until the population's idle waits are past the threshold and the agent has
-/// judged them all (its backlog of waits is zero); returns what that cost and the sample
-/// the steady window starts from.
-fn start_up(agent: &Agent, started: Instant, ticks: f64) -> Result<(Startup, Sample)> {
-    thread::sleep(DEFAULT_HANG_AFTER + 2 * DEFAULT_SCAN_INTERVAL);
-    let done = loop {
+/// judged them all (its backlog of waits is zero after a scan that came after the
+/// threshold); returns what that cost, and the sample the steady window starts from with
+/// its time.
+fn start_up(agent: &Agent, started: Instant, ticks: f64) -> Result<(Startup, Sample, Instant)> {
+    thread::sleep(DEFAULT_HANG_AFTER + DEFAULT_SCAN_INTERVAL);
+    let scans = |sample: &Sample| sample.metric(&format!("{SCAN_HISTOGRAM}_count"));
+    let at_threshold = scans(&agent.sample()?);
+    let (done, at) = loop {
         let sample = agent.sample()?;
+        let at = Instant::now();
         let Some(&left) = sample.metrics.get(BACKLOG) else {
             anyhow::bail!("the agent exports no {BACKLOG}: is it older than the bench?");
         };
-        if left == 0.0 {
-            break sample;
+        if left == 0.0 && scans(&sample) > at_threshold {
+            break (sample, at);
         }
         if started.elapsed() > STARTUP_WITHIN {
             anyhow::bail!(
@@ -170,15 +173,14 @@ fn start_up(agent: &Agent, started: Instant, ticks: f64) -> Result<(Startup, Sam
         }
         thread::sleep(DEFAULT_SCAN_INTERVAL / 2);
     };
-    let scans = done.metric(&format!("{SCAN_HISTOGRAM}_count"));
     let startup = Startup {
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: at.duration_since(started).as_secs_f64(),
         // Everything the agent spent since it was started.
         cpu_seconds: done.cpu_ticks as f64 / ticks,
-        scans,
+        scans: scans(&done),
         longest_scan: quantile(&done.buckets(SCAN_HISTOGRAM), 1.0),
     };
-    Ok((startup, done))
+    Ok((startup, done, at))
 }
 
 /// Incidents, active or resolved, naming any of `pids`.
