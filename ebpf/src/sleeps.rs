@@ -116,8 +116,10 @@ fn record_sleep(now: u64) -> Result<(), i32> {
         wait.since_ns = if now == 0 { now_ns() } else { now };
     }
     let tick = jiffies();
-    // SAFETY (the closure): as for `orig_rax` above.
-    let user_sp = || unsafe { read_volatile(addr_of!((*regs).rsp)) };
+    let user_sp = || {
+        // SAFETY: as for `orig_rax` above.
+        unsafe { read_volatile(addr_of!((*regs).rsp)) }
+    };
     let same = wait.syscall == syscall
         && wait.published_tick != 0
         && same_wait(syscall, &args, user_sp, &wait.args, wait.sp);
