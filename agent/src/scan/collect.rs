@@ -33,8 +33,8 @@ use crate::{
 /// Chains of pollers through pipes are short; this bounds the passes over `/proc`.
 const MAX_RELEASER_ROUNDS: usize = 3;
 /// Records verified for the first time per scan. At start-up on a big host every idle
-/// thread is new: 20,000 of them take 80 scans, each short, instead of ten long ones. The newest waits go first, so a fresh hang is never
-/// behind the backlog.
+/// thread is new: 20,000 of them take 80 scans, each short, instead of ten long ones
+/// (see `verify_all` for the order they are taken in).
 const MAX_NEW_VERDICTS: usize = 256;
 /// Holders of one end of a pipe read in full. An end held by more (an output pipe that
 /// every worker of a supervisor inherited) is read only up to the first holder that can
@@ -639,9 +639,9 @@ fn verify(
     let Syscall::In { nr, args, sp, .. } = procfs.syscall(pid, tid)? else {
         return Ok(None);
     };
-    let now = [args[0], args[1], args[2], args[3]];
+    let current = [args[0], args[1], args[2], args[3]];
     if nr != i64::from(entry.syscall)
-        || !same_wait(entry.syscall, &now, || sp, &entry.args, entry.sp)
+        || !same_wait(entry.syscall, &current, || sp, &entry.args, entry.sp)
     {
         return Ok(None);
     }

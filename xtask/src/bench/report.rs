@@ -296,8 +296,8 @@ pub fn scale_table(results: &Results) -> String {
          idle pipe readers (blocked in `read`, their writers alive in `pause`). *Start-up*: \
          from the agent's start until it has judged every idle wait \
          (`exitwatch_scan_backlog{{work=\"waits\"}}` back to zero: the waits turn old \
-         together once the threshold has passed, and each scan judges a bounded share). *Steady*: the window \
-         that follows, long enough for the rereads of what the agent learnt (at most 16 \
+         together once the threshold has passed, and each scan judges a bounded share). \
+         *Steady*: the window that follows, long enough for the rereads of what the agent learnt (at most 16 \
          pipe-holder entries and 8 idle readers a scan, once 30–120 s old) to run at their \
          steady rate.\n\n\
          | idle threads (processes) | idle pipe readers | threads (processes) on the whole host | start-up: time, agent CPU, scans, longest scan | steady window | scans | agent CPU, % of a core | scan mean | scan p50 | scan p99 | peak RSS (VmHWM) | incidents for idle waiters |\n\

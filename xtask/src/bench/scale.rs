@@ -21,8 +21,8 @@ const POPULATE_WITHIN: Duration = Duration::from_secs(300);
 /// past the threshold (its scans do a bounded share each).
 const STARTUP_WITHIN: Duration = Duration::from_secs(600);
 /// The agent's gauge of recorded waits past the threshold that its per-scan budget left
-/// for later scans. (Its stack searches for exit phases drain more slowly, at a few
-/// `/proc/PID/maps` reads a scan, a small part of the steady cost measured after.)
+/// for later scans. (Its stack searches for exit phases, `work="stack_searches"`, may
+/// still be draining then; what they cost after is part of the steady window.)
 const BACKLOG: &str = "exitwatch_scan_backlog{work=\"waits\"}";
 /// The agent's defaults, which the sweep runs at: threshold and scan interval.
 pub const DEFAULT_HANG_AFTER: Duration = Duration::from_secs(10);
