@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: what the agent costs the workloads it watches, measured side by
 //! side on one machine (runs without the agent, with it, with an empty `sched_switch`
-//! program as the floor, and with a hand-written bpftrace reference, interleaved), plus
-//! its idle cost, memory, drops, detection latency, and its cost on hosts full of idle
+//! program as the floor, and with a hand-written bpftrace reference, interleaved), the
+//! scheduler hook alone against that floor in short interleaved slices, plus its idle cost, memory, drops, detection latency, and its cost on hosts full of idle
 //! threads and pipe readers. Writes BENCHMARKS.md.
 mod agent;
-mod floor;
+mod hooks;
+mod hot_path;
 mod http;
 mod latency;
 mod machine;
@@ -79,6 +80,10 @@ pub struct Options {
     /// or 10 with --quick].
     #[arg(long)]
     scale_seconds: Option<u64>,
+    /// Blocks of the hot-path slices (no program, the empty `sched_switch`, the agent's,
+    /// each about 60 ms of pipe and of futex ping-pong) [default: 300, or 20 with --quick].
+    #[arg(long)]
+    hot_path_blocks: Option<usize>,
     /// Seconds to wait, before each round, for other exitwatch processes to end.
     #[arg(long, default_value_t = 300)]
     quiet_wait: u64,
@@ -102,6 +107,8 @@ pub struct Layout {
 pub enum Section {
     /// The workloads, interleaved in every mode, and the profile pass.
     Overhead,
+    /// The scheduler hook alone against the empty one, in short interleaved slices.
+    HotPath,
     /// The agent's CPU and memory on the host as it is.
     Idle,
     /// Detection latency of the seed deadlock.
@@ -173,6 +180,7 @@ pub struct Results {
     pub idle: Option<Idle>,
     pub latency: Vec<LatencySet>,
     pub scale: Vec<scale::SizeResult>,
+    pub hot_path: BTreeMap<Workload, hot_path::SliceSet>,
     /// Wall time of each section run.
     pub section_seconds: Vec<(Section, f64)>,
     pub environment: machine::Environment,
@@ -230,6 +238,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
                 overhead(&layout, &plan, &mut results)?;
                 profile(&layout, &plan, &mut results)?;
             }
+            Section::HotPath => hot_path::measure(&layout, &plan, &mut results)?,
             Section::Idle => results.idle = Some(idle(&layout, &plan, &mut results)?),
             Section::Latency => detection(&layout, &plan, &mut results)?,
             Section::Scale => scale::sweep(&layout, &plan, &mut results)?,
@@ -257,6 +266,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         relative.display()
     ));
     print!("{}", report::summary_table(&results));
+    print!("{}", report::hot_path_table(&results));
     Ok(())
 }
 
@@ -275,6 +285,7 @@ pub struct Plan {
     agent_cpu: Option<usize>,
     scale_divisors: Vec<usize>,
     scale_window: Duration,
+    hot_path_blocks: usize,
     agent_args: Vec<String>,
 }
 
@@ -324,6 +335,10 @@ impl Plan {
             } else {
                 120
             })),
+            hot_path_blocks: options
+                .hot_path_blocks
+                .unwrap_or(if quick { 20 } else { 300 })
+                .max(2),
             agent_args: options.agent_args.clone(),
         }
     }
@@ -353,9 +368,10 @@ fn overhead(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> {
                 Mode::Off => run_workloads(layout, plan, results, mode, &plan.workloads)?,
                 Mode::On | Mode::Profile => on_round(layout, plan, results, round)?,
                 Mode::Floor => {
-                    let floor = floor::Floor::attach(&layout.root)?;
+                    let mut hooks = hooks::Hooks::load(&layout.root)?;
+                    hooks.attach(Some(hooks::Hook::Empty))?;
                     run_workloads(layout, plan, results, mode, &plan.workloads)?;
-                    drop(floor);
+                    drop(hooks);
                 }
                 Mode::Reference => {
                     let reference = reference::Reference::start(layout, plan.agent_cpu)?;

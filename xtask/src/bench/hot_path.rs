@@ -1,0 +1,148 @@
+//! The scheduler hook's cost where it is largest, pipe and futex ping-pong, measured so
+//! that this kind of machine's noise cannot hide a 1 % difference. Whole runs a minute
+//! apart differ by ±25 % here; slices a fraction of a second apart share the machine's
+//! state of the moment. So each block runs a short slice (about 60 ms) with no program,
+//! the empty program and the agent's program attached, in a different order each block,
+//! and gives one ratio per pair: the drift cancels out of the ratio, and many blocks
+//! narrow its confidence interval. A last pass with the kernel's BPF stats on measures
+//! each program's run time, the deterministic part of the cost.
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use super::{
+    hooks::{Hook, Hooks},
+    workloads::{Sizes, Workload},
+    Layout, Plan, Results, WORKLOAD_CPU,
+};
+use crate::system;
+
+/// The workloads whose cost is the scheduler hook's.
+const WORKLOADS: [Workload; 2] = [Workload::Pipe, Workload::Futex];
+/// A slice is the full workload divided by this: about 60 ms on this kind of machine.
+const SLICE_DIVISOR: u64 = 25;
+/// What is attached in each slot of a block.
+const SLOTS: [Option<Hook>; 3] = [None, Some(Hook::Empty), Some(Hook::Agent)];
+/// Indexes of the slots.
+pub const NONE: usize = 0;
+pub const EMPTY: usize = 1;
+pub const AGENT: usize = 2;
+/// Every order of the three slots, one per block in turn, so no slot is always first
+/// after a detach or last before one.
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [0, 2, 1],
+    [2, 1, 0],
+    [1, 0, 2],
+];
+/// Slices of each workload per program in the BPF stats pass.
+const PROFILED_SLICES: u64 = 10;
+
+/// What one workload gave.
+#[derive(Clone, Debug, Default)]
+pub struct SliceSet {
+    /// Operations per slice.
+    pub ops: u64,
+    /// Per block: the slice's figure (µs per round trip) in each slot of [`SLOTS`].
+    pub blocks: Vec<[f64; 3]>,
+    /// From the stats pass, per program: runs per operation and nanoseconds per run.
+    pub profile: BTreeMap<Hook, RunTime>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunTime {
+    pub runs_per_op: f64,
+    pub ns_per_run: f64,
+}
+
+impl RunTime {
+    pub fn ns_per_op(self) -> f64 {
+        self.runs_per_op * self.ns_per_run
+    }
+}
+
+impl SliceSet {
+    /// Per block, the figure in slot `numerator` over the figure in slot `denominator`.
+    pub fn ratios(&self, numerator: usize, denominator: usize) -> Vec<f64> {
+        self.blocks
+            .iter()
+            .map(|block| block[numerator] / block[denominator])
+            .collect()
+    }
+}
+
+pub fn measure(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> {
+    results.environment.wait_for_quiet(&[], plan.quiet_wait);
+    let sizes = Sizes::FULL.scaled(SLICE_DIVISOR);
+    let mut hooks = Hooks::load(&layout.root)?;
+    let mut sets: BTreeMap<Workload, SliceSet> = WORKLOADS
+        .into_iter()
+        .map(|w| {
+            let set = SliceSet {
+                ops: w.ops(&sizes),
+                ..SliceSet::default()
+            };
+            (w, set)
+        })
+        .collect();
+    system::say(format!(
+        "hot path: {} blocks of slices (no program, empty sched_switch, the agent's), \
+         pipe and futex ping-pong",
+        plan.hot_path_blocks
+    ));
+    for block in 0..plan.hot_path_blocks {
+        if block % 50 == 0 {
+            results.environment.check(&[]);
+        }
+        let mut figures: BTreeMap<Workload, [f64; 3]> = BTreeMap::new();
+        for slot in ORDERS[block % ORDERS.len()] {
+            hooks.attach(SLOTS[slot])?;
+            for workload in WORKLOADS {
+                let outcome = workload.run(layout, &sizes, WORKLOAD_CPU)?;
+                figures.entry(workload).or_default()[slot] = outcome.value;
+            }
+        }
+        hooks.attach(None)?;
+        for (workload, figures) in figures {
+            sets.entry(workload).or_default().blocks.push(figures);
+        }
+    }
+    profile(layout, &sizes, &mut hooks, &mut sets)?;
+    results.hot_path = sets;
+    Ok(())
+}
+
+/// Each program attached with the kernel's BPF stats on, over `PROFILED_SLICES` slices
+/// of each workload.
+fn profile(
+    layout: &Layout,
+    sizes: &Sizes,
+    hooks: &mut Hooks,
+    sets: &mut BTreeMap<Workload, SliceSet>,
+) -> Result<()> {
+    system::say("hot path: the programs' run time, with the kernel's BPF stats on");
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("turning the kernel's BPF stats on")?;
+    for hook in [Hook::Empty, Hook::Agent] {
+        hooks.attach(Some(hook))?;
+        for (workload, set) in sets.iter_mut() {
+            let (runs_before, time_before) = hooks.stats(hook)?;
+            for _ in 0..PROFILED_SLICES {
+                workload.run(layout, sizes, WORKLOAD_CPU)?;
+            }
+            let (runs_after, time_after) = hooks.stats(hook)?;
+            let runs = runs_after.saturating_sub(runs_before) as f64;
+            let nanos = time_after.saturating_sub(time_before).as_nanos() as f64;
+            set.profile.insert(
+                hook,
+                RunTime {
+                    runs_per_op: runs / (set.ops * PROFILED_SLICES) as f64,
+                    ns_per_run: nanos / runs.max(1.0),
+                },
+            );
+        }
+    }
+    hooks.attach(None)
+}
