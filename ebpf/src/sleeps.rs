@@ -5,7 +5,7 @@
 //! `--wait-histogram`.
 use aya_ebpf::{
     bindings::{pt_regs, task_struct},
-    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    helpers::bpf_task_pt_regs,
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
     Global,
@@ -52,7 +52,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // A failed register read only means this sleep goes unrecorded.
-    let _ = record_sleep(now);
+    let _ = record_sleep(ctx.arg(1), now);
     0
 }
 
@@ -78,14 +78,13 @@ fn complete_wait(next: *mut task_struct) -> u64 {
     now
 }
 
-fn record_sleep(now: u64) -> Result<(), i32> {
-    // At sched_switch `current` is still the task going to sleep, and its user registers
-    // hold the syscall it is sleeping in: x86_64 `pt_regs` is user ABI, so no CO-RE. The
-    // helper returns a BTF pointer, so these are plain (fault-checked) loads, not helper
-    // calls.
-    // SAFETY: no preconditions; returns the current task's BTF pointer.
-    let task = unsafe { bpf_get_current_task_btf() };
-    // SAFETY: `task` is the current task, trusted for the program's run.
+/// `task` is `prev`, the task going to sleep (still `current`): the tracepoint's own
+/// argument, a trusted BTF pointer, spares a helper call for it.
+fn record_sleep(task: *mut task_struct, now: u64) -> Result<(), i32> {
+    // Its user registers hold the syscall it is sleeping in: x86_64 `pt_regs` is user
+    // ABI, so no CO-RE. The helper returns a BTF pointer, so these are plain
+    // (fault-checked) loads, not helper calls.
+    // SAFETY: `task` is the tracepoint's `prev`, trusted for the program's run.
     let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
     // SAFETY: the verifier checks every load through `regs` against the kernel's BTF for
     // `struct pt_regs`; a bad one faults to zero instead of reading elsewhere.
