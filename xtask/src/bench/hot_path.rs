@@ -6,7 +6,7 @@
 //! and gives one ratio per pair: the drift cancels out of the ratio, and many blocks
 //! narrow its confidence interval. A last pass with the kernel's BPF stats on measures
 //! each program's run time, the deterministic part of the cost.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
 
@@ -38,7 +38,7 @@ const ORDERS: [[usize; 3]; 6] = [
     [1, 0, 2],
 ];
 /// Slices of each workload per program in the BPF stats pass.
-const PROFILED_SLICES: u64 = 10;
+const PROFILED_ROUNDS: u64 = 20;
 
 /// What one workload gave.
 #[derive(Clone, Debug, Default)]
@@ -114,8 +114,9 @@ pub fn measure(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()
     Ok(())
 }
 
-/// Each program attached with the kernel's BPF stats on, over `PROFILED_SLICES` slices
-/// of each workload.
+/// Each program attached with the kernel's BPF stats on, in turn, for `PROFILED_ROUNDS`
+/// slices of each workload: like the slices, interleaved, since the stats' own clock
+/// reads drift with the machine too.
 fn profile(
     layout: &Layout,
     sizes: &Sizes,
@@ -125,24 +126,34 @@ fn profile(
     system::say("hot path: the programs' run time, with the kernel's BPF stats on");
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("turning the kernel's BPF stats on")?;
-    for hook in [Hook::Empty, Hook::Agent] {
-        hooks.attach(Some(hook))?;
-        for (workload, set) in sets.iter_mut() {
-            let (runs_before, time_before) = hooks.stats(hook)?;
-            for _ in 0..PROFILED_SLICES {
+    let mut totals: BTreeMap<(Workload, Hook), (u64, Duration)> = BTreeMap::new();
+    for round in 0..PROFILED_ROUNDS {
+        let order = if round % 2 == 0 {
+            [Hook::Empty, Hook::Agent]
+        } else {
+            [Hook::Agent, Hook::Empty]
+        };
+        for hook in order {
+            hooks.attach(Some(hook))?;
+            for workload in WORKLOADS {
+                let (runs_before, time_before) = hooks.stats(hook)?;
                 workload.run(layout, sizes, WORKLOAD_CPU)?;
+                let (runs_after, time_after) = hooks.stats(hook)?;
+                let total = totals.entry((workload, hook)).or_default();
+                total.0 += runs_after.saturating_sub(runs_before);
+                total.1 += time_after.saturating_sub(time_before);
             }
-            let (runs_after, time_after) = hooks.stats(hook)?;
-            let runs = runs_after.saturating_sub(runs_before) as f64;
-            let nanos = time_after.saturating_sub(time_before).as_nanos() as f64;
-            set.profile.insert(
-                hook,
-                RunTime {
-                    runs_per_op: runs / (set.ops * PROFILED_SLICES) as f64,
-                    ns_per_run: nanos / runs.max(1.0),
-                },
-            );
         }
+    }
+    for ((workload, hook), (runs, time)) in totals {
+        let set = sets.entry(workload).or_default();
+        set.profile.insert(
+            hook,
+            RunTime {
+                runs_per_op: runs as f64 / (set.ops * PROFILED_ROUNDS) as f64,
+                ns_per_run: time.as_nanos() as f64 / runs.max(1) as f64,
+            },
+        );
     }
     hooks.attach(None)
 }
