@@ -308,3 +308,49 @@ fn raise_memlock_limit() {
         log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::{names, OBJECT, OBJECT_STATUS};
+
+    /// A `call` whose source register is 1 calls another BPF function of the object, not
+    /// a kernel helper.
+    fn is_subprogram_call(instruction: &[u8]) -> bool {
+        instruction[0] == 0x85 && instruction[1] >> 4 == 1
+    }
+
+    #[test]
+    fn sched_switch_calls_no_subprogram() {
+        // On the scheduler's hottest path a subprogram call is nearly always the compiler
+        // reaching for `memcmp` or `memcpy`, byte loops in BPF: an array comparison in
+        // `same_wait` once cost 25 ns a sleep that way.
+        assert_eq!(
+            OBJECT_STATUS, "fresh",
+            "the embedded eBPF object is not fresh: run `cargo xtask build-ebpf`"
+        );
+        let file = object::File::parse(OBJECT).expect("parsing the eBPF object");
+        let symbol = file
+            .symbols()
+            .find(|s| s.name() == Ok(names::PROG_SCHED_SWITCH))
+            .expect("the object has no sched_switch symbol");
+        let section = symbol
+            .section_index()
+            .and_then(|index| file.section_by_index(index).ok())
+            .expect("sched_switch is in no section");
+        let data = section.data().expect("reading sched_switch's section");
+        let start = usize::try_from(symbol.address() - section.address()).expect("offset");
+        let end = start + usize::try_from(symbol.size()).expect("size");
+        let calls: Vec<usize> = data[start..end]
+            .chunks_exact(8)
+            .enumerate()
+            .filter(|(_, instruction)| is_subprogram_call(instruction))
+            .map(|(index, _)| index)
+            .collect();
+        assert!(
+            calls.is_empty(),
+            "sched_switch calls BPF subprograms (memcmp, memcpy, …) at instructions {calls:?}"
+        );
+    }
+}
