@@ -321,6 +321,16 @@ mod tests {
         assert!(!same_wait(nr::READ, &[3, 0x5000, 4095, 0], || 2, &read, 2));
         assert!(!same_wait(nr::READ, &[4, 0x5000, 4096, 0], || 2, &read, 2));
         assert!(!same_wait(nr::READ, &[3, 0x5000, 4096, 1], || 2, &read, 2));
+        // The stack pointer is read only when the word, op and timeout match.
+        let unread = || -> u64 { panic!("the stack pointer was read") };
+        assert!(same_wait(nr::FUTEX, &futex, unread, &futex, 0));
+        assert!(!same_wait(
+            nr::FUTEX,
+            &[0x7f00_1008, 128, 42, 0],
+            unread,
+            &futex,
+            0
+        ));
     }
 
     #[test]

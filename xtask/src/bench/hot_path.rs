@@ -1,11 +1,17 @@
 //! The scheduler hook's cost where it is largest, pipe and futex ping-pong, measured so
-//! that this kind of machine's noise cannot hide a 1 % difference. Whole runs a minute
-//! apart differ by ±25 % here; slices a fraction of a second apart share the machine's
-//! state of the moment. So each block runs a short slice (about 60 ms) with no program,
-//! the empty program and the agent's program attached, in a different order each block,
-//! and gives one ratio per pair: the drift cancels out of the ratio, and many blocks
-//! narrow its confidence interval. A last pass with the kernel's BPF stats on measures
-//! each program's run time, the deterministic part of the cost.
+//! that a shared VM's noise cannot hide a 1 % difference. Whole runs minutes apart differ
+//! by far more than that (ten runs of `perf bench sched pipe -l 200000` in a row on the
+//! development VM: 2.50–3.91 µs per round trip); slices a fraction of a second apart
+//! share the machine's state of the moment. So each block runs a short slice (20,000
+//! round trips of about 3 µs) with no program, the empty program and the agent's program
+//! attached, in a different order each block, and gives one ratio per pair: the drift
+//! cancels out of the ratio, and many blocks narrow its confidence interval. A last pass
+//! with the kernel's BPF stats on measures each program's run time per run, which wall
+//! time cannot blur.
+//!
+//! Only `sched_switch` is attached, not the agent's lifecycle programs: nothing removes
+//! the entries of exited threads from its map here (a few thousand over a run, far below
+//! its capacity), and the agent's user space does not run.
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
@@ -47,7 +53,10 @@ pub struct SliceSet {
     pub ops: u64,
     /// Per block: the slice's figure (µs per round trip) in each slot of [`SLOTS`].
     pub blocks: Vec<[f64; 3]>,
-    /// From the stats pass, per program: runs per operation and nanoseconds per run.
+    /// From the stats pass, per program: runs per operation and nanoseconds per run. The
+    /// runs are every CPU's switches during the slices, the workload's and a few others'
+    /// (the idle CPU's, the spawning of the workload), so they count slightly more than
+    /// the workload's own.
     pub profile: BTreeMap<Hook, RunTime>,
 }
 
@@ -87,12 +96,13 @@ pub fn measure(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()
             (w, set)
         })
         .collect();
+    // Whole cycles of the orders, so that each slot is in each position equally often.
+    let blocks = plan.hot_path_blocks.div_ceil(ORDERS.len()) * ORDERS.len();
     system::say(format!(
-        "hot path: {} blocks of slices (no program, empty sched_switch, the agent's), \
-         pipe and futex ping-pong",
-        plan.hot_path_blocks
+        "hot path: {blocks} blocks of slices (no program, empty sched_switch, the agent's), \
+         pipe and futex ping-pong"
     ));
-    for block in 0..plan.hot_path_blocks {
+    for block in 0..blocks {
         if block % 50 == 0 {
             results.environment.check(&[]);
         }
@@ -145,13 +155,15 @@ fn profile(
             }
         }
     }
-    for ((workload, hook), (runs, time)) in totals {
+    // No runs means the stats were not in effect: leave the figure out rather than
+    // report a free program.
+    for ((workload, hook), (runs, time)) in totals.into_iter().filter(|(_, (runs, _))| *runs > 0) {
         let set = sets.entry(workload).or_default();
         set.profile.insert(
             hook,
             RunTime {
                 runs_per_op: runs as f64 / (set.ops * PROFILED_ROUNDS) as f64,
-                ns_per_run: time.as_nanos() as f64 / runs.max(1) as f64,
+                ns_per_run: time.as_nanos() as f64 / runs as f64,
             },
         );
     }

@@ -357,7 +357,14 @@ fn overhead(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()> {
     }
     for round in 1..=plan.rounds {
         results.environment.wait_for_quiet(&[], plan.quiet_wait);
-        for &mode in &modes {
+        // Every other round runs the modes backwards, so that no mode always runs first
+        // and the per-round ratios carry no position effect of their own.
+        let order: Vec<Mode> = if round % 2 == 0 {
+            modes.iter().rev().copied().collect()
+        } else {
+            modes.clone()
+        };
+        for &mode in &order {
             results.environment.check(&[]);
             system::say(format!(
                 "round {round}/{}: {}",
