@@ -37,8 +37,10 @@ pub mod names {
     /// the programs do not depend on one kernel's tracepoint record layout.
     pub const GLOBAL_NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     pub const GLOBAL_NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
-    pub const GLOBAL_EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
     pub const GLOBAL_SIGNAL_SIG_OFFSET: &str = "SIGNAL_SIG_OFFSET";
+    /// Non-zero when this kernel's `sched_process_exit` passes `group_dead` (its format
+    /// file has the field).
+    pub const GLOBAL_EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
     /// Non-zero turns on the wake-up side of `sched_switch` (`--wait-histogram`).
     pub const GLOBAL_WAIT_HISTOGRAM_ON: &str = "WAIT_HISTOGRAM_ON";
 }

@@ -1,8 +1,14 @@
 //! Process and thread lifecycle: thread spawns during exit, exec, exit, and termination
-//! signals. Classic tracepoints: these fire per process or thread event, not per sleep,
-//! and their records carry pids without reading `task_struct`.
+//! signals. These fire per process or thread event, not per sleep. Classic tracepoints
+//! where the program needs a record's field (their records carry pids without reading
+//! `task_struct`, which has no stable layout); `tp_btf` for the thread exit, which needs
+//! none and is the one every thread pays: a classic tracepoint fills a perf record before
+//! the program runs.
 use aya_ebpf::{
-    helpers::bpf_get_current_task_btf, macros::tracepoint, programs::TracePointContext, Global,
+    bindings::task_struct,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+    Global,
 };
 use exitwatch_common::{event_kind, exit_reason};
 
@@ -25,8 +31,6 @@ const SIGTERM: u32 = 15;
 static NEWTASK_PID_OFFSET: Global<u32> = Global::new(8);
 #[unsafe(no_mangle)]
 static NEWTASK_FLAGS_OFFSET: Global<u32> = Global::new(32);
-#[unsafe(no_mangle)]
-static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(32);
 #[unsafe(no_mangle)]
 static SIGNAL_SIG_OFFSET: Global<u32> = Global::new(8);
 
@@ -73,26 +77,31 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+/// Non-zero when this kernel's `sched_process_exit` passes `group_dead`; set at load time
+/// from its format file. In `.rodata`, which the loader freezes: the verifier knows the
+/// value and never looks at the branch not taken, so the read of a second argument that
+/// an older kernel does not pass is not even checked there.
+#[unsafe(no_mangle)]
+static EXIT_HAS_GROUP_DEAD: Global<u32> = Global::new(1);
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    // tp_btf args: (struct task_struct *p[, bool group_dead]); `p` is the current task.
+    let task: *mut task_struct = ctx.arg(0);
     let (tgid, tid) = current_ids();
     // Only threads that ever slept in a tracked wait have an entry; the task-local
     // lookup spares the locked hash delete for the others (a lookup in `BLOCKED` itself
     // costs three times as much here: its buckets are cold). Entries the agent found in
     // /proc at start-up are not covered: the agent drops them when their process exits.
-    // SAFETY: no preconditions; returns the current task's BTF pointer.
-    let task = unsafe { bpf_get_current_task_btf() };
     if TASK_WAIT.get_ptr_mut(task).is_some() && BLOCKED.remove(tid).is_ok() {
         mark_changed(tid);
     }
-    let offset = EXIT_GROUP_DEAD_OFFSET.load();
-    let group_dead = if offset == 0 {
+    let group_dead = if EXIT_HAS_GROUP_DEAD.load() != 0 {
+        ctx.arg::<u64>(1) & 0xff != 0
+    } else {
         // Kernels before `group_dead` was added: the leader's exit stands in for it, and
         // the agent checks /proc.
         tid == tgid
-    } else {
-        // SAFETY: offset from this kernel's format file.
-        unsafe { ctx.read_at::<u8>(offset as usize) }.unwrap_or(0) != 0
     };
     if group_dead {
         forget_process(tgid);

@@ -25,15 +25,20 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ex
 const OBJECT_STATUS: &str = env!("EXITWATCH_EBPF_STATUS");
 
 /// Classic tracepoints: (program, category, name).
-const TRACEPOINTS: [(&str, &str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str, &str); 3] = [
     (names::PROG_TASK_NEWTASK, "task", "task_newtask"),
     (names::PROG_PROCESS_EXEC, "sched", "sched_process_exec"),
-    (names::PROG_PROCESS_EXIT, "sched", "sched_process_exit"),
     (names::PROG_SIGNAL_DELIVER, "signal", "signal_deliver"),
 ];
 
+/// `tp_btf` programs: (program, tracepoint).
+const BTF_TRACEPOINTS: [(&str, &str); 2] = [
+    (names::PROG_SCHED_SWITCH, "sched_switch"),
+    (names::PROG_PROCESS_EXIT, "sched_process_exit"),
+];
+
 /// Globals holding record offsets: (global, category, tracepoint, field, required).
-const OFFSETS: [(&str, &str, &str, &str, bool); 4] = [
+const OFFSETS: [(&str, &str, &str, &str, bool); 3] = [
     (
         names::GLOBAL_NEWTASK_PID_OFFSET,
         "task",
@@ -47,13 +52,6 @@ const OFFSETS: [(&str, &str, &str, &str, bool); 4] = [
         "task_newtask",
         "clone_flags",
         true,
-    ),
-    (
-        names::GLOBAL_EXIT_GROUP_DEAD_OFFSET,
-        "sched",
-        "sched_process_exit",
-        "group_dead",
-        false,
     ),
     (
         names::GLOBAL_SIGNAL_SIG_OFFSET,
@@ -152,6 +150,11 @@ impl Probes {
         loader.map_max_entries(names::MAP_CHANGED, changed_ids::words(ids));
         let wait_histogram_on = u32::from(wait_histogram);
         loader.override_global(names::GLOBAL_WAIT_HISTOGRAM_ON, &wait_histogram_on, true);
+        // The format file's field comes from the tracepoint's own argument.
+        let has_group_dead = u32::from(
+            tracefs::field_offset(&tracefs, "sched", "sched_process_exit", "group_dead")?.is_some(),
+        );
+        loader.override_global(names::GLOBAL_EXIT_HAS_GROUP_DEAD, &has_group_dead, true);
         let mut ebpf = loader.load(OBJECT).map_err(error::load_error)?;
         // The parsed kernel BTF is big (about 20 MB here) and the loader keeps a copy:
         // free it before parsing the BTF again for the tp_btf program, which halves the
@@ -160,13 +163,12 @@ impl Probes {
         let btf = Btf::from_sys_fs().map_err(|_| ProbeError::NoBtf)?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(ProbeError::Logger)?;
 
-        let switch: &mut BtfTracePoint = program(&mut ebpf, names::PROG_SCHED_SWITCH)?;
-        switch
-            .load("sched_switch", &btf)
-            .map_err(|e| ProbeError::program(names::PROG_SCHED_SWITCH, e))?;
-        switch
-            .attach()
-            .map_err(|e| ProbeError::program(names::PROG_SCHED_SWITCH, e))?;
+        for (name, tracepoint) in BTF_TRACEPOINTS {
+            let tp: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            tp.load(tracepoint, &btf)
+                .map_err(|e| ProbeError::program(name, e))?;
+            tp.attach().map_err(|e| ProbeError::program(name, e))?;
+        }
         drop(btf);
         for (name, category, tracepoint) in TRACEPOINTS {
             let tp: &mut TracePoint = program(&mut ebpf, name)?;
