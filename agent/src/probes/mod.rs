@@ -157,7 +157,7 @@ impl Probes {
         loader.override_global(names::GLOBAL_EXIT_HAS_GROUP_DEAD, &has_group_dead, true);
         let mut ebpf = loader.load(OBJECT).map_err(error::load_error)?;
         // The parsed kernel BTF is big (about 20 MB here) and the loader keeps a copy:
-        // free it before parsing the BTF again for the tp_btf program, which halves the
+        // free it before parsing the BTF again for the tp_btf programs, which halves the
         // agent's peak memory at the price of a second parse (~15 ms).
         drop(loader);
         let btf = Btf::from_sys_fs().map_err(|_| ProbeError::NoBtf)?;
