@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: what the agent costs the workloads it watches, measured side by
 //! side on one machine (runs without the agent, with it, with an empty `sched_switch`
 //! program as the floor, and with a hand-written bpftrace reference, interleaved), the
-//! scheduler hook alone against that floor in short interleaved slices, plus its idle cost, memory, drops, detection latency, and its cost on hosts full of idle
-//! threads and pipe readers. Writes BENCHMARKS.md.
+//! scheduler hook alone against that floor in short interleaved slices, plus its idle
+//! cost, memory, drops, detection latency, and its cost on hosts full of idle threads and
+//! pipe readers. Writes BENCHMARKS.md.
 mod agent;
 mod hooks;
 mod hot_path;

@@ -182,23 +182,15 @@ fn workload_verdict(results: &Results, workload: Workload) -> String {
 /// workload has a target for it: from the hot-path slices where they ran (the whole runs
 /// cannot resolve 1 % on a noisy machine), else median over median of the rounds.
 fn floor_cells(results: &Results, workload: Workload) -> (String, String, String) {
-    let target = workload.floor_target();
     if let Some(interval) = slice_interval(results, workload, AGENT, EMPTY) {
-        let shown = format!("{} in slices", interval.show());
-        return match target {
-            Some(target) => (
-                shown,
-                format!("≤ {target:.2}×"),
-                interval_verdict(&interval, target).into(),
-            ),
-            None => (shown, String::new(), String::new()),
-        };
+        let (target, verdict) = slice_verdict_cells(workload, Some(&interval));
+        return (format!("{} in slices", interval.show()), target, verdict);
     }
     let Some(r) = ratio_to(results, workload, Mode::On, Mode::Floor) else {
         return ("–".into(), String::new(), String::new());
     };
     let shown = format!("{r:.3}×");
-    match target {
+    match workload.floor_target() {
         Some(target) => (
             shown,
             format!("≤ {target:.2}×"),
@@ -221,6 +213,18 @@ fn slice_interval(
             .get(&workload)?
             .ratios(numerator, denominator),
     )
+}
+
+/// The target and verdict cells of the slices' agent-over-empty interval: empty for a
+/// workload with no target over the empty hook.
+fn slice_verdict_cells(workload: Workload, interval: Option<&RatioInterval>) -> (String, String) {
+    match workload.floor_target() {
+        Some(target) => (
+            format!("≤ {target:.2}×"),
+            interval.map_or("–", |i| interval_verdict(i, target)).into(),
+        ),
+        None => (String::new(), String::new()),
+    }
 }
 
 /// Met when the whole 95 % interval is at or below the target, missed when all of it is
@@ -262,14 +266,7 @@ pub fn hot_path_table(results: &Results) -> String {
         let interval = |n, d| slice_interval(results, *workload, n, d);
         let shown = |i: Option<RatioInterval>| i.map_or("–".into(), |i| i.show());
         let over_floor = interval(AGENT, EMPTY);
-        let (target, verdict) = match (workload.floor_target(), over_floor) {
-            (Some(target), Some(i)) => (
-                format!("≤ {target:.2}×"),
-                interval_verdict(&i, target).to_string(),
-            ),
-            (Some(target), None) => (format!("≤ {target:.2}×"), "–".into()),
-            (None, _) => (String::new(), String::new()),
-        };
+        let (target, verdict) = slice_verdict_cells(*workload, over_floor.as_ref());
         let run_time = |hook| set.profile.get(&hook).copied();
         let (run_times, predicted) = match (run_time(Hook::Empty), run_time(Hook::Agent), none) {
             (Some(empty), Some(agent), Some(none)) => (
@@ -421,9 +418,9 @@ pub fn scale_table(results: &Results) -> String {
          from the agent's start until it has judged every idle wait \
          (`exitwatch_scan_backlog{{work=\"waits\"}}` back to zero: the waits turn old \
          together once the threshold has passed, and each scan judges a bounded share). \
-         *Steady*: the window that follows, long enough for the rereads of what the agent learnt (at most 16 \
-         pipe-holder entries and 8 idle readers a scan, once 30–120 s old) to run at their \
-         steady rate.\n\n\
+         *Steady*: the window that follows, long enough for the rereads of what the agent \
+         learnt (at most 16 pipe-holder entries and 8 idle readers a scan, once 30–120 s \
+         old) to run at their steady rate.\n\n\
          | idle threads (processes) | idle pipe readers | threads (processes) on the whole host | start-up: time, agent CPU, scans, longest scan | steady window | scans | agent CPU, % of a core | scan mean | scan p50 | scan p99 | peak RSS (VmHWM) | incidents for idle waiters |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|",
         scale::DEFAULT_HANG_AFTER.as_secs(),
