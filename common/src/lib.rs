@@ -38,9 +38,24 @@ pub mod names {
     pub const GLOBAL_NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
     pub const GLOBAL_NEWTASK_FLAGS_OFFSET: &str = "NEWTASK_FLAGS_OFFSET";
     pub const GLOBAL_SIGNAL_SIG_OFFSET: &str = "SIGNAL_SIG_OFFSET";
-    /// Non-zero when this kernel's `sched_process_exit` passes `group_dead` (its format
-    /// file has the field).
+    /// The globals above and where each comes from: (global, category, tracepoint, field).
+    /// Every field is required.
+    pub const RECORD_OFFSETS: [(&str, &str, &str, &str); 3] = [
+        (GLOBAL_NEWTASK_PID_OFFSET, "task", "task_newtask", "pid"),
+        (
+            GLOBAL_NEWTASK_FLAGS_OFFSET,
+            "task",
+            "task_newtask",
+            "clone_flags",
+        ),
+        (GLOBAL_SIGNAL_SIG_OFFSET, "signal", "signal_deliver", "sig"),
+    ];
+    /// Non-zero when this kernel's `sched_process_exit` passes `group_dead`: when its
+    /// format file has the field [`EXIT_GROUP_DEAD_FIELD`].
     pub const GLOBAL_EXIT_HAS_GROUP_DEAD: &str = "EXIT_HAS_GROUP_DEAD";
+    /// (category, tracepoint, field).
+    pub const EXIT_GROUP_DEAD_FIELD: (&str, &str, &str) =
+        ("sched", "sched_process_exit", "group_dead");
     /// Non-zero turns on the wake-up side of `sched_switch` (`--wait-histogram`).
     pub const GLOBAL_WAIT_HISTOGRAM_ON: &str = "WAIT_HISTOGRAM_ON";
 }
@@ -289,6 +304,48 @@ pub mod counter {
     /// Writes to `BLOCKED` by threads whose id lies beyond the `CHANGED` bitmap.
     pub const CHANGES_LOST: u32 = 4;
     pub const LEN: u32 = 5;
+}
+
+/// Classic tracepoints' record layouts, as tracefs prints them: the agent loads its
+/// programs with this kernel's offsets, and so does `cargo xtask bench`.
+pub mod tracefs_format {
+    /// Where tracefs is mounted on most hosts, then where older ones have it.
+    pub const MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+    /// The offset of `field` in a tracepoint's record, from the text of its `format` file;
+    /// `None` when the record has no such field.
+    pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+        format.lines().find_map(|line| {
+            let mut parts = line.trim().split(';').map(str::trim);
+            let declaration = parts.next()?.strip_prefix("field:")?;
+            let declared = declaration.rsplit([' ', '*']).next()?;
+            let declared = declared.split('[').next()?;
+            if declared != field {
+                return None;
+            }
+            parts.find_map(|part| part.strip_prefix("offset:")?.parse().ok())
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::field_offset;
+
+        const EXIT: &str = "name: sched_process_exit\nID: 369\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+            \tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+            \tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+
+        #[test]
+        fn finds_fields_by_name_not_prefix() {
+            assert_eq!(field_offset(EXIT, "pid"), Some(24));
+            assert_eq!(field_offset(EXIT, "comm"), Some(8));
+            assert_eq!(field_offset(EXIT, "group_dead"), Some(32));
+            assert_eq!(field_offset(EXIT, "group"), None);
+            assert_eq!(field_offset(EXIT, "prio"), None);
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -26,7 +26,7 @@ const SIGQUIT: u32 = 3;
 const SIGTERM: u32 = 15;
 
 // Record offsets as this kernel's tracefs format files give them; the agent overrides
-// these defaults (measured on 6.18) at load time. 0 means "field absent".
+// these defaults (measured on 6.18) at load time (`names::RECORD_OFFSETS`).
 #[unsafe(no_mangle)]
 static NEWTASK_PID_OFFSET: Global<u32> = Global::new(8);
 #[unsafe(no_mangle)]

@@ -37,31 +37,6 @@ const BTF_TRACEPOINTS: [(&str, &str); 2] = [
     (names::PROG_PROCESS_EXIT, "sched_process_exit"),
 ];
 
-/// Globals holding record offsets: (global, category, tracepoint, field, required).
-const OFFSETS: [(&str, &str, &str, &str, bool); 3] = [
-    (
-        names::GLOBAL_NEWTASK_PID_OFFSET,
-        "task",
-        "task_newtask",
-        "pid",
-        true,
-    ),
-    (
-        names::GLOBAL_NEWTASK_FLAGS_OFFSET,
-        "task",
-        "task_newtask",
-        "clone_flags",
-        true,
-    ),
-    (
-        names::GLOBAL_SIGNAL_SIG_OFFSET,
-        "signal",
-        "signal_deliver",
-        "sig",
-        true,
-    ),
-];
-
 /// Kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counters {
@@ -126,17 +101,16 @@ impl Probes {
         raise_memlock_limit();
         let tracefs = tracefs::ensure_mounted()?;
 
-        let mut offsets = Vec::with_capacity(OFFSETS.len());
-        for (global, category, tracepoint, field, required) in OFFSETS {
-            let offset = tracefs::field_offset(&tracefs, category, tracepoint, field)?;
-            if offset.is_none() && required {
-                return Err(ProbeError::MissingField {
-                    tracepoint: format!("{category}/{tracepoint}"),
-                    field,
-                });
-            }
-            // 0 tells the program that the field is absent on this kernel.
-            offsets.push((global, offset.unwrap_or(0)));
+        let mut offsets = Vec::with_capacity(names::RECORD_OFFSETS.len());
+        for (global, category, tracepoint, field) in names::RECORD_OFFSETS {
+            let offset =
+                tracefs::field_offset(&tracefs, category, tracepoint, field)?.ok_or_else(|| {
+                    ProbeError::MissingField {
+                        tracepoint: format!("{category}/{tracepoint}"),
+                        field,
+                    }
+                })?;
+            offsets.push((global, offset));
         }
         let mut loader = EbpfLoader::new();
         // Task-local storage (TASK_WAIT) is used by the programs only; aya has no
@@ -151,9 +125,9 @@ impl Probes {
         let wait_histogram_on = u32::from(wait_histogram);
         loader.override_global(names::GLOBAL_WAIT_HISTOGRAM_ON, &wait_histogram_on, true);
         // The format file's field comes from the tracepoint's own argument.
-        let has_group_dead = u32::from(
-            tracefs::field_offset(&tracefs, "sched", "sched_process_exit", "group_dead")?.is_some(),
-        );
+        let (category, tracepoint, field) = names::EXIT_GROUP_DEAD_FIELD;
+        let has_group_dead =
+            u32::from(tracefs::field_offset(&tracefs, category, tracepoint, field)?.is_some());
         loader.override_global(names::GLOBAL_EXIT_HAS_GROUP_DEAD, &has_group_dead, true);
         let mut ebpf = loader.load(OBJECT).map_err(error::load_error)?;
         // The parsed kernel BTF is big (about 20 MB here) and the loader keeps a copy:

@@ -4,9 +4,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::ProbeError;
+use exitwatch_common::tracefs_format::{self, MOUNTS};
 
-const MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+use super::ProbeError;
 
 /// The tracefs mount, mounting it at the standard place if nothing is mounted yet (as
 /// systemd does on most hosts; minimal images and containers often skip it).
@@ -52,38 +52,5 @@ pub fn field_offset(
         tracepoint: format!("{category}/{name}"),
         source,
     })?;
-    Ok(parse_field_offset(&format, field))
-}
-
-fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let declaration = parts.next()?.strip_prefix("field:")?;
-        let declared = declaration.rsplit([' ', '*']).next()?;
-        let declared = declared.split('[').next()?;
-        if declared != field {
-            return None;
-        }
-        parts.find_map(|part| part.strip_prefix("offset:")?.parse().ok())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_field_offset;
-
-    const EXIT: &str = "name: sched_process_exit\nID: 369\nformat:\n\
-        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-        \tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
-        \tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\
-        \tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
-
-    #[test]
-    fn finds_fields_by_name_not_prefix() {
-        assert_eq!(parse_field_offset(EXIT, "pid"), Some(24));
-        assert_eq!(parse_field_offset(EXIT, "comm"), Some(8));
-        assert_eq!(parse_field_offset(EXIT, "group_dead"), Some(32));
-        assert_eq!(parse_field_offset(EXIT, "group"), None);
-        assert_eq!(parse_field_offset(EXIT, "prio"), None);
-    }
+    Ok(tracefs_format::field_offset(&format, field))
 }
