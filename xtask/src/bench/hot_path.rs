@@ -1,17 +1,18 @@
-//! The scheduler hook's cost where it is largest, pipe and futex ping-pong, measured so
-//! that a shared VM's noise cannot hide a 1 % difference. Whole runs minutes apart differ
-//! by far more than that (ten runs of `perf bench sched pipe -l 200000` in a row on the
-//! development VM: 2.50–3.91 µs per round trip); slices a fraction of a second apart
-//! share the machine's state of the moment. So each block runs a short slice (20,000
-//! round trips of about 3 µs) with no program, the empty program and the agent's program
-//! attached, in a different order each block, and gives one ratio per pair: the drift
-//! cancels out of the ratio, and many blocks narrow its confidence interval. A last pass
-//! with the kernel's BPF stats on measures each program's run time per run, which wall
-//! time cannot blur.
+//! The programs' cost where it is largest, measured so that a shared VM's noise cannot
+//! hide a 1 % difference: pipe and futex ping-pong, where every switch is a tracked sleep,
+//! and thread churn, where every thread runs the lifecycle programs. Whole runs minutes
+//! apart differ by far more than that (ten runs of `perf bench sched pipe -l 200000` in a
+//! row on the development VM: 2.50–3.91 µs per round trip); slices a fraction of a second
+//! apart share the machine's state of the moment. So each block runs a short slice (about
+//! 60 ms: 20,000 round trips of about 3 µs, or 3,200 threads) with no program, the empty
+//! `sched_switch` program and the agent's programs attached, in a different order each
+//! block, and gives one ratio per pair: the drift cancels out of the ratio, and many blocks
+//! narrow its confidence interval. A last pass with the kernel's BPF stats on measures the
+//! programs' run time per run, which wall time cannot blur.
 //!
-//! Only `sched_switch` is attached, not the agent's lifecycle programs: nothing removes
-//! the entries of exited threads from its map here (a few thousand over a run, far below
-//! its capacity), and the agent's user space does not run.
+//! The agent's programs here are `sched_switch`, `task_newtask` and `sched_process_exit`,
+//! without the agent's user space: thread churn sends it no events (a thread's exit that
+//! does not end its process sends none), and on the ping-pongs only `sched_switch` runs.
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
@@ -23,8 +24,8 @@ use super::{
 };
 use crate::system;
 
-/// The workloads whose cost is the scheduler hook's.
-const WORKLOADS: [Workload; 2] = [Workload::Pipe, Workload::Futex];
+/// The workloads whose cost is the programs'.
+const WORKLOADS: [Workload; 3] = [Workload::Pipe, Workload::Futex, Workload::Threads];
 /// A slice is the full workload divided by this: about 60 ms on this kind of machine.
 const SLICE_DIVISOR: u64 = 25;
 /// What is attached in each slot of a block.
@@ -51,7 +52,7 @@ const PROFILED_ROUNDS: u64 = 20;
 pub struct SliceSet {
     /// Operations per slice.
     pub ops: u64,
-    /// Per block: the slice's figure (µs per round trip) in each slot of [`SLOTS`].
+    /// Per block: the slice's figure (µs per operation) in each slot of [`SLOTS`].
     pub blocks: Vec<[f64; 3]>,
     /// From the stats pass, per program: runs per operation and nanoseconds per run. The
     /// runs are every CPU's switches during the slices, the workload's and a few others'
@@ -100,7 +101,7 @@ pub fn measure(layout: &Layout, plan: &Plan, results: &mut Results) -> Result<()
     let blocks = plan.hot_path_blocks.div_ceil(ORDERS.len()) * ORDERS.len();
     system::say(format!(
         "hot path: {blocks} blocks of slices (no program, empty sched_switch, the agent's), \
-         pipe and futex ping-pong"
+         pipe and futex ping-pong, thread churn"
     ));
     for block in 0..blocks {
         if block % 50 == 0 {

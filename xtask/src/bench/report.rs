@@ -134,11 +134,7 @@ fn ratio_to(results: &Results, workload: Workload, mode: Mode, baseline: Mode) -
 }
 
 fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "**missed**"
-    }
+    if met { Verdict::Met } else { Verdict::Missed }.text()
 }
 
 /// The workloads this run measured, in the usual order.
@@ -164,13 +160,26 @@ fn paired_interval(results: &Results, workload: Workload) -> Option<RatioInterva
     RatioInterval::of(&paired_ratios(results, workload, Mode::On, Mode::Off))
 }
 
-/// From the 95 % interval of the per-round ratios: a handful of whole runs on a noisy
+/// The interval the workload's target (agent over no agent) is judged on, and whether it
+/// comes from the hot-path slices: they judge it where they ran the workload against no
+/// program; otherwise the per-round ratios of the whole runs, whose handful on a noisy
 /// machine often cannot tell a 1 % difference, and then the verdict says so.
+fn target_interval(results: &Results, workload: Workload) -> Option<(RatioInterval, bool)> {
+    let (numerator, denominator, _) = slice_target(workload);
+    if denominator == NONE {
+        if let Some(interval) = slice_interval(results, workload, numerator, denominator) {
+            return Some((interval, true));
+        }
+    }
+    paired_interval(results, workload).map(|interval| (interval, false))
+}
+
 fn workload_verdict(results: &Results, workload: Workload) -> String {
-    match paired_interval(results, workload) {
-        Some(interval) => format!(
-            "{} (95 %: {:.3}–{:.3}×)",
+    match target_interval(results, workload) {
+        Some((interval, in_slices)) => format!(
+            "{}{} (95 %: {:.3}–{:.3}×)",
             interval_verdict(&interval, workload.target()),
+            if in_slices { " in slices" } else { "" },
             interval.low,
             interval.high
         ),
@@ -183,7 +192,7 @@ fn workload_verdict(results: &Results, workload: Workload) -> String {
 /// cannot resolve 1 % on a noisy machine), else median over median of the rounds.
 fn floor_cells(results: &Results, workload: Workload) -> (String, String, String) {
     if let Some(interval) = slice_interval(results, workload, AGENT, EMPTY) {
-        let (target, verdict) = slice_verdict_cells(workload, Some(&interval));
+        let (target, verdict) = verdict_cells(workload.floor_target(), Some(&interval));
         return (format!("{} in slices", interval.show()), target, verdict);
     }
     let Some(r) = ratio_to(results, workload, Mode::On, Mode::Floor) else {
@@ -215,10 +224,19 @@ fn slice_interval(
     )
 }
 
-/// The target and verdict cells of the slices' agent-over-empty interval: empty for a
-/// workload with no target over the empty hook.
-fn slice_verdict_cells(workload: Workload, interval: Option<&RatioInterval>) -> (String, String) {
+/// What the slices judge a workload on: (numerator slot, denominator slot, target). The
+/// agent's programs over the empty hook where the workload's cost is that hook's, else
+/// over no program.
+fn slice_target(workload: Workload) -> (usize, usize, f64) {
     match workload.floor_target() {
+        Some(target) => (AGENT, EMPTY, target),
+        None => (AGENT, NONE, workload.target()),
+    }
+}
+
+/// The target and verdict cells of an interval: empty without a target.
+fn verdict_cells(target: Option<f64>, interval: Option<&RatioInterval>) -> (String, String) {
+    match target {
         Some(target) => (
             format!("≤ {target:.2}×"),
             interval.map_or("–", |i| interval_verdict(i, target)).into(),
@@ -227,16 +245,37 @@ fn slice_verdict_cells(workload: Workload, interval: Option<&RatioInterval>) -> 
     }
 }
 
-/// Met when the whole 95 % interval is at or below the target, missed when all of it is
-/// above; otherwise not resolved: this run cannot tell.
-fn interval_verdict(interval: &RatioInterval, target: f64) -> &'static str {
-    if interval.high <= target {
-        "met"
-    } else if interval.low > target {
-        "**missed**"
-    } else {
-        "not resolved"
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Met,
+    Missed,
+    NotResolved,
+}
+
+impl Verdict {
+    /// Met when the whole 95 % interval is at or below the target, missed when all of it
+    /// is above; otherwise not resolved: this run cannot tell.
+    fn of(interval: &RatioInterval, target: f64) -> Verdict {
+        if interval.high <= target {
+            Verdict::Met
+        } else if interval.low > target {
+            Verdict::Missed
+        } else {
+            Verdict::NotResolved
+        }
     }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "**missed**",
+            Verdict::NotResolved => "not resolved",
+        }
+    }
+}
+
+fn interval_verdict(interval: &RatioInterval, target: f64) -> &'static str {
+    Verdict::of(interval, target).text()
 }
 
 /// The scheduler hook alone: each slot over the others, per block, and what the programs'
@@ -249,15 +288,17 @@ pub fn hot_path_table(results: &Results) -> String {
     let _ = writeln!(
         out,
         "### The scheduler hook, in slices\n\n\
-         Short slices of each ping-pong with no program, the empty `sched_switch` program \
-         and the agent's `sched_switch` program attached by the bench, in turn, in a \
-         different order in each block. A ratio is the geometric mean over the blocks of \
-         one slice's figure over its neighbour's in the same block, with its 95 % \
-         confidence interval. *From run time*: the programs' own cost per operation with \
-         the kernel's BPF stats on (runs per operation × ns per run; the runs are every \
-         CPU's switches during the slices, so slightly more than the workload's), the \
-         agent's minus the empty one's, over the no-program figure.\n\n\
-         | workload | blocks | ops per slice | no program (µs/round trip) | empty ÷ none | agent's ÷ empty | target | | agent's ÷ none | BPF run time, empty / agent's (ns per run; runs per op) | from run time: agent's ÷ empty |\n\
+         Short slices of each workload with no program, the empty `sched_switch` program \
+         and the agent's programs (`sched_switch`, `task_newtask`, `sched_process_exit`) \
+         attached by the bench, in turn, in a different order in each block. A ratio is \
+         the geometric mean over the blocks of one slice's figure over its neighbour's in \
+         the same block, with its 95 % confidence interval. The ping-pongs are judged \
+         against the empty hook, thread churn against no program. *From run time*: the \
+         programs' own cost per operation with the kernel's BPF stats on (runs per \
+         operation × ns per run, summed over the agent's programs; the runs are every \
+         CPU's during the slices, so slightly more than the workload's), the agent's \
+         minus the empty one's, over the no-program figure.\n\n\
+         | workload | blocks | ops per slice | no program (µs per op) | empty ÷ none | agent's ÷ empty | agent's ÷ none | target | | BPF run time, empty / agent's (ns per run; runs per op) | from run time: agent's ÷ empty |\n\
          |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (workload, set) in &results.hot_path {
@@ -266,7 +307,14 @@ pub fn hot_path_table(results: &Results) -> String {
         let interval = |n, d| slice_interval(results, *workload, n, d);
         let shown = |i: Option<RatioInterval>| i.map_or("–".into(), |i| i.show());
         let over_floor = interval(AGENT, EMPTY);
-        let (target, verdict) = slice_verdict_cells(*workload, over_floor.as_ref());
+        let (numerator, denominator, target) = slice_target(*workload);
+        let (target, verdict) =
+            verdict_cells(Some(target), interval(numerator, denominator).as_ref());
+        let judged = if denominator == EMPTY {
+            "agent's ÷ empty"
+        } else {
+            "agent's ÷ none"
+        };
         let run_time = |hook| set.profile.get(&hook).copied();
         let (run_times, predicted) = match (run_time(Hook::Empty), run_time(Hook::Agent), none) {
             (Some(empty), Some(agent), Some(none)) => (
@@ -283,7 +331,7 @@ pub fn hot_path_table(results: &Results) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {target} | {verdict} | {} | {run_times} | {predicted} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {judged} {target} | {verdict} | {run_times} | {predicted} |",
             workload.name(),
             over_floor.map_or(0, |i| i.n),
             set.ops,
@@ -561,12 +609,12 @@ fn misses(out: &mut String, results: &Results) {
         let Some(r) = ratio(results, workload, Mode::On) else {
             continue;
         };
-        let verdict = paired_interval(results, workload).map_or("–", |interval| {
-            interval_verdict(&interval, workload.target())
-        });
-        if r <= workload.target() || verdict == "met" {
+        let verdict = target_interval(results, workload)
+            .map(|(interval, _)| Verdict::of(&interval, workload.target()));
+        if r <= workload.target() || verdict == Some(Verdict::Met) {
             continue;
         }
+        let verdict = verdict.map_or("–", Verdict::text);
         let (Some(off), Some(on), Some(costs), Some(sizes)) = (
             summary(results, workload, Mode::Off),
             summary(results, workload, Mode::On),
