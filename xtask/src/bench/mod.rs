@@ -81,8 +81,9 @@ pub struct Options {
     /// or 10 with --quick].
     #[arg(long)]
     scale_seconds: Option<u64>,
-    /// Blocks of the hot-path slices (no program, the empty `sched_switch`, the agent's,
-    /// each about 60 ms of pipe and of futex ping-pong) [default: 300, or 20 with --quick].
+    /// Blocks of the hot-path slices (no program, the empty `sched_switch`, the agent's
+    /// programs, each about 60 ms of pipe ping-pong, futex ping-pong and thread churn)
+    /// [default: 300, or 20 with --quick].
     #[arg(long)]
     hot_path_blocks: Option<usize>,
     /// Seconds to wait, before each round, for other exitwatch processes to end.
