@@ -889,9 +889,13 @@ impl Builder<'_> {
             }
             let mut ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
             if !refreshed_all && contradicts(&stuck, &wanted_pipes, &ends) {
-                index.refresh(self.procfs, self.now_ns, reread, true, &mut self.errors);
+                index.relist(self.procfs, self.now_ns, &mut self.errors);
                 ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
-                refreshed_all = true;
+                if contradicts(&stuck, &wanted_pipes, &ends) {
+                    index.refresh(self.procfs, self.now_ns, reread, true, &mut self.errors);
+                    ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
+                    refreshed_all = true;
+                }
             }
             waiters_done.extend(&waiters);
             let mut releasers: BTreeSet<Pid> = stuck

@@ -13,7 +13,8 @@
 //! A process whose every thread is blocked cannot open or close anything, so the entries
 //! that matter most, those of blocked processes, stay true for as long as they wait.
 //! Where the index contradicts the kernel (a blocked writer with no reader left, a
-//! blocked reader with no writer) it is stale, and the scan rebuilds it whole.
+//! blocked reader with no writer) it is stale: the scan lists `/proc` and reads what is
+//! new, and rebuilds the index whole only if that does not settle it.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{age_limit, with_any_pid};
@@ -110,7 +111,34 @@ impl HolderIndex {
                     .map(|&(_, pid)| pid),
             );
         }
-        for pid in wanted {
+        self.read_unless_done(procfs, wanted, now_ns, errors);
+    }
+
+    /// Lists `/proc` now and reads what it names that the index does not hold: the
+    /// processes forked without exec since the last listing, which no event names. A
+    /// scan that finds the index contradicting the kernel tries this before reading every
+    /// process again: a pipe made and handed to such a child, the common cause, costs a
+    /// directory listing instead of a read of every process's fds.
+    pub fn relist(
+        &mut self,
+        procfs: &ProcFs,
+        now_ns: u64,
+        errors: &mut BTreeMap<&'static str, u64>,
+    ) {
+        self.list(procfs, now_ns, errors);
+        let unread = std::mem::take(&mut self.unread);
+        self.read_unless_done(procfs, unread, now_ns, errors);
+    }
+
+    /// Reads each of `pids` anew, except those already read at `now_ns`, the scan's time.
+    fn read_unless_done(
+        &mut self,
+        procfs: &ProcFs,
+        pids: impl IntoIterator<Item = Pid>,
+        now_ns: u64,
+        errors: &mut BTreeMap<&'static str, u64>,
+    ) {
+        for pid in pids {
             if self.entries.get(&pid).is_none_or(|e| e.read_ns != now_ns) {
                 self.read(procfs, pid, now_ns, errors);
             }
@@ -417,6 +445,35 @@ mod tests {
             child.kill().expect("kill a child");
             child.wait().expect("reap a child");
         }
+    }
+
+    #[test]
+    fn a_relisting_reads_the_processes_no_event_named_and_nothing_else() {
+        let procfs = ProcFs::default();
+        let me = Pid::try_from(std::process::id()).expect("a pid");
+        let (mut index, mut errors) = (HolderIndex::default(), BTreeMap::new());
+        let none = HashSet::new();
+        index.refresh(&procfs, 1, &none, false, &mut errors);
+        // Started after the listing, and named by no event: unknown until the next one.
+        let (mut child, input, _) = child_on_pipes();
+        let pid = Pid::try_from(child.id()).expect("a child's pid");
+        index.refresh(&procfs, 2, &none, false, &mut errors);
+        let ends = index.pipe_ends(&procfs, &BTreeSet::from([input]), &mut errors);
+        assert!(
+            ends.get(&input).is_none_or(|e| !e.readers.contains(&pid)),
+            "{ends:?}"
+        );
+
+        index.relist(&procfs, 3, &mut errors);
+        let ends = index.pipe_ends(&procfs, &BTreeSet::from([input]), &mut errors);
+        assert!(ends[&input].readers.contains(&pid), "{ends:?}");
+        assert_eq!(
+            index.entries[&me].read_ns, 1,
+            "a known process was read again"
+        );
+        assert_agrees_with_walk(&index, &procfs);
+        child.kill().expect("kill the child");
+        child.wait().expect("reap the child");
     }
 
     #[test]
