@@ -1,6 +1,7 @@
-//! Types shared by the kernel programs (`ebpf/`) and the agent (`agent/`).
+//! What the kernel programs (`ebpf/`), the agent (`agent/`) and the bench (`xtask/`)
+//! share: names, map layouts, and how a kernel's tracepoint records are read.
 //!
-//! Everything here crosses the kernel/user boundary byte for byte, so every struct is
+//! The structs here cross the kernel/user boundary byte for byte, so every one is
 //! `#[repr(C)]`, padded explicitly, and free of pointers.
 #![no_std]
 

@@ -833,7 +833,9 @@ impl Builder<'_> {
     /// while newly added processes bring new pipes (a poller found among the holders).
     /// Holders and children come from `index`, brought up to date once (rereading the
     /// processes in `reread`), and read whole when a finding is confirmed and rests on it
-    /// or when it contradicts a blocked thread.
+    /// or when it contradicts a blocked thread even after `/proc` is listed again. A
+    /// process already indexed whose entry is stale can then stay unseen until it ages
+    /// out; a finding that rests on the index is confirmed against a whole read anyway.
     fn add_releasers(
         &mut self,
         index: &mut HolderIndex,
@@ -889,9 +891,11 @@ impl Builder<'_> {
             }
             let mut ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
             if !refreshed_all && contradicts(&stuck, &wanted_pipes, &ends) {
-                index.relist(self.procfs, self.now_ns, &mut self.errors);
-                ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
-                if contradicts(&stuck, &wanted_pipes, &ends) {
+                let relisted = index.relist(self.procfs, self.now_ns, &mut self.errors);
+                if relisted {
+                    ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
+                }
+                if !relisted || contradicts(&stuck, &wanted_pipes, &ends) {
                     index.refresh(self.procfs, self.now_ns, reread, true, &mut self.errors);
                     ends = index.pipe_ends(self.procfs, &wanted_pipes, &mut self.errors);
                     refreshed_all = true;

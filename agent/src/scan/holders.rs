@@ -5,7 +5,8 @@
 //! when its entry has aged out. Aged entries are reread oldest first, a bounded number
 //! per scan, so a host of quiet processes is reread bit by bit, never all in one scan.
 //! `/proc` is listed only now and then, for the processes the journal cannot name
-//! (forked without exec), and whenever the whole index is rebuilt.
+//! (forked without exec), when the index contradicts the kernel, and whenever the whole
+//! index is rebuilt.
 //!
 //! Lookups go through reverse indexes (pipe to holders, parent to children) kept with
 //! the entries, so a lookup costs what it returns, not the number of processes.
@@ -118,16 +119,21 @@ impl HolderIndex {
     /// processes forked without exec since the last listing, which no event names. A
     /// scan that finds the index contradicting the kernel tries this before reading every
     /// process again: a pipe made and handed to such a child, the common cause, costs a
-    /// directory listing instead of a read of every process's fds.
+    /// directory listing instead of a read of every process's fds. Returns false, having
+    /// done nothing, when `/proc` was already listed at `now_ns`, the scan's time.
     pub fn relist(
         &mut self,
         procfs: &ProcFs,
         now_ns: u64,
         errors: &mut BTreeMap<&'static str, u64>,
-    ) {
+    ) -> bool {
+        if self.listed_ns == Some(now_ns) {
+            return false;
+        }
         self.list(procfs, now_ns, errors);
         let unread = std::mem::take(&mut self.unread);
         self.read_unless_done(procfs, unread, now_ns, errors);
+        true
     }
 
     /// Reads each of `pids` anew, except those already read at `now_ns`, the scan's time.
@@ -464,7 +470,8 @@ mod tests {
             "{ends:?}"
         );
 
-        index.relist(&procfs, 3, &mut errors);
+        assert!(index.relist(&procfs, 3, &mut errors), "not listed at 3 yet");
+        assert!(!index.relist(&procfs, 3, &mut errors), "listed twice at 3");
         let ends = index.pipe_ends(&procfs, &BTreeSet::from([input]), &mut errors);
         assert!(ends[&input].readers.contains(&pid), "{ends:?}");
         assert_eq!(

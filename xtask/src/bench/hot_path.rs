@@ -11,8 +11,9 @@
 //! programs' run time per run, which wall time cannot blur.
 //!
 //! The agent's programs here are `sched_switch`, `task_newtask` and `sched_process_exit`,
-//! without the agent's user space: thread churn sends it no events (a thread's exit that
-//! does not end its process sends none), and on the ping-pongs only `sched_switch` runs.
+//! without the agent's user space: a thread's exit that does not end its process sends no
+//! event, so only each slice's own process start and exit send one (not read), and on the
+//! ping-pongs nearly every run is `sched_switch`'s.
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, Result};
@@ -54,10 +55,10 @@ pub struct SliceSet {
     pub ops: u64,
     /// Per block: the slice's figure (µs per operation) in each slot of [`SLOTS`].
     pub blocks: Vec<[f64; 3]>,
-    /// From the stats pass, per program: runs per operation and nanoseconds per run. The
-    /// runs are every CPU's switches during the slices, the workload's and a few others'
-    /// (the idle CPU's, the spawning of the workload), so they count slightly more than
-    /// the workload's own.
+    /// From the stats pass, per hook (its programs together): runs per operation and
+    /// nanoseconds per run. The runs are every CPU's during the slices, the workload's and
+    /// a few others' (the idle CPU's, the spawning of the workload), so they count slightly
+    /// more than the workload's own.
     pub profile: BTreeMap<Hook, RunTime>,
 }
 

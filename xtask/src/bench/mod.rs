@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: what the agent costs the workloads it watches, measured side by
 //! side on one machine (runs without the agent, with it, with an empty `sched_switch`
 //! program as the floor, and with a hand-written bpftrace reference, interleaved), the
-//! scheduler hook alone against that floor in short interleaved slices, plus its idle
+//! agent's programs alone against that floor in short interleaved slices, plus its idle
 //! cost, memory, drops, detection latency, and its cost on hosts full of idle threads and
 //! pipe readers. Writes BENCHMARKS.md.
 mod agent;
@@ -109,7 +109,8 @@ pub struct Layout {
 pub enum Section {
     /// The workloads, interleaved in every mode, and the profile pass.
     Overhead,
-    /// The scheduler hook alone against the empty one, in short interleaved slices.
+    /// The agent's programs alone against the empty hook and none, in short interleaved
+    /// slices.
     HotPath,
     /// The agent's CPU and memory on the host as it is.
     Idle,
