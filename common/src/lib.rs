@@ -328,6 +328,49 @@ pub mod tracefs_format {
         })
     }
 
+    /// Why [`kernel_globals`] has no value for a global.
+    #[derive(Debug)]
+    pub enum GlobalsError<E> {
+        /// Reading a format file failed.
+        Read(E),
+        /// The record of `category/tracepoint` has no `field`, which the programs need.
+        MissingField {
+            category: &'static str,
+            tracepoint: &'static str,
+            field: &'static str,
+        },
+    }
+
+    /// The globals the programs take from this kernel's tracepoint records, as (global,
+    /// value) to override at load time: the offsets of [`crate::names::RECORD_OFFSETS`],
+    /// then whether `sched_process_exit` passes `group_dead`. `offset(category,
+    /// tracepoint, field)` reads a field's offset from this kernel's format file.
+    pub fn kernel_globals<E>(
+        mut offset: impl FnMut(&'static str, &'static str, &'static str) -> Result<Option<u32>, E>,
+    ) -> Result<[(&'static str, u32); 4], GlobalsError<E>> {
+        use crate::names;
+        let mut globals = [("", 0); 4];
+        for (slot, (global, category, tracepoint, field)) in
+            globals.iter_mut().zip(names::RECORD_OFFSETS)
+        {
+            let value = offset(category, tracepoint, field)
+                .map_err(GlobalsError::Read)?
+                .ok_or(GlobalsError::MissingField {
+                    category,
+                    tracepoint,
+                    field,
+                })?;
+            *slot = (global, value);
+        }
+        let (category, tracepoint, field) = names::EXIT_GROUP_DEAD_FIELD;
+        let has_group_dead = offset(category, tracepoint, field)
+            .map_err(GlobalsError::Read)?
+            .is_some();
+        globals[names::RECORD_OFFSETS.len()] =
+            (names::GLOBAL_EXIT_HAS_GROUP_DEAD, u32::from(has_group_dead));
+        Ok(globals)
+    }
+
     #[cfg(test)]
     mod tests {
         use super::field_offset;
@@ -337,6 +380,31 @@ pub mod tracefs_format {
             \tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
             \tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;\n\
             \tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+
+        #[test]
+        fn kernel_globals_require_every_offset_but_not_group_dead() {
+            use super::{kernel_globals, GlobalsError};
+            use crate::names;
+            let all = kernel_globals(|_, _, field| Ok::<_, ()>(Some(field.len() as u32)));
+            let globals = all.expect("every field present");
+            assert_eq!(globals[0], (names::GLOBAL_NEWTASK_PID_OFFSET, 3));
+            assert_eq!(globals[3], (names::GLOBAL_EXIT_HAS_GROUP_DEAD, 1));
+            let old_kernel =
+                kernel_globals(|_, _, field| Ok::<_, ()>((field != "group_dead").then_some(8)));
+            let globals = old_kernel.expect("group_dead is optional");
+            assert_eq!(globals[3], (names::GLOBAL_EXIT_HAS_GROUP_DEAD, 0));
+            let missing = kernel_globals(|_, _, field| Ok::<_, ()>((field != "sig").then_some(8)));
+            assert!(matches!(
+                missing,
+                Err(GlobalsError::MissingField {
+                    tracepoint: "signal_deliver",
+                    field: "sig",
+                    ..
+                })
+            ));
+            let unreadable = kernel_globals(|_, _, _| Err::<Option<u32>, _>("no tracefs"));
+            assert!(matches!(unreadable, Err(GlobalsError::Read("no tracefs"))));
+        }
 
         #[test]
         fn finds_fields_by_name_not_prefix() {

@@ -15,7 +15,11 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use exitwatch_common::{changed as changed_ids, counter, names, wait_histogram, ExitState};
+use exitwatch_common::{
+    changed as changed_ids, counter, names,
+    tracefs_format::{self, GlobalsError},
+    wait_histogram, ExitState,
+};
 
 pub use error::ProbeError;
 pub use uprobes::{UprobeStats, Uprobes, REFUSAL_REASONS};
@@ -101,34 +105,32 @@ impl Probes {
         raise_memlock_limit();
         let tracefs = tracefs::ensure_mounted()?;
 
-        let mut offsets = Vec::with_capacity(names::RECORD_OFFSETS.len());
-        for (global, category, tracepoint, field) in names::RECORD_OFFSETS {
-            let offset =
-                tracefs::field_offset(&tracefs, category, tracepoint, field)?.ok_or_else(|| {
-                    ProbeError::MissingField {
-                        tracepoint: format!("{category}/{tracepoint}"),
-                        field,
-                    }
-                })?;
-            offsets.push((global, offset));
-        }
+        let globals = tracefs_format::kernel_globals(|category, tracepoint, field| {
+            tracefs::field_offset(&tracefs, category, tracepoint, field)
+        })
+        .map_err(|error| match error {
+            GlobalsError::Read(error) => error,
+            GlobalsError::MissingField {
+                category,
+                tracepoint,
+                field,
+            } => ProbeError::MissingField {
+                tracepoint: format!("{category}/{tracepoint}"),
+                field,
+            },
+        })?;
         let mut loader = EbpfLoader::new();
         // Task-local storage (TASK_WAIT) is used by the programs only; aya has no
         // user-space wrapper for it, which is fine.
         loader.allow_unsupported_maps();
-        for (global, offset) in &offsets {
-            loader.override_global(global, offset, true);
+        for (global, value) in &globals {
+            loader.override_global(global, value, true);
         }
         // Marks of changed waits for every thread id the host can have.
         let ids = pid_max();
         loader.map_max_entries(names::MAP_CHANGED, changed_ids::words(ids));
         let wait_histogram_on = u32::from(wait_histogram);
         loader.override_global(names::GLOBAL_WAIT_HISTOGRAM_ON, &wait_histogram_on, true);
-        // The format file's field comes from the tracepoint's own argument.
-        let (category, tracepoint, field) = names::EXIT_GROUP_DEAD_FIELD;
-        let has_group_dead =
-            u32::from(tracefs::field_offset(&tracefs, category, tracepoint, field)?.is_some());
-        loader.override_global(names::GLOBAL_EXIT_HAS_GROUP_DEAD, &has_group_dead, true);
         let mut ebpf = loader.load(OBJECT).map_err(error::load_error)?;
         // The parsed kernel BTF is big (about 20 MB here) and the loader keeps a copy:
         // free it before parsing the BTF again for the tp_btf programs, which halves the

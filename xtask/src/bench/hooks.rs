@@ -14,7 +14,10 @@ use aya::{
     },
     Btf, Ebpf, EbpfLoader,
 };
-use exitwatch_common::{names, tracefs_format};
+use exitwatch_common::{
+    names,
+    tracefs_format::{self, GlobalsError},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
@@ -77,25 +80,28 @@ impl Hooks {
                 .join("format");
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
         };
-        // As the agent loads them: this kernel's record offsets; the other globals keep
+        // As the agent sets them: this kernel's record layouts; the other globals keep
         // their defaults (the wait histogram off, as in the agent's default run).
-        let mut offsets = Vec::new();
-        for (global, category, tracepoint, field) in names::RECORD_OFFSETS {
-            let offset = tracefs_format::field_offset(&format(category, tracepoint)?, field)
-                .with_context(|| format!("{category}/{tracepoint} has no field {field}"))?;
-            offsets.push((global, offset));
-        }
-        let (category, tracepoint, field) = names::EXIT_GROUP_DEAD_FIELD;
-        let has_group_dead = u32::from(
-            tracefs_format::field_offset(&format(category, tracepoint)?, field).is_some(),
-        );
+        let globals = tracefs_format::kernel_globals(|category, tracepoint, field| {
+            Ok::<_, anyhow::Error>(tracefs_format::field_offset(
+                &format(category, tracepoint)?,
+                field,
+            ))
+        })
+        .map_err(|error| match error {
+            GlobalsError::Read(error) => error,
+            GlobalsError::MissingField {
+                category,
+                tracepoint,
+                field,
+            } => anyhow::anyhow!("{category}/{tracepoint} has no field {field}"),
+        })?;
         let mut loader = EbpfLoader::new();
         // The object's task-local storage map has no aya wrapper; the programs use it.
         loader.allow_unsupported_maps();
-        for (global, offset) in &offsets {
-            loader.override_global(global, offset, true);
+        for (global, value) in &globals {
+            loader.override_global(global, value, true);
         }
-        loader.override_global(names::GLOBAL_EXIT_HAS_GROUP_DEAD, &has_group_dead, true);
         let mut ebpf = loader
             .load_file(&object)
             .with_context(|| format!("loading {}", object.display()))?;
